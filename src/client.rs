@@ -1,0 +1,304 @@
+//! A Rust client for the protocol: requests with ids matched to replies, fire-and-forget patches, and
+//! subscriptions that keep a local copy of a space's state by applying each diff (standard ops through the
+//! `json-patch` crate, `append` here), checking that every diff starts where the last one ended.
+
+use futures::stream::SplitSink;
+use futures::{SinkExt, StreamExt};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// What can go wrong on the client side.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClientError {
+    #[error("transport: {0}")]
+    Transport(String),
+    #[error("connection closed")]
+    Closed,
+    #[error("server error {code}: {message}")]
+    Server { code: String, message: String, run: Option<Value> },
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}
+
+type Waiters = Mutex<HashMap<u64, oneshot::Sender<Result<Value, ClientError>>>>;
+type Subs = Mutex<HashMap<u64, mpsc::UnboundedSender<Value>>>;
+
+struct Inner {
+    sink: tokio::sync::Mutex<SplitSink<Ws, Message>>,
+    waiters: Waiters,
+    subs: Subs,
+    /// Subscribe requests whose snapshot has not arrived: request id → frame channel for the subscription.
+    joining: Mutex<HashMap<u64, mpsc::UnboundedSender<Value>>>,
+    /// Errors that answer no request (a fire-and-forget patch that failed).
+    unsolicited: Mutex<Option<mpsc::UnboundedSender<Value>>>,
+    next_id: AtomicU64,
+}
+
+/// A connection to a coworker server. Cheap to clone; all clones share the socket.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl Client {
+    /// Connects to `url` (for example `ws://127.0.0.1:8080/ws`).
+    pub async fn connect(url: &str) -> Result<Client, ClientError> {
+        let (ws, _) = connect_async(url).await.map_err(|e| ClientError::Transport(e.to_string()))?;
+        let (sink, stream) = ws.split();
+        let inner = Arc::new(Inner {
+            sink: tokio::sync::Mutex::new(sink),
+            waiters: Mutex::new(HashMap::new()),
+            subs: Mutex::new(HashMap::new()),
+            joining: Mutex::new(HashMap::new()),
+            unsolicited: Mutex::new(None),
+            next_id: AtomicU64::new(1),
+        });
+        tokio::spawn(read_loop(stream, Arc::downgrade(&inner)));
+        Ok(Client { inner })
+    }
+
+    /// Receives errors that answer no request (from fire-and-forget patches). Call once, before sending them.
+    pub fn unsolicited_errors(&self) -> mpsc::UnboundedReceiver<Value> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.inner.unsolicited.lock() = Some(tx);
+        rx
+    }
+
+    /// Sends a frame as is.
+    pub async fn send_raw(&self, text: String) -> Result<(), ClientError> {
+        let mut sink = self.inner.sink.lock().await;
+        sink.send(Message::Text(text.into())).await.map_err(|e| ClientError::Transport(e.to_string()))
+    }
+
+    /// Sends `msg` without an id (no reply on success).
+    pub async fn send(&self, msg: Value) -> Result<(), ClientError> {
+        self.send_raw(msg.to_string()).await
+    }
+
+    /// Sends `msg` with a fresh id and waits for its reply (or error).
+    pub async fn request(&self, mut msg: Value) -> Result<Value, ClientError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        msg["id"] = json!(id);
+        let (tx, rx) = oneshot::channel();
+        self.inner.waiters.lock().insert(id, tx);
+        if let Err(e) = self.send(msg).await {
+            self.inner.waiters.lock().remove(&id);
+            return Err(e);
+        }
+        rx.await.map_err(|_| ClientError::Closed)?
+    }
+
+    /// Starts a run; returns its context.
+    pub async fn run(&self, run: Value) -> Result<Value, ClientError> {
+        let reply = self.request(json!({"type": "run", "run": run})).await?;
+        Ok(reply["run"].clone())
+    }
+
+    /// Applies patch ops and waits for the acknowledgement.
+    pub async fn patch(&self, run: &str, ops: Value) -> Result<(), ClientError> {
+        self.request(json!({"type": "patch", "run": run, "ops": ops})).await.map(|_| ())
+    }
+
+    /// Applies patch ops without waiting (errors arrive on [`Client::unsolicited_errors`]).
+    pub async fn patch_nowait(&self, run: &str, ops: Value) -> Result<(), ClientError> {
+        self.send(json!({"type": "patch", "run": run, "ops": ops})).await
+    }
+
+    /// Completes a run; returns its final context.
+    pub async fn complete(&self, run: &str, output: Option<Value>) -> Result<Value, ClientError> {
+        let mut msg = json!({"type": "complete", "run": run});
+        if let Some(output) = output {
+            msg["output"] = output;
+        }
+        Ok(self.request(msg).await?["run"].clone())
+    }
+
+    /// Fails a run; returns its context.
+    pub async fn fail(&self, run: &str, error: Value) -> Result<Value, ClientError> {
+        Ok(self.request(json!({"type": "fail", "run": run, "error": error})).await?["run"].clone())
+    }
+
+    /// Subscribes to a space (all views when `views` is `None`) and waits for the snapshot.
+    pub async fn subscribe(
+        &self,
+        space: &str,
+        views: Option<&[&str]>,
+        events: bool,
+    ) -> Result<Subscription, ClientError> {
+        let mut msg = json!({"type": "subscribe", "space": space, "events": events});
+        if let Some(views) = views {
+            msg["views"] = json!(views);
+        }
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        msg["id"] = json!(id);
+        let (frames_tx, frames) = mpsc::unbounded_channel();
+        let (tx, rx) = oneshot::channel();
+        self.inner.waiters.lock().insert(id, tx);
+        self.inner.joining.lock().insert(id, frames_tx);
+        self.send(msg).await?;
+        let snapshot = rx.await.map_err(|_| ClientError::Closed)??;
+        let sub = snapshot["sub"].as_u64().ok_or_else(|| ClientError::Protocol("snapshot without sub".into()))?;
+        let seq = snapshot["seq"].as_u64().ok_or_else(|| ClientError::Protocol("snapshot without seq".into()))?;
+        Ok(Subscription { client: self.clone(), sub, seq, state: snapshot["state"].clone(), frames })
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(&self) {
+        let mut sink = self.inner.sink.lock().await;
+        let _ = sink.send(Message::Close(None)).await;
+    }
+}
+
+async fn read_loop(mut stream: futures::stream::SplitStream<Ws>, inner: std::sync::Weak<Inner>) {
+    while let Some(Ok(msg)) = stream.next().await {
+        let Message::Text(text) = msg else { continue };
+        let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) else { continue };
+        let Some(inner) = inner.upgrade() else { return };
+        let req = frame.get("id").and_then(Value::as_u64);
+        match (frame["type"].as_str(), req) {
+            (Some("snapshot"), Some(id)) => {
+                if let (Some(frames), Some(sub)) = (inner.joining.lock().remove(&id), frame["sub"].as_u64()) {
+                    inner.subs.lock().insert(sub, frames);
+                }
+                if let Some(w) = inner.waiters.lock().remove(&id) {
+                    let _ = w.send(Ok(frame));
+                }
+            }
+            (Some("reply"), Some(id)) => {
+                if let Some(w) = inner.waiters.lock().remove(&id) {
+                    let _ = w.send(Ok(frame));
+                }
+            }
+            (Some("error"), Some(id)) => {
+                inner.joining.lock().remove(&id);
+                if let Some(w) = inner.waiters.lock().remove(&id) {
+                    let _ = w.send(Err(ClientError::Server {
+                        code: frame["code"].as_str().unwrap_or_default().to_string(),
+                        message: frame["message"].as_str().unwrap_or_default().to_string(),
+                        run: frame.get("run").cloned(),
+                    }));
+                }
+            }
+            (Some("error"), None) => {
+                if let Some(tx) = &*inner.unsolicited.lock() {
+                    let _ = tx.send(frame);
+                }
+            }
+            (Some("diff" | "event" | "snapshot"), None) => {
+                if let Some(sub) = frame["sub"].as_u64()
+                    && let Some(tx) = inner.subs.lock().get(&sub)
+                {
+                    let _ = tx.send(frame);
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(inner) = inner.upgrade() {
+        inner.waiters.lock().clear();
+        inner.subs.lock().clear();
+    }
+}
+
+/// What a subscription received.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update {
+    /// A diff was applied; the state is now at `seq`.
+    Diff { base: u64, seq: u64, ops: usize },
+    /// A fresh snapshot replaced the state (after the subscriber fell too far behind).
+    Resync { seq: u64 },
+    /// A lifecycle event.
+    Event { name: String, run: Value },
+}
+
+/// A subscription with a local copy of the state.
+pub struct Subscription {
+    client: Client,
+    pub sub: u64,
+    /// The seq of the local state.
+    pub seq: u64,
+    state: Value,
+    frames: mpsc::UnboundedReceiver<Value>,
+}
+
+impl Subscription {
+    /// The local state document.
+    pub fn state(&self) -> &Value {
+        &self.state
+    }
+
+    /// Waits for the next frame and applies it. `None` when the connection is gone.
+    pub async fn next(&mut self) -> Option<Result<Update, ClientError>> {
+        let frame = self.frames.recv().await?;
+        Some(self.apply(frame))
+    }
+
+    /// Applies any frames already received, without waiting.
+    pub fn drain(&mut self) -> Result<Vec<Update>, ClientError> {
+        let mut out = Vec::new();
+        while let Ok(frame) = self.frames.try_recv() {
+            out.push(self.apply(frame)?);
+        }
+        Ok(out)
+    }
+
+    fn apply(&mut self, frame: Value) -> Result<Update, ClientError> {
+        match frame["type"].as_str() {
+            Some("diff") => {
+                let base = frame["base"].as_u64().unwrap_or(u64::MAX);
+                let seq = frame["seq"].as_u64().unwrap_or(0);
+                if base != self.seq {
+                    return Err(ClientError::Protocol(format!("diff base {base} but local state is at {}", self.seq)));
+                }
+                let ops = frame["ops"].as_array().cloned().unwrap_or_default();
+                apply_ops(&mut self.state, &ops).map_err(ClientError::Protocol)?;
+                self.seq = seq;
+                Ok(Update::Diff { base, seq, ops: ops.len() })
+            }
+            Some("snapshot") => {
+                self.seq = frame["seq"].as_u64().unwrap_or(0);
+                self.state = frame["state"].clone();
+                Ok(Update::Resync { seq: self.seq })
+            }
+            Some("event") => Ok(Update::Event {
+                name: frame["name"].as_str().unwrap_or_default().to_string(),
+                run: frame["run"].clone(),
+            }),
+            _ => Err(ClientError::Protocol(format!("unexpected frame {frame}"))),
+        }
+    }
+
+    /// Ends the subscription.
+    pub async fn unsubscribe(self) -> Result<(), ClientError> {
+        self.client.inner.subs.lock().remove(&self.sub);
+        self.client.request(json!({"type": "unsubscribe", "sub": self.sub})).await.map(|_| ())
+    }
+}
+
+/// Applies diff ops to a state document: RFC 6902 `add`/`remove`/`replace` through `json-patch`, plus `append`.
+pub fn apply_ops(doc: &mut Value, ops: &[Value]) -> Result<(), String> {
+    for op in ops {
+        if op["op"] == "append" {
+            let path = op["path"].as_str().ok_or("append without path")?;
+            let target = doc.pointer_mut(path).ok_or_else(|| format!("append target {path} missing"))?;
+            match (target, &op["value"]) {
+                (Value::Array(a), Value::Array(items)) => a.extend(items.iter().cloned()),
+                (Value::String(s), Value::String(tail)) => s.push_str(tail),
+                _ => return Err(format!("append type mismatch at {path}")),
+            }
+        } else {
+            let p: json_patch::PatchOperation = serde_json::from_value(op.clone()).map_err(|e| e.to_string())?;
+            json_patch::patch(doc, &[p]).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! Every tunable number in one place, with its default. Nothing else in the crate invents a limit.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Limits on what one client can make the server hold or do. protocol.md lists each with its default.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest WebSocket message accepted (bytes); larger ones close the connection with 1009.
+    pub max_message_bytes: usize,
+    /// Ops in one `patch`.
+    pub max_ops_per_patch: usize,
+    /// Bytes in one patch path.
+    pub max_path_bytes: usize,
+    /// Segments in one patch path.
+    pub max_path_depth: usize,
+    /// Bytes a subscription may have waiting (merged diffs and events) before it is resynced with a snapshot.
+    pub max_pending_bytes: usize,
+    /// Replies and errors queued for one connection's writer before its reader waits.
+    pub reply_queue: usize,
+    /// Spaces that may exist at once.
+    pub max_spaces: usize,
+    /// How many finished run ids are remembered, so that late patches get `run_finished` rather than `unknown_run`.
+    pub finished_memory: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 64 * 1024,
+            max_ops_per_patch: 256,
+            max_path_bytes: 1024,
+            max_path_depth: 32,
+            max_pending_bytes: 1024 * 1024,
+            reply_queue: 256,
+            max_spaces: 10_000,
+            finished_memory: 100_000,
+        }
+    }
+}
+
+/// Engine timing and limits.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The coalescing interval: at most one diff frame per subscription per tick.
+    pub tick: Duration,
+    /// How long a failed run stays visible in `activeRuns`.
+    pub linger: Duration,
+    pub limits: Limits,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { tick: Duration::from_millis(16), linger: Duration::from_millis(3000), limits: Limits::default() }
+    }
+}
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// The folder served at `/` (the web demo); `None` serves nothing there.
+    pub web_root: Option<PathBuf>,
+    pub engine: EngineConfig,
+    /// How long shutdown waits for connections to close after sending them 1001.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            web_root: None,
+            engine: EngineConfig::default(),
+            shutdown_grace: Duration::from_secs(3),
+        }
+    }
+}

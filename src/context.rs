@@ -1,0 +1,148 @@
+//! The run context: one object that is both the live run and its own audit record. Owns the run's typed lifecycle
+//! fields (status, parent, kind) and keeps them equal to the JSON context the wire sees; every other change to a
+//! run goes through `patch`.
+
+use crate::patch::{Change, ChangeKind};
+use crate::path::Seg;
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// A run's id: a UUID (v7 when the server assigns it).
+pub type RunId = Uuid;
+
+/// A run's lifecycle status. `Pending` while a server-side operation executes, `Running` for live runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+}
+
+impl Status {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Running => "running",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+        }
+    }
+
+    pub const fn is_finished(self) -> bool {
+        matches!(self, Status::Completed | Status::Failed)
+    }
+}
+
+/// What a run's operation means to the views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `dialog`: listed in `activeDialogs` while running.
+    Dialog,
+    /// `interpret`: listed in `activeAI` while running.
+    Ai,
+    /// `select`, `create`, `update`, `delete`: becomes `currentRun` when completed.
+    Data,
+    /// Anything else.
+    Other,
+}
+
+impl Kind {
+    pub fn of(operation: &str) -> Kind {
+        match operation {
+            "dialog" => Kind::Dialog,
+            "interpret" => Kind::Ai,
+            "select" | "create" | "update" | "delete" => Kind::Data,
+            _ => Kind::Other,
+        }
+    }
+}
+
+/// Which views a run belongs to at one moment, as bits. Two classes are compared to find runs that entered or
+/// left a view between two ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Class(pub u8);
+
+impl Class {
+    /// In `activeRuns` (pending, running, or failed and lingering).
+    pub const PRESENT: u8 = 1;
+    /// Pending or running: counts for `isLoading`.
+    pub const LOADING: u8 = 2;
+    /// A running dialog: in `activeDialogs`.
+    pub const DIALOG: u8 = 4;
+    /// A running interpret run: in `activeAI`.
+    pub const AI: u8 = 8;
+
+    pub const ABSENT: Class = Class(0);
+
+    pub fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+}
+
+/// A run held by the engine.
+#[derive(Debug)]
+pub struct Run {
+    pub id: RunId,
+    /// The run's parent when the parent was active at creation (pipeline grouping).
+    pub parent: Option<RunId>,
+    pub kind: Kind,
+    pub status: Status,
+    /// Monotonic start, for `duration` (tokio's clock, so paused-time tests see exact durations).
+    pub started: Instant,
+    /// The context as the wire sees it.
+    pub ctx: Map<String, Value>,
+}
+
+impl Run {
+    /// The run's class while it is in the registry.
+    pub fn class(&self) -> Class {
+        let mut bits = Class::PRESENT;
+        if matches!(self.status, Status::Pending | Status::Running) {
+            bits |= Class::LOADING;
+            if self.status == Status::Running {
+                bits |= match self.kind {
+                    Kind::Dialog => Class::DIALOG,
+                    Kind::Ai => Class::AI,
+                    _ => 0,
+                };
+            }
+        }
+        Class(bits)
+    }
+
+    /// Moves the run to a final status, setting `status`, `success`, `duration` and `output` or `error`.
+    /// Returns the changes (for a failed run, which stays visible while it lingers).
+    pub fn finish(&mut self, status: Status, output: Option<Value>, error: Option<Value>) -> Vec<Change> {
+        debug_assert!(status.is_finished() && !self.status.is_finished());
+        self.status = status;
+        let duration = Instant::now().saturating_duration_since(self.started).as_millis() as u64;
+        let mut fields = vec![
+            ("status", Value::from(status.as_str())),
+            ("success", Value::Bool(status == Status::Completed)),
+            ("duration", Value::from(duration)),
+        ];
+        if let Some(output) = output {
+            fields.push(("output", output));
+        }
+        if let Some(error) = error {
+            fields.push(("error", error));
+        }
+        fields
+            .into_iter()
+            .map(|(k, v)| {
+                self.ctx.insert(k.to_string(), v.clone());
+                Change { kind: ChangeKind::Replace, path: vec![Seg::Key(k.into())], value: v }
+            })
+            .collect()
+    }
+
+    /// Sets a status that is not final (pending → running), returning the change.
+    pub fn set_status(&mut self, status: Status) -> Change {
+        self.status = status;
+        let v = Value::from(status.as_str());
+        self.ctx.insert("status".into(), v.clone());
+        Change { kind: ChangeKind::Replace, path: vec![Seg::Key("status".into())], value: v }
+    }
+}

@@ -1,0 +1,389 @@
+//! The engine and its one entry point, [`Engine::run`]: it builds a run's context, asks the before-hooks, puts the
+//! run into its space (or executes its server-side operation), and fires the after- or error-hooks when it ends.
+//! It also owns the rest of the lifecycle (`patch`, `complete`, `fail`, linger expiry) and the registry: a
+//! `DashMap` from run id to [`RunCell`]. No registry guard is held across an `.await`, a hook call, or a second key.
+
+use crate::config::EngineConfig;
+use crate::context::{Class, Kind, Run, RunId, Status};
+use crate::error::{Error, ErrorCode, Result};
+use crate::hooks::Hooks;
+use crate::notifier;
+use crate::patch::{self, PatchOp};
+use crate::protocol::{EventName, ReqId, RunSpec};
+use crate::space::{RunCell, Space};
+use crate::subscriber::{Outbox, SubSlot};
+use crate::views::ViewSet;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use parking_lot::Mutex;
+use serde_json::{Map, Value, json};
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// A run that did not complete: why, and its final context when it got one.
+#[derive(Debug, Clone)]
+pub struct RunFailure {
+    pub error: Error,
+    pub run: Option<Arc<Map<String, Value>>>,
+}
+
+impl From<Error> for RunFailure {
+    fn from(error: Error) -> Self {
+        RunFailure { error, run: None }
+    }
+}
+
+/// Finished run ids remembered for `run_finished` errors and duplicate-id checks (bounded, oldest forgotten first).
+#[derive(Debug, Default)]
+struct Finished {
+    set: HashSet<RunId>,
+    order: VecDeque<RunId>,
+}
+
+impl Finished {
+    fn insert(&mut self, id: RunId, cap: usize) {
+        if self.set.insert(id) {
+            self.order.push_back(id);
+            while self.order.len() > cap {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// State shared by the engine handles and the notifier tasks.
+#[derive(Debug)]
+pub struct Shared {
+    /// Every run in any space's `activeRuns`, by id: O(1) lookup for patches from any connection.
+    registry: DashMap<RunId, Arc<RunCell>>,
+    finished: Mutex<Finished>,
+    spaces: DashMap<Arc<str>, Arc<Space>>,
+    hooks: Hooks,
+    pub config: EngineConfig,
+    next_sub: AtomicU64,
+    /// Cancelled on shutdown: stops the notifiers.
+    pub shutdown: CancellationToken,
+}
+
+/// A handle to the engine; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig, hooks: Hooks) -> Engine {
+        Engine {
+            shared: Arc::new(Shared {
+                registry: DashMap::new(),
+                finished: Mutex::new(Finished::default()),
+                spaces: DashMap::new(),
+                hooks,
+                config,
+                next_sub: AtomicU64::new(1),
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.shared.config
+    }
+
+    /// Stops every notifier. Pending diffs are not flushed after this.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+    }
+
+    /// Whether runs of this operation execute on the server (rather than being live).
+    pub fn has_operation(&self, operation: &str) -> bool {
+        self.shared.hooks.handler(operation).is_some()
+    }
+
+    /// Runs in any space's `activeRuns`.
+    pub fn active_runs(&self) -> usize {
+        self.shared.registry.len()
+    }
+
+    /// The one entry point: starts a run. A live run (no server-side operation) is returned `running` at once; a run
+    /// with an operation is returned when the operation has finished, completed or failed.
+    pub async fn run(&self, spec: RunSpec) -> std::result::Result<Arc<Map<String, Value>>, RunFailure> {
+        let handler = self.shared.hooks.handler(&spec.operation);
+        let (space, parent) = self.resolve_space(&spec)?;
+        let id = spec.id.unwrap_or_else(RunId::now_v7);
+        let status = if handler.is_some() { Status::Pending } else { Status::Running };
+        let kind = Kind::of(&spec.operation);
+        let mut ctx = Map::new();
+        ctx.insert("id".into(), Value::String(id.to_string()));
+        ctx.insert("timestamp".into(), Value::from(now_ms()));
+        ctx.insert("operation".into(), Value::String(spec.operation));
+        ctx.insert("doctype".into(), spec.doctype);
+        ctx.insert("flow".into(), spec.flow);
+        ctx.insert("input".into(), spec.input);
+        ctx.insert("options".into(), Value::Object(spec.options));
+        ctx.insert("owner".into(), Value::String(spec.owner.unwrap_or_else(|| "system".into())));
+        ctx.insert("agent".into(), spec.agent);
+        ctx.insert("parentRun".into(), spec.parent_run.map_or(Value::Null, |p| Value::String(p.to_string())));
+        ctx.insert("steps".into(), Value::Array(spec.steps));
+        ctx.insert("space".into(), Value::String(space.name.to_string()));
+        ctx.insert("status".into(), Value::from(status.as_str()));
+        ctx.insert("output".into(), Value::Null);
+        ctx.insert("error".into(), Value::Null);
+        ctx.insert("success".into(), Value::Bool(false));
+        ctx.insert("duration".into(), Value::from(0));
+
+        if let Err(e) = self.shared.hooks.before(&ctx) {
+            ctx.insert("status".into(), Value::from(Status::Failed.as_str()));
+            ctx.insert("error".into(), json!({"code": e.code.as_str(), "message": e.message}));
+            self.shared.hooks.error(&ctx, &e);
+            let ctx = Arc::new(ctx);
+            let mut st = space.lock();
+            if st.events_wanted > 0 {
+                st.journal.event(EventName::ErrorRun, ctx.clone());
+                space.changed(&mut st);
+            }
+            return Err(RunFailure { error: e, run: Some(ctx) });
+        }
+
+        let reply = ctx.clone();
+        {
+            let mut guard = space.lock();
+            let st = &mut *guard;
+            if self.shared.finished.lock().set.contains(&id) {
+                return Err(Error::new(ErrorCode::DuplicateRun, "a run with this id already finished").into());
+            }
+            let parent = parent.filter(|p| st.runs.contains_key(p));
+            let run = Run { id, parent, kind, status, started: Instant::now(), ctx };
+            let class = run.class();
+            let cell = Arc::new(RunCell { space: space.clone(), run: Mutex::new(run) });
+            match self.shared.registry.entry(id) {
+                Entry::Occupied(_) => {
+                    return Err(Error::new(ErrorCode::DuplicateRun, "a run with this id is active").into());
+                }
+                Entry::Vacant(v) => {
+                    v.insert(cell.clone());
+                }
+            }
+            st.journal.touch(id, Class::ABSENT);
+            st.journal.loading(st.views.is_loading());
+            st.views.add(id, parent, class, st.journal.view_ops());
+            st.runs.insert(id, cell);
+            if st.events_wanted > 0 {
+                st.journal.event(EventName::BeforeRun, Arc::new(reply.clone()));
+            }
+            space.changed(st);
+        }
+
+        let Some(handler) = handler else { return Ok(Arc::new(reply)) };
+        match handler.execute(reply, self.clone()).await {
+            Ok(output) => Ok(self.complete(id, Some(output))?),
+            Err(e) => {
+                let run = self.fail(id, json!({"code": e.code.as_str(), "message": e.message}))?;
+                Err(RunFailure { error: Error::new(ErrorCode::OperationFailed, e.message), run: Some(run) })
+            }
+        }
+    }
+
+    fn resolve_space(&self, spec: &RunSpec) -> Result<(Arc<Space>, Option<RunId>)> {
+        match spec.parent_run {
+            Some(p) => {
+                let space = self
+                    .shared
+                    .registry
+                    .get(&p)
+                    .map(|cell| cell.space.clone())
+                    .ok_or_else(|| Error::new(ErrorCode::UnknownParent, "`parentRun` names no active run"))?;
+                if spec.space.as_deref().is_some_and(|s| s != &*space.name) {
+                    return Err(Error::new(ErrorCode::SpaceMismatch, "a child run lives in its parent's space"));
+                }
+                Ok((space, Some(p)))
+            }
+            None => Ok((self.space(spec.space.as_deref().unwrap_or("default"))?, None)),
+        }
+    }
+
+    /// The space with this name, created (with its notifier) on first use.
+    fn space(&self, name: &str) -> Result<Arc<Space>> {
+        if let Some(s) = self.shared.spaces.get(name) {
+            return Ok(s.clone());
+        }
+        if self.shared.spaces.len() >= self.shared.config.limits.max_spaces {
+            return Err(Error::new(ErrorCode::LimitExceeded, "too many spaces"));
+        }
+        let space = self
+            .shared
+            .spaces
+            .entry(Arc::from(name))
+            .or_insert_with(|| {
+                let space = Space::new(Arc::from(name));
+                tokio::spawn(notifier::run(space.clone(), self.shared.clone()));
+                space
+            })
+            .clone();
+        Ok(space)
+    }
+
+    fn lookup(&self, id: RunId) -> Result<Arc<RunCell>> {
+        if let Some(cell) = self.shared.registry.get(&id) {
+            return Ok(cell.clone());
+        }
+        Err(if self.shared.finished.lock().set.contains(&id) {
+            Error::new(ErrorCode::RunFinished, "the run has finished")
+        } else {
+            Error::new(ErrorCode::UnknownRun, "no active run has this id")
+        })
+    }
+
+    /// Applies a patch atomically and journals its changes.
+    pub fn patch(&self, id: RunId, ops: Vec<PatchOp>) -> Result<()> {
+        let cell = self.lookup(id)?;
+        let space = &cell.space;
+        let mut st = space.lock();
+        let mut run = cell.run.lock();
+        if run.status.is_finished() {
+            return Err(Error::new(ErrorCode::RunFinished, "the run has finished"));
+        }
+        let before = run.class();
+        let changes = patch::apply(&mut run.ctx, ops)?;
+        drop(run);
+        st.journal.changes(id, before, changes);
+        space.changed(&mut st);
+        Ok(())
+    }
+
+    /// Completes a run: it leaves `activeRuns`; a data run becomes `currentRun`. Returns the final context.
+    pub fn complete(&self, id: RunId, output: Option<Value>) -> Result<Arc<Map<String, Value>>> {
+        let cell = self.lookup(id)?;
+        let space = &cell.space;
+        let ctx = {
+            let mut st = space.lock();
+            let mut run = cell.run.lock();
+            if run.status.is_finished() {
+                return Err(Error::new(ErrorCode::RunFinished, "the run has finished"));
+            }
+            let before = run.class();
+            run.finish(Status::Completed, output, None);
+            let kind = run.kind;
+            let ctx = Arc::new(std::mem::take(&mut run.ctx));
+            drop(run);
+            st.remove_run(id, before);
+            self.forget(id);
+            if kind == Kind::Data {
+                st.views.set_current(serde_json::to_string(&*ctx).expect("a context serializes").into());
+                st.journal.current_changed();
+            }
+            if st.events_wanted > 0 {
+                st.journal.event(EventName::AfterRun, ctx.clone());
+            }
+            space.changed(&mut st);
+            ctx
+        };
+        self.shared.hooks.after(&ctx);
+        Ok(ctx)
+    }
+
+    /// Fails a run: it stays in `activeRuns`, visible as failed, for the linger period. Returns its context.
+    pub fn fail(&self, id: RunId, error: Value) -> Result<Arc<Map<String, Value>>> {
+        let cell = self.lookup(id)?;
+        let space = &cell.space;
+        let ctx = {
+            let mut guard = space.lock();
+            let st = &mut *guard;
+            let mut run = cell.run.lock();
+            if run.status.is_finished() {
+                return Err(Error::new(ErrorCode::RunFinished, "the run has finished"));
+            }
+            let before = run.class();
+            let changes = run.finish(Status::Failed, None, Some(error));
+            let after = run.class();
+            let ctx = Arc::new(run.ctx.clone());
+            drop(run);
+            st.journal.loading(st.views.is_loading());
+            st.journal.changes(id, before, changes);
+            st.views.reclassify(id, before, after, st.journal.view_ops());
+            st.lingering.push_back((Instant::now() + self.shared.config.linger, id));
+            if st.events_wanted > 0 {
+                st.journal.event(EventName::ErrorRun, ctx.clone());
+            }
+            space.changed(st);
+            ctx
+        };
+        let message = ctx.get("error").and_then(|e| e.get("message")).and_then(Value::as_str).unwrap_or_default();
+        self.shared.hooks.error(&ctx, &Error::new(ErrorCode::OperationFailed, message));
+        Ok(ctx)
+    }
+
+    /// Subscribes an outbox to a space. The snapshot arrives through the slot at the space's next flush, which the
+    /// call triggers.
+    pub fn subscribe(
+        &self,
+        space: &str,
+        views: ViewSet,
+        events: bool,
+        outbox: &Arc<Outbox>,
+        req_id: ReqId,
+    ) -> Result<Arc<SubSlot>> {
+        let space = self.space(space)?;
+        let id = self.shared.next_sub.fetch_add(1, Ordering::Relaxed);
+        let slot = SubSlot::new(id, space.name.clone(), views, events, outbox.clone());
+        let mut st = space.lock();
+        st.joining.push((slot.clone(), req_id));
+        if events {
+            st.events_wanted += 1;
+        }
+        space.changed(&mut st);
+        Ok(slot)
+    }
+
+    /// Ends a subscription; nothing more is delivered to it.
+    pub fn unsubscribe(&self, slot: &Arc<SubSlot>) {
+        slot.close();
+        if let Some(space) = self.shared.spaces.get(&slot.space).map(|s| s.clone()) {
+            space.lock().unregister(slot);
+        }
+    }
+
+    fn forget(&self, id: RunId) {
+        self.shared.forget(id);
+    }
+}
+
+impl Shared {
+    /// Drops a finished run from the registry and remembers its id.
+    fn forget(&self, id: RunId) {
+        self.registry.remove(&id);
+        self.finished.lock().insert(id, self.config.limits.finished_memory);
+    }
+
+    /// Removes failed runs whose linger has passed.
+    pub fn expire_lingering(&self, space: &Space) {
+        let now = Instant::now();
+        let mut st = space.lock();
+        let mut any = false;
+        while let Some(&(due, id)) = st.lingering.front() {
+            if due > now {
+                break;
+            }
+            st.lingering.pop_front();
+            if let Some(cell) = st.runs.get(&id).cloned() {
+                let before = cell.run.lock().class();
+                st.remove_run(id, before);
+                self.forget(id);
+                any = true;
+            }
+        }
+        if any {
+            space.changed(&mut st);
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Errors with stable wire codes. Owns the closed list of codes a client can see; every failure that reaches a
+//! client is an [`Error`] whose `code` is one of [`ErrorCode`] and whose message never carries internal details.
+
+use std::fmt;
+
+/// The stable, documented error codes (protocol.md, "Error codes"). Adding one is a protocol change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The frame is not valid JSON.
+    BadJson,
+    /// Valid JSON, but not a valid message: missing or mistyped field, bad value.
+    BadMessage,
+    /// The `type` is not one the server knows.
+    UnknownType,
+    /// A binary frame; the protocol is text frames only.
+    BinaryFrame,
+    /// No active run has this id (or it finished long ago).
+    UnknownRun,
+    /// The run has completed or failed; it can no longer be patched, completed or failed.
+    RunFinished,
+    /// A client-supplied run id is already in use.
+    DuplicateRun,
+    /// `parentRun` names no active run.
+    UnknownParent,
+    /// A child run named a `space` different from its parent's.
+    SpaceMismatch,
+    /// The path does not parse, or is too long or too deep.
+    BadPath,
+    /// The path names a field that cannot be patched (id, status, ...).
+    ReadOnlyPath,
+    /// `remove` of something that does not exist.
+    PathNotFound,
+    /// The path runs through a string, number or boolean, or the op does not fit the target's type.
+    TypeMismatch,
+    /// An array index past the end.
+    IndexOutOfRange,
+    /// A view name that is not one of the six views.
+    UnknownView,
+    /// `unsubscribe` of a subscription this connection does not hold.
+    UnknownSubscription,
+    /// A before-hook rejected the run.
+    Rejected,
+    /// A server-side operation handler failed the run.
+    OperationFailed,
+    /// A configured limit was exceeded (ops per patch, spaces, ...).
+    LimitExceeded,
+    /// A bug or an unexpected condition on the server; details are in the server log only.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::BinaryFrame => "binary_frame",
+            ErrorCode::UnknownRun => "unknown_run",
+            ErrorCode::RunFinished => "run_finished",
+            ErrorCode::DuplicateRun => "duplicate_run",
+            ErrorCode::UnknownParent => "unknown_parent",
+            ErrorCode::SpaceMismatch => "space_mismatch",
+            ErrorCode::BadPath => "bad_path",
+            ErrorCode::ReadOnlyPath => "read_only_path",
+            ErrorCode::PathNotFound => "path_not_found",
+            ErrorCode::TypeMismatch => "type_mismatch",
+            ErrorCode::IndexOutOfRange => "index_out_of_range",
+            ErrorCode::UnknownView => "unknown_view",
+            ErrorCode::UnknownSubscription => "unknown_subscription",
+            ErrorCode::Rejected => "rejected",
+            ErrorCode::OperationFailed => "operation_failed",
+            ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// Every code, for the protocol-doc test.
+    pub const ALL: [ErrorCode; 20] = [
+        ErrorCode::BadJson,
+        ErrorCode::BadMessage,
+        ErrorCode::UnknownType,
+        ErrorCode::BinaryFrame,
+        ErrorCode::UnknownRun,
+        ErrorCode::RunFinished,
+        ErrorCode::DuplicateRun,
+        ErrorCode::UnknownParent,
+        ErrorCode::SpaceMismatch,
+        ErrorCode::BadPath,
+        ErrorCode::ReadOnlyPath,
+        ErrorCode::PathNotFound,
+        ErrorCode::TypeMismatch,
+        ErrorCode::IndexOutOfRange,
+        ErrorCode::UnknownView,
+        ErrorCode::UnknownSubscription,
+        ErrorCode::Rejected,
+        ErrorCode::OperationFailed,
+        ErrorCode::LimitExceeded,
+        ErrorCode::Internal,
+    ];
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error that can be reported to a client: a stable code and a human-readable message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Error {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Error { code, message: message.into() }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Shorthand used across the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,142 @@
+//! The one task per space that owns the tick: it waits for a change (flushing at once after an idle period, then
+//! at most once per tick), expires lingering failed runs, cuts the journal under the space lock, serves snapshots
+//! to new and resyncing subscribers at that same seq, and then, without the lock, renders the diff once per view
+//! set and hands the same bytes to every subscriber of that set.
+
+use crate::context::Class;
+use crate::engine::Shared;
+use crate::journal::{Cut, RunDelta};
+use crate::space::{Group, Space, SpaceState};
+use crate::subscriber::Delivery;
+use crate::views::ViewSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::{Instant, sleep, sleep_until};
+
+/// Runs until the engine shuts down.
+pub async fn run(space: Arc<Space>, shared: Arc<Shared>) {
+    let tick = shared.config.tick;
+    loop {
+        let next_expiry = space.lock().lingering.front().map(|(t, _)| *t);
+        let far = Instant::now() + Duration::from_secs(86_400);
+        tokio::select! {
+            biased;
+            _ = shared.shutdown.cancelled() => return,
+            _ = space.woken() => {}
+            _ = sleep_until(next_expiry.unwrap_or(far)), if next_expiry.is_some() => {}
+        }
+        shared.expire_lingering(&space);
+        flush(&space, shared.config.limits.max_pending_bytes);
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = sleep(tick) => {}
+        }
+    }
+}
+
+/// Closes the tick: cut and snapshots under the lock, rendering and fan-out outside it.
+pub fn flush(space: &Space, cap: usize) {
+    let (cut, groups, events_wanted) = {
+        let mut st = space.lock();
+        st.dirty = false;
+        let cut = (!st.journal.is_empty()).then(|| cut(&mut st));
+        serve_snapshots(&mut st);
+        (cut, st.groups.clone(), st.events_wanted > 0)
+    };
+    if let Some(cut) = cut {
+        fan_out(space, cut, &groups, events_wanted, cap);
+    }
+}
+
+fn cut(st: &mut SpaceState) -> Cut {
+    let (runs, views, loading_before, current_changed, events) = st.journal.take().into_parts();
+    st.seq += 1;
+    let sets: Vec<ViewSet> = st.groups.iter().map(|g| g.views).collect();
+    let runs = runs
+        .into_iter()
+        .map(|(id, t)| {
+            let (after, full) = match st.runs.get(&id) {
+                Some(cell) => {
+                    let run = cell.run.lock();
+                    let after = run.class();
+                    let entering = sets.iter().any(|s| !s.shows(t.before) && s.shows(after));
+                    (after, entering.then(|| serde_json::to_string(&run.ctx).expect("a context serializes")))
+                }
+                None => (Class::ABSENT, None),
+            };
+            RunDelta { id, before: t.before, after, full, changes: t.changes }
+        })
+        .collect();
+    let now_loading = st.views.is_loading();
+    Cut {
+        seq: st.seq,
+        runs,
+        views,
+        loading: loading_before.filter(|b| *b != now_loading).map(|_| now_loading),
+        current: if current_changed { st.views.current().cloned() } else { None },
+        events,
+    }
+}
+
+/// Gives joining and overflowed subscribers a snapshot at the current seq (rendered once per view set).
+fn serve_snapshots(st: &mut SpaceState) {
+    if st.joining.is_empty() && st.resync.is_empty() {
+        return;
+    }
+    let mut cache: Vec<(ViewSet, Arc<str>)> = Vec::new();
+    let mut state_for = |st: &SpaceState, views: ViewSet| -> Arc<str> {
+        if let Some((_, s)) = cache.iter().find(|(v, _)| *v == views) {
+            return s.clone();
+        }
+        let s: Arc<str> = st.render_state(views).into();
+        cache.push((views, s.clone()));
+        s
+    };
+    let joining = std::mem::take(&mut st.joining);
+    let resync = std::mem::take(&mut st.resync);
+    let mut joined = Vec::with_capacity(joining.len());
+    for (slot, req_id) in joining {
+        let state = state_for(st, slot.views);
+        slot.snapshot(req_id, st.seq, state, false);
+        joined.push(slot);
+    }
+    st.register(joined);
+    for slot in resync {
+        if slot.wants_resync() {
+            let state = state_for(st, slot.views);
+            slot.snapshot(None, st.seq, state, true);
+        }
+    }
+}
+
+fn fan_out(space: &Space, cut: Cut, groups: &[Group], events_wanted: bool, cap: usize) {
+    let seq = cut.seq;
+    let sets: Vec<ViewSet> = groups.iter().map(|g| g.views).collect();
+    let rendered = cut.render(&sets, events_wanted);
+    let mut overflowed = Vec::new();
+    for (group, (_, chunk)) in groups.iter().zip(&rendered.diffs) {
+        for slot in &group.slots {
+            let mut delivery = match chunk {
+                Some(chunk) => slot.diff(seq, chunk, cap),
+                None => Delivery::Done,
+            };
+            if slot.events && delivery == Delivery::Done {
+                for body in &rendered.events {
+                    delivery = slot.event(body, cap);
+                    if delivery == Delivery::Overflow {
+                        break;
+                    }
+                }
+            }
+            if delivery == Delivery::Overflow {
+                overflowed.push(slot.clone());
+            }
+        }
+    }
+    if !overflowed.is_empty() {
+        tracing::debug!(space = %space.name.escape_debug(), count = overflowed.len(), "subscribers overflowed; resyncing");
+        let mut st = space.lock();
+        st.resync.extend(overflowed);
+        space.changed(&mut st);
+    }
+}

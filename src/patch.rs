@@ -1,0 +1,487 @@
+//! Patch apply: the closed set of patch ops (`set`, `append`, `step`, `remove`) and how they change a run's context.
+//! A patch is atomic: ops apply in order, and if one fails the ones before it are undone from an undo log (old values
+//! are moved, never copied), so nothing is half-applied. Each applied op yields [`Change`]s, the run-relative
+//! JSON-patch ops the journal turns into diffs. Cost is O(path depth): appends push in place, nothing is copied but the
+//! new value itself (once for the run, once for the change).
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::path::{Path, RawSeg, Seg};
+use serde_json::{Map, Value};
+
+/// One patch op, already validated for shape (see `protocol`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PatchOp {
+    /// The seed's `updateRunField`: set the value at `path`, creating missing intermediate objects.
+    Set { path: Path, value: Value },
+    /// Push `value` onto the array at `path` (absent → one-item array), or concatenate it onto the string there.
+    Append { path: Path, value: Value },
+    /// The seed's `updateRunStep`: shallow-merge `value` into `steps[index]`; `index == steps.length` appends.
+    Step { index: usize, value: Map<String, Value> },
+    /// Remove the value at `path`; it must exist.
+    Remove { path: Path },
+}
+
+/// What kind of state-document op a change is (RFC 6902 plus our `append`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Add,
+    Replace,
+    Remove,
+    /// `value` is an array of items to push, or a string to concatenate.
+    Append,
+}
+
+/// One applied change, relative to the run's context.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub kind: ChangeKind,
+    pub path: Vec<Seg>,
+    /// The new value (`Null` for `Remove`).
+    pub value: Value,
+}
+
+impl Change {
+    /// True when this change shifts the indexes of later array elements (an array element removed): journal
+    /// compaction must not move other ops across it.
+    pub fn is_barrier(&self) -> bool {
+        self.kind == ChangeKind::Remove && matches!(self.path.last(), Some(Seg::Index(_)))
+    }
+}
+
+/// How to undo one applied op.
+enum Undo {
+    /// Put `old` back at `path` (`None`: the key was absent, or the array element was pushed).
+    Put { path: Vec<Seg>, old: Option<Value> },
+    /// Truncate the array or string at `path` back to `len`.
+    Truncate { path: Vec<Seg>, len: usize },
+    /// Re-insert a removed array element at `path`.
+    Insert { path: Vec<Seg>, value: Value },
+}
+
+/// Applies `ops` to `ctx` in order, all or none. Returns the changes, in order.
+pub fn apply(ctx: &mut Map<String, Value>, ops: Vec<PatchOp>) -> Result<Vec<Change>> {
+    let mut changes = Vec::with_capacity(ops.len());
+    let mut undo = if ops.len() > 1 { Some(Vec::with_capacity(ops.len())) } else { None };
+    for op in ops {
+        if let Err(e) = apply_one(ctx, op, &mut changes, undo.as_mut()) {
+            if let Some(log) = undo {
+                rollback(ctx, log);
+            }
+            return Err(e);
+        }
+    }
+    Ok(changes)
+}
+
+/// The place a path's last segment names: an object member or an array slot.
+enum Slot<'a> {
+    Obj(&'a mut Map<String, Value>, Box<str>),
+    Arr(&'a mut Vec<Value>, usize),
+}
+
+impl<'a> Slot<'a> {
+    fn get(&self) -> Option<&Value> {
+        match self {
+            Slot::Obj(m, k) => m.get(&**k),
+            Slot::Arr(a, i) => a.get(*i),
+        }
+    }
+
+    fn into_value(self) -> Option<&'a mut Value> {
+        match self {
+            Slot::Obj(m, k) => m.get_mut(&*k),
+            Slot::Arr(a, i) => a.get_mut(i),
+        }
+    }
+
+    /// Stores `value`, returning what was there (`None` when absent or pushed at the end of an array).
+    fn put(self, value: Value) -> Option<Value> {
+        match self {
+            Slot::Obj(m, k) => m.insert(k.into_string(), value),
+            Slot::Arr(a, i) if i == a.len() => {
+                a.push(value);
+                None
+            }
+            Slot::Arr(a, i) => Some(std::mem::replace(&mut a[i], value)),
+        }
+    }
+}
+
+/// Where navigation ended: the slot of the last segment that exists (or can be written), and when creating, the
+/// segments below an absent or null slot that must be built as nested objects.
+struct Target<'a> {
+    slot: Slot<'a>,
+    path: Vec<Seg>,
+    rest: Vec<RawSeg>,
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn mismatch(msg: impl Into<String>) -> Error {
+    Error::new(ErrorCode::TypeMismatch, msg)
+}
+
+fn out_of_range(i: usize, len: usize) -> Error {
+    Error::new(ErrorCode::IndexOutOfRange, format!("index {i} is past the end (length {len})"))
+}
+
+fn navigate(root: &mut Map<String, Value>, path: Path, create: bool) -> Result<Target<'_>> {
+    let mut iter = path.segs.into_iter();
+    let first = iter.next().expect("a parsed path has a segment");
+    let mut resolved = vec![Seg::Key(first.text.clone())];
+    let mut slot = Slot::Obj(root, first.text);
+    while let Some(next) = iter.next() {
+        let last = iter.len() == 0;
+        match slot.get() {
+            None | Some(Value::Null) => {
+                if !create {
+                    return Err(Error::new(ErrorCode::PathNotFound, "path does not exist"));
+                }
+                let mut rest = vec![next];
+                rest.extend(iter);
+                if rest.iter().any(|s| s.bracket) {
+                    return Err(Error::new(ErrorCode::IndexOutOfRange, "array index into a missing value"));
+                }
+                return Ok(Target { slot, path: resolved, rest });
+            }
+            Some(Value::Object(_)) => {
+                if next.bracket {
+                    return Err(mismatch("array index into an object"));
+                }
+                let Some(Value::Object(m)) = slot.into_value() else { unreachable!() };
+                resolved.push(Seg::Key(next.text.clone()));
+                slot = Slot::Obj(m, next.text);
+            }
+            Some(Value::Array(a)) => {
+                let len = a.len();
+                let i = next.index.ok_or_else(|| mismatch(format!("`{}` is not an index into an array", next.text)))?;
+                if i > len || (i == len && (!last || !create)) {
+                    return Err(out_of_range(i, len));
+                }
+                let Some(Value::Array(a)) = slot.into_value() else { unreachable!() };
+                resolved.push(Seg::Index(i));
+                slot = Slot::Arr(a, i);
+            }
+            Some(other) => return Err(mismatch(format!("path runs through {}", type_name(other)))),
+        }
+    }
+    Ok(Target { slot, path: resolved, rest: Vec::new() })
+}
+
+/// Wraps `leaf` in one object per remaining segment: `[a, b]`, v → `{"a": {"b": v}}`.
+fn build(rest: Vec<RawSeg>, leaf: Value) -> Value {
+    rest.into_iter().rev().fold(leaf, |inner, seg| {
+        let mut m = Map::new();
+        m.insert(seg.text.into_string(), inner);
+        Value::Object(m)
+    })
+}
+
+/// Stores `value` in the target slot (building intermediates), recording the change and its undo.
+fn put_target(t: Target<'_>, value: Value, changes: &mut Vec<Change>, undo: Option<&mut Vec<Undo>>) {
+    let value = if t.rest.is_empty() { value } else { build(t.rest, value) };
+    let existed = t.slot.get().is_some();
+    let old = t.slot.put(value.clone());
+    if let Some(log) = undo {
+        log.push(Undo::Put { path: t.path.clone(), old });
+    }
+    let kind = if existed { ChangeKind::Replace } else { ChangeKind::Add };
+    changes.push(Change { kind, path: t.path, value });
+}
+
+fn apply_one(
+    ctx: &mut Map<String, Value>,
+    op: PatchOp,
+    changes: &mut Vec<Change>,
+    undo: Option<&mut Vec<Undo>>,
+) -> Result<()> {
+    match op {
+        PatchOp::Set { path, value } => {
+            let t = navigate(ctx, path, true)?;
+            put_target(t, value, changes, undo);
+        }
+        PatchOp::Append { path, value } => {
+            let t = navigate(ctx, path, true)?;
+            if !t.rest.is_empty() || matches!(t.slot.get(), None | Some(Value::Null)) {
+                put_target(t, Value::Array(vec![value]), changes, undo);
+                return Ok(());
+            }
+            let Target { slot, path, .. } = t;
+            let len = match (slot.into_value(), &value) {
+                (Some(Value::Array(a)), _) => {
+                    a.push(value.clone());
+                    changes.push(Change { kind: ChangeKind::Append, path: path.clone(), value: Value::Array(vec![value]) });
+                    a.len() - 1
+                }
+                (Some(Value::String(s)), Value::String(tail)) => {
+                    let len = s.len();
+                    s.push_str(tail);
+                    changes.push(Change { kind: ChangeKind::Append, path: path.clone(), value });
+                    len
+                }
+                (Some(Value::String(_)), other) => {
+                    return Err(mismatch(format!("cannot append {} to a string", type_name(other))));
+                }
+                (Some(other), _) => return Err(mismatch(format!("cannot append to {}", type_name(other)))),
+                (None, _) => unreachable!("absent targets were handled above"),
+            };
+            if let Some(log) = undo {
+                log.push(Undo::Truncate { path, len });
+            }
+        }
+        PatchOp::Remove { path } => {
+            if path.is_core_field() {
+                return Err(Error::new(ErrorCode::ReadOnlyPath, "core context fields can be set but not removed"));
+            }
+            let t = navigate(ctx, path, false)?;
+            let Target { slot, path, .. } = t;
+            let old = match slot {
+                Slot::Obj(m, k) => m.remove(&*k),
+                Slot::Arr(a, i) if i < a.len() => Some(a.remove(i)),
+                Slot::Arr(..) => None,
+            };
+            let Some(old) = old else {
+                return Err(Error::new(ErrorCode::PathNotFound, "path does not exist"));
+            };
+            if let Some(log) = undo {
+                log.push(match path.last() {
+                    Some(Seg::Index(_)) => Undo::Insert { path: path.clone(), value: old },
+                    _ => Undo::Put { path: path.clone(), old: Some(old) },
+                });
+            }
+            changes.push(Change { kind: ChangeKind::Remove, path, value: Value::Null });
+        }
+        PatchOp::Step { index, value } => {
+            let steps = ctx.entry("steps").or_insert(Value::Null);
+            match steps {
+                Value::Null => {
+                    if index != 0 {
+                        return Err(out_of_range(index, 0));
+                    }
+                    let new = Value::Array(vec![Value::Object(value)]);
+                    let old = std::mem::replace(steps, new.clone());
+                    if let Some(log) = undo {
+                        log.push(Undo::Put { path: vec![Seg::Key("steps".into())], old: Some(old) });
+                    }
+                    changes.push(Change { kind: ChangeKind::Replace, path: vec![Seg::Key("steps".into())], value: new });
+                }
+                Value::Array(a) if index == a.len() => {
+                    a.push(Value::Object(value.clone()));
+                    let path = vec![Seg::Key("steps".into()), Seg::Index(index)];
+                    if let Some(log) = undo {
+                        log.push(Undo::Put { path: path.clone(), old: None });
+                    }
+                    changes.push(Change { kind: ChangeKind::Add, path, value: Value::Object(value) });
+                }
+                Value::Array(a) if index < a.len() => {
+                    let step = &mut a[index];
+                    if step.is_null() {
+                        *step = Value::Object(Map::new());
+                    }
+                    let Value::Object(m) = step else {
+                        return Err(mismatch(format!("steps[{index}] is {}, not an object", type_name(step))));
+                    };
+                    let mut undo = undo;
+                    for (k, v) in value {
+                        let path = vec![Seg::Key("steps".into()), Seg::Index(index), Seg::Key(k.as_str().into())];
+                        let old = m.insert(k, v.clone());
+                        let kind = if old.is_some() { ChangeKind::Replace } else { ChangeKind::Add };
+                        if let Some(log) = undo.as_deref_mut() {
+                            log.push(Undo::Put { path: path.clone(), old });
+                        }
+                        changes.push(Change { kind, path, value: v });
+                    }
+                }
+                Value::Array(a) => return Err(out_of_range(index, a.len())),
+                other => return Err(mismatch(format!("steps is {}, not an array", type_name(other)))),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The container holding the last segment of `path`.
+fn parent_of<'a>(root: &'a mut Map<String, Value>, path: &[Seg]) -> Option<Slot<'a>> {
+    let (last, parents) = path.split_last()?;
+    let mut cur: Option<&'a mut Value> = None;
+    let mut map = Some(root);
+    for seg in parents {
+        let next = match (cur.take(), map.take(), seg) {
+            (None, Some(m), Seg::Key(k)) => m.get_mut(&**k)?,
+            (Some(Value::Object(m)), None, Seg::Key(k)) => m.get_mut(&**k)?,
+            (Some(Value::Array(a)), None, Seg::Index(i)) => a.get_mut(*i)?,
+            _ => return None,
+        };
+        cur = Some(next);
+    }
+    match (cur, map, last) {
+        (None, Some(m), Seg::Key(k)) => Some(Slot::Obj(m, k.clone())),
+        (Some(Value::Object(m)), None, Seg::Key(k)) => Some(Slot::Obj(m, k.clone())),
+        (Some(Value::Array(a)), None, Seg::Index(i)) => Some(Slot::Arr(a, *i)),
+        _ => None,
+    }
+}
+
+fn rollback(ctx: &mut Map<String, Value>, log: Vec<Undo>) {
+    for entry in log.into_iter().rev() {
+        let done = match entry {
+            Undo::Put { path, old } => match (parent_of(ctx, &path), old) {
+                (Some(Slot::Obj(m, k)), Some(v)) => m.insert(k.into_string(), v).map(|_| ()).or(Some(())),
+                (Some(Slot::Obj(m, k)), None) => m.remove(&*k).map(|_| ()),
+                (Some(Slot::Arr(a, i)), Some(v)) => a.get_mut(i).map(|slot| *slot = v),
+                (Some(Slot::Arr(a, i)), None) => (a.len() == i + 1).then(|| drop(a.pop())),
+                (None, _) => None,
+            },
+            Undo::Truncate { path, len } => match parent_of(ctx, &path).and_then(Slot::into_value) {
+                Some(Value::Array(a)) => Some(a.truncate(len)),
+                Some(Value::String(s)) => Some(s.truncate(len)),
+                _ => None,
+            },
+            Undo::Insert { path, value } => match parent_of(ctx, &path) {
+                Some(Slot::Arr(a, i)) if i <= a.len() => Some(a.insert(i, value)),
+                _ => None,
+            },
+        };
+        debug_assert!(done.is_some(), "undo log entry did not apply");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::path::PathLimits;
+    use serde_json::json;
+
+    const LIMITS: PathLimits = PathLimits { max_bytes: 1024, max_depth: 32 };
+
+    fn ctx() -> Map<String, Value> {
+        json!({"id": "r1", "status": "running", "output": null, "steps": [], "input": {"q": "hi"}})
+            .as_object()
+            .unwrap()
+            .clone()
+    }
+
+    fn p(s: &str) -> Path {
+        Path::parse(s, LIMITS).unwrap()
+    }
+
+    fn set(path: &str, v: Value) -> PatchOp {
+        PatchOp::Set { path: p(path), value: v }
+    }
+
+    fn append(path: &str, v: Value) -> PatchOp {
+        PatchOp::Append { path: p(path), value: v }
+    }
+
+    fn step(index: usize, v: Value) -> PatchOp {
+        PatchOp::Step { index, value: v.as_object().unwrap().clone() }
+    }
+
+    fn remove(path: &str) -> PatchOp {
+        PatchOp::Remove { path: p(path) }
+    }
+
+    /// Applies ops; checks the resulting context and the changes rendered as `[kind, pointer, value]`.
+    fn check(ops: Vec<PatchOp>, expect_ctx: Value, expect_changes: Value) {
+        let mut c = ctx();
+        let changes = apply(&mut c, ops).unwrap();
+        assert_eq!(Value::Object(c), expect_ctx);
+        let rendered: Vec<Value> = changes
+            .iter()
+            .map(|ch| {
+                let mut s = String::new();
+                crate::path::write_pointer(&mut s, &ch.path);
+                json!([format!("{:?}", ch.kind), s, ch.value])
+            })
+            .collect();
+        assert_eq!(Value::Array(rendered), expect_changes);
+    }
+
+    fn check_err(ops: Vec<PatchOp>, code: ErrorCode) {
+        let mut c = ctx();
+        let before = c.clone();
+        assert_eq!(apply(&mut c, ops).unwrap_err().code, code);
+        assert_eq!(c, before, "a failed patch must leave the run untouched");
+    }
+
+    #[test]
+    fn set_creates_intermediates_under_null_output() {
+        check(
+            vec![set("output.value", json!("h"))],
+            json!({"id": "r1", "status": "running", "output": {"value": "h"}, "steps": [], "input": {"q": "hi"}}),
+            json!([["Replace", "/output", {"value": "h"}]]),
+        );
+    }
+
+    #[test]
+    fn append_builds_then_pushes_in_place() {
+        check(
+            vec![append("output.tokens", json!("a")), append("/output/tokens", json!("b"))],
+            json!({"id": "r1", "status": "running", "output": {"tokens": ["a", "b"]}, "steps": [], "input": {"q": "hi"}}),
+            json!([["Replace", "/output", {"tokens": ["a"]}], ["Append", "/output/tokens", ["b"]]]),
+        );
+    }
+
+    #[test]
+    fn append_concatenates_strings() {
+        check(
+            vec![set("output.text", json!("ab")), append("output.text", json!("cd"))],
+            json!({"id": "r1", "status": "running", "output": {"text": "abcd"}, "steps": [], "input": {"q": "hi"}}),
+            json!([["Replace", "/output", {"text": "ab"}], ["Append", "/output/text", "cd"]]),
+        );
+    }
+
+    #[test]
+    fn step_appends_then_merges() {
+        check(
+            vec![step(0, json!({"name": "a", "status": "running"})), step(0, json!({"status": "done"}))],
+            json!({"id": "r1", "status": "running", "output": null, "steps": [{"name": "a", "status": "done"}], "input": {"q": "hi"}}),
+            json!([["Add", "/steps/0", {"name": "a", "status": "running"}], ["Replace", "/steps/0/status", "done"]]),
+        );
+    }
+
+    #[test]
+    fn remove_and_set_into_arrays() {
+        check(
+            vec![
+                step(0, json!({"n": 1})),
+                step(1, json!({"n": 2})),
+                set("steps[1].n", json!(3)),
+                remove("/steps/0"),
+                set("/input/q", json!("yo")),
+            ],
+            json!({"id": "r1", "status": "running", "output": null, "steps": [{"n": 3}], "input": {"q": "yo"}}),
+            json!([
+                ["Add", "/steps/0", {"n": 1}],
+                ["Add", "/steps/1", {"n": 2}],
+                ["Replace", "/steps/1/n", 3],
+                ["Remove", "/steps/0", null],
+                ["Replace", "/input/q", "yo"]
+            ]),
+        );
+    }
+
+    #[test]
+    fn errors_leave_the_run_untouched() {
+        check_err(vec![append("input.q.x", json!(1))], ErrorCode::TypeMismatch);
+        check_err(vec![set("output.a", json!(1)), append("output.a", json!(2))], ErrorCode::TypeMismatch);
+        check_err(vec![set("output.s", json!("x")), append("output.s", json!(5))], ErrorCode::TypeMismatch);
+        check_err(vec![step(0, json!({"a": 1})), step(5, json!({}))], ErrorCode::IndexOutOfRange);
+        check_err(vec![set("steps[3]", json!(1))], ErrorCode::IndexOutOfRange);
+        check_err(vec![append("output.t", json!("a")), set("output.t[1].x", json!(1))], ErrorCode::IndexOutOfRange);
+        check_err(vec![set("output.a", json!(1)), remove("output.zz")], ErrorCode::PathNotFound);
+        check_err(vec![remove("output")], ErrorCode::ReadOnlyPath);
+        check_err(vec![set("input.q", json!(1)), remove("input.q"), remove("input.q")], ErrorCode::PathNotFound);
+        check_err(vec![step(0, json!({"a": 1})), step(1, json!({"b": 1})), remove("steps[0]"), set("output.x[0]", json!(1))], ErrorCode::IndexOutOfRange);
+        check_err(vec![set("input", json!([1])), set("input.key", json!(1))], ErrorCode::TypeMismatch);
+    }
+}

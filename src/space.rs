@@ -1,0 +1,149 @@
+//! A space: the unit of ordering. Owns, behind one lock, the space's active runs (in creation order), its views,
+//! the journal of the tick in progress, its sequence number, the failed runs waiting out their linger, and its
+//! subscribers grouped by view set. Lock order everywhere: space, then a run, then a registry shard.
+
+use crate::context::{Class, Run, RunId};
+use crate::journal::Journal;
+use crate::protocol::{self, ReqId, StateParts};
+use crate::subscriber::SubSlot;
+use crate::views::{ViewSet, Views};
+use indexmap::IndexMap;
+use parking_lot::{Mutex, MutexGuard};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// A run as the registry holds it: the run behind its own lock, and the space it belongs to. The run is only
+/// ever locked while its space is locked, so the space lock orders every change to it.
+#[derive(Debug)]
+pub struct RunCell {
+    pub space: Arc<Space>,
+    pub run: Mutex<Run>,
+}
+
+/// Subscribers that share a view set, and so share rendered frames.
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub views: ViewSet,
+    pub slots: Vec<Arc<SubSlot>>,
+}
+
+/// Everything behind a space's lock.
+#[derive(Debug, Default)]
+pub struct SpaceState {
+    /// The seq of the last closed tick; a snapshot taken now is at this seq.
+    pub seq: u64,
+    /// `activeRuns`, in creation order.
+    pub runs: IndexMap<RunId, Arc<RunCell>>,
+    pub views: Views,
+    pub journal: Journal,
+    /// Failed runs waiting out their linger, oldest first (the linger is one constant, so this is sorted).
+    pub lingering: VecDeque<(Instant, RunId)>,
+    /// Registered subscribers, copied on write so a tick can fan out without the lock.
+    pub groups: Arc<Vec<Group>>,
+    /// Subscribers waiting for their first snapshot, with their request ids.
+    pub joining: Vec<(Arc<SubSlot>, ReqId)>,
+    /// Subscribers that overflowed and wait for a fresh snapshot.
+    pub resync: Vec<Arc<SubSlot>>,
+    /// How many registered or joining subscribers asked for events (events are only journaled when some did).
+    pub events_wanted: usize,
+    /// Whether the notifier has been woken since its last flush.
+    pub dirty: bool,
+}
+
+impl SpaceState {
+    /// Takes a run out of `activeRuns`: journals its removal and updates the views.
+    pub fn remove_run(&mut self, id: RunId, before: Class) {
+        self.journal.touch(id, before);
+        self.journal.loading(self.views.is_loading());
+        self.views.remove(id, before, self.journal.view_ops());
+        self.runs.swap_remove(&id);
+    }
+
+    /// Renders the state document for one view set at the current seq.
+    pub fn render_state(&self, views: ViewSet) -> String {
+        let runs = self.runs.iter().filter_map(|(id, cell)| {
+            let run = cell.run.lock();
+            views
+                .shows(run.class())
+                .then(|| (*id, serde_json::to_string(&run.ctx).expect("a context serializes")))
+        });
+        protocol::state(StateParts {
+            views,
+            current: self.views.current().map(|s| &**s),
+            runs,
+            loading: self.views.is_loading(),
+            dialogs: self.views.dialogs().copied(),
+            ai: self.views.ai().copied(),
+            pipelines: self.views.pipelines().map(|(root, members)| (*root, members.iter().copied())),
+        })
+    }
+
+    /// Registers subscribers that got their snapshot (one copy of the group list for the whole batch).
+    pub fn register(&mut self, slots: Vec<Arc<SubSlot>>) {
+        if slots.is_empty() {
+            return;
+        }
+        let mut groups = (*self.groups).clone();
+        for slot in slots {
+            match groups.iter_mut().find(|g| g.views == slot.views) {
+                Some(g) => g.slots.push(slot),
+                None => groups.push(Group { views: slot.views, slots: vec![slot] }),
+            }
+        }
+        self.groups = Arc::new(groups);
+    }
+
+    /// Removes a subscriber wherever it is.
+    pub fn unregister(&mut self, slot: &Arc<SubSlot>) -> bool {
+        let before = self.joining.len();
+        self.joining.retain(|(s, _)| !Arc::ptr_eq(s, slot));
+        let mut found = self.joining.len() != before;
+        if !found && self.groups.iter().any(|g| g.slots.iter().any(|s| Arc::ptr_eq(s, slot))) {
+            let mut groups = (*self.groups).clone();
+            for g in &mut groups {
+                g.slots.retain(|s| !Arc::ptr_eq(s, slot));
+            }
+            groups.retain(|g| !g.slots.is_empty());
+            self.groups = Arc::new(groups);
+            found = true;
+        }
+        self.resync.retain(|s| !Arc::ptr_eq(s, slot));
+        if found && slot.events {
+            self.events_wanted -= 1;
+        }
+        found
+    }
+}
+
+/// One space.
+#[derive(Debug)]
+pub struct Space {
+    pub name: Arc<str>,
+    state: Mutex<SpaceState>,
+    /// Wakes the notifier: a change after an idle period is flushed at once.
+    wake: Notify,
+}
+
+impl Space {
+    pub fn new(name: Arc<str>) -> Arc<Space> {
+        Arc::new(Space { name, state: Mutex::new(SpaceState::default()), wake: Notify::new() })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, SpaceState> {
+        self.state.lock()
+    }
+
+    /// Marks the space dirty and wakes its notifier (once per flush).
+    pub fn changed(&self, st: &mut SpaceState) {
+        if !st.dirty {
+            st.dirty = true;
+            self.wake.notify_one();
+        }
+    }
+
+    pub async fn woken(&self) {
+        self.wake.notified().await
+    }
+}
