@@ -1,0 +1,76 @@
+//! The `coworker` binary as a user runs it: flags, a taken port, the bound address in the log, and shutdown on
+//! SIGTERM with close code 1001.
+
+use futures::StreamExt;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_coworker"))
+}
+
+#[test]
+fn help_explains_every_flag() {
+    let out = bin().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--listen", "COWORKER_LISTEN", "--tick-ms", "COWORKER_TICK_MS", "--linger-ms", "COWORKER_LINGER_MS"] {
+        assert!(help.contains(flag), "--help does not mention {flag}:\n{help}");
+    }
+}
+
+#[test]
+fn a_taken_port_is_a_clear_error_and_a_failed_exit() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let out = bin().args(["--listen", &addr.to_string()]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot listen on {addr}")), "stderr: {err}");
+}
+
+#[tokio::test]
+async fn sigterm_closes_clients_with_1001_and_exits() {
+    let mut child = bin()
+        .args(["--listen", "127.0.0.1:0", "--web-root", "/nonexistent"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("WebSocket at ").nth(1) {
+                let _ = tx.send(rest.trim().to_string());
+            }
+        }
+    });
+    let url = rx.recv_timeout(Duration::from_secs(20)).expect("the bound address is logged");
+    let url = url.split_whitespace().next().unwrap().to_string();
+    assert!(url.starts_with("ws://127.0.0.1:") && !url.contains(":0/"), "{url}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let close = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Close(c) = m {
+                return c.map(|c| u16::from(c.code));
+            }
+        }
+        None
+    })
+    .await
+    .expect("closed within 10 s");
+    assert_eq!(close, Some(1001));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the server did not exit within 10 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

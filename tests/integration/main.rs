@@ -1,0 +1,10 @@
+//! Integration tests: a real server on 127.0.0.1:0, real sockets.
+
+mod bad_input;
+mod binary;
+mod diff_invariant;
+mod hooks;
+mod messages;
+mod support;
+mod timing;
+mod views;

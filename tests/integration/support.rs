@@ -1,0 +1,199 @@
+//! Test support: a real server on 127.0.0.1:0, a raw WebSocket client for frame-level assertions, and a plugin
+//! that records hook calls.
+
+use coworker::config::{Config, EngineConfig};
+use coworker::hooks::{Hooks, Plugin, RunContext};
+use futures::{SinkExt, StreamExt};
+use parking_lot::Mutex;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+/// How long a test waits for a frame it expects before failing. A failure-detection bound, not a sleep.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Shuts the server down and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = h.await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub async fn start_server() -> TestServer {
+    start_with(EngineConfig::default(), Hooks::default()).await
+}
+
+pub async fn start_with(engine: EngineConfig, hooks: Hooks) -> TestServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let config = Config { listen: addr, engine, ..Config::default() };
+    let handle = tokio::spawn(async move {
+        coworker::serve(listener, config, hooks, async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("server runs");
+    });
+    TestServer { addr, stop: Some(stop), handle: Some(handle) }
+}
+
+/// A raw client: frames as JSON values.
+pub struct Raw {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Raw {
+    pub async fn connect(server: &TestServer) -> Raw {
+        let (ws, _) = connect_async(server.url()).await.expect("connect");
+        Raw { ws }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws.send(Message::Text(v.to_string().into())).await.expect("send");
+    }
+
+    pub async fn send_text(&mut self, s: &str) {
+        self.ws.send(Message::Text(s.to_string().into())).await.expect("send");
+    }
+
+    /// The next frame (text frames only), failing the test after [`WAIT`].
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame")
+                .expect("connection open")
+                .expect("frame");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).expect("server frames are JSON"),
+                Message::Close(c) => panic!("connection closed: {c:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next non-close message, or the close frame's code.
+    pub async fn recv_close(&mut self) -> Option<u16> {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next()).await.expect("timed out waiting for close") {
+                Some(Ok(Message::Close(c))) => return c.map(|c| u16::from(c.code)),
+                Some(Ok(Message::Text(t))) => panic!("expected a close, got {t}"),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// Sends a request and returns the next frame (the reply: replies to live operations come in order).
+    pub async fn request(&mut self, v: Value) -> Value {
+        self.send(v).await;
+        self.recv().await
+    }
+
+    /// Starts a live run and returns its id.
+    pub async fn start(&mut self, run: Value) -> String {
+        let r = self.request(serde_json::json!({"type": "run", "id": "start", "run": run})).await;
+        assert_eq!(r["type"], "reply", "{r}");
+        r["run"]["id"].as_str().unwrap().to_string()
+    }
+}
+
+/// Records every hook call as `(hook, operation)`.
+#[derive(Default)]
+pub struct RecordingPlugin {
+    pub calls: Mutex<Vec<(String, String, String)>>,
+    pub reject_operation: Option<String>,
+}
+
+impl RecordingPlugin {
+    pub fn take(&self) -> Vec<(String, String, String)> {
+        std::mem::take(&mut *self.calls.lock())
+    }
+}
+
+impl Plugin for RecordingPlugin {
+    fn before_run(&self, run: RunContext<'_>) -> Result<(), String> {
+        self.calls.lock().push(("before".into(), run.operation().into(), run.status().into()));
+        if self.reject_operation.as_deref() == Some(run.operation()) {
+            return Err(format!("operation {} is not allowed", run.operation()));
+        }
+        Ok(())
+    }
+
+    fn after_run(&self, run: RunContext<'_>) {
+        self.calls.lock().push(("after".into(), run.operation().into(), run.status().into()));
+    }
+
+    fn on_error(&self, run: RunContext<'_>, _error: &coworker::Error) {
+        self.calls.lock().push(("error".into(), run.operation().into(), run.status().into()));
+    }
+}
+
+pub fn hooks_with(plugin: Arc<RecordingPlugin>) -> Hooks {
+    let mut hooks = Hooks::default();
+    hooks.plugin(plugin);
+    hooks
+}
+
+impl Raw {
+    /// The next text frame as a string.
+    pub async fn ws_next_text(&mut self) -> String {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next()).await.expect("timed out").expect("open").expect("frame") {
+                Message::Text(t) => return t.to_string(),
+                Message::Close(c) => panic!("closed: {c:?}"),
+                _ => continue,
+            }
+        }
+    }
+}
+
+/// For tests under the paused clock. Tokio advances a paused clock to the next timer whenever the runtime is idle,
+/// and a runtime waiting for a socket to become ready is idle: without a near timer, one loopback round trip
+/// could jump the clock straight to the server's linger deadline or to a test's timeout. This task keeps a timer
+/// 1 ms ahead, so waiting on I/O advances virtual time by at most 1 ms per wait. Drop the handle to stop it.
+pub struct Heartbeat(tokio::task::JoinHandle<()>);
+
+pub fn heartbeat() -> Heartbeat {
+    Heartbeat(tokio::spawn(async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }))
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
