@@ -427,6 +427,17 @@ mod tests {
     }
 
     #[test]
+    fn add_then_remove_of_a_new_member_keeps_both() {
+        let n = vec![key("output"), key("new")];
+        let list = vec![
+            ch(ChangeKind::Append, vec![key("output"), key("tokens")], json!(["y"])),
+            ch(ChangeKind::Add, n.clone(), json!(1)),
+            ch(ChangeKind::Remove, n, Value::Null),
+        ];
+        check(list, 3);
+    }
+
+    #[test]
     fn remove_then_add_of_a_member_becomes_one_add() {
         let a = vec![key("output"), key("a")];
         let list = vec![ch(ChangeKind::Remove, a.clone(), Value::Null), ch(ChangeKind::Add, a, json!(2))];
