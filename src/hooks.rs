@@ -85,7 +85,11 @@ pub trait Plugin: Send + Sync + 'static {
 /// run completes with the returned output or fails with the returned error (its `code` and `message` go into the
 /// run's `error`). The future runs on its own task; it may start further runs through `engine`.
 pub trait Operation: Send + Sync + 'static {
-    fn execute(&self, run: Map<String, Value>, engine: crate::engine::Engine) -> BoxFuture<'static, Result<Value, Error>>;
+    fn execute(
+        &self,
+        run: Map<String, Value>,
+        engine: crate::engine::Engine,
+    ) -> BoxFuture<'static, Result<Value, Error>>;
 }
 
 /// The plugins and operations an engine was built with.

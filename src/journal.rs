@@ -34,11 +34,16 @@ pub struct Event {
 /// The journal of one space for the tick in progress.
 #[derive(Debug, Default)]
 pub struct Journal {
-    runs: IndexMap<RunId, Touched>,
-    views: Vec<ViewOp>,
-    loading_before: Option<bool>,
-    current_changed: bool,
-    events: Vec<Event>,
+    /// Runs touched this tick, in first-touch order.
+    pub runs: IndexMap<RunId, Touched>,
+    /// View ops, in the order they happened (their indexes are valid in that order).
+    pub views: Vec<ViewOp>,
+    /// `isLoading` when the tick began, if it may have changed.
+    pub loading_before: Option<bool>,
+    /// Whether `currentRun` was set this tick.
+    pub current_changed: bool,
+    /// Lifecycle events (journaled only while some subscriber wants them).
+    pub events: Vec<Event>,
 }
 
 impl Journal {
@@ -86,10 +91,6 @@ impl Journal {
     pub fn take(&mut self) -> Journal {
         std::mem::take(self)
     }
-
-    pub fn into_parts(self) -> (IndexMap<RunId, Touched>, Vec<ViewOp>, Option<bool>, bool, Vec<Event>) {
-        (self.runs, self.views, self.loading_before, self.current_changed, self.events)
-    }
 }
 
 fn is_prefix(prefix: &[Seg], path: &[Seg]) -> bool {
@@ -128,9 +129,7 @@ fn fold_into(target: &mut Value, rel: &[Seg], kind: ChangeKind, value: &mut Valu
             true
         }
         (Value::Object(m), Seg::Key(k), ChangeKind::Remove) => m.remove(&**k).is_some(),
-        (Value::Object(m), Seg::Key(k), ChangeKind::Append) => {
-            m.get_mut(&**k).is_some_and(|t| append_value(t, value))
-        }
+        (Value::Object(m), Seg::Key(k), ChangeKind::Append) => m.get_mut(&**k).is_some_and(|t| append_value(t, value)),
         (Value::Array(a), Seg::Index(i), ChangeKind::Replace) if *i < a.len() => {
             a[*i] = std::mem::take(value);
             true
@@ -143,9 +142,7 @@ fn fold_into(target: &mut Value, rel: &[Seg], kind: ChangeKind, value: &mut Valu
             a.remove(*i);
             true
         }
-        (Value::Array(a), Seg::Index(i), ChangeKind::Append) => {
-            a.get_mut(*i).is_some_and(|t| append_value(t, value))
-        }
+        (Value::Array(a), Seg::Index(i), ChangeKind::Append) => a.get_mut(*i).is_some_and(|t| append_value(t, value)),
         _ => false,
     }
 }

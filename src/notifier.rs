@@ -5,7 +5,7 @@
 
 use crate::context::Class;
 use crate::engine::Shared;
-use crate::journal::{Cut, RunDelta};
+use crate::journal::{Cut, Journal, RunDelta};
 use crate::space::{Group, Space, SpaceState};
 use crate::subscriber::Delivery;
 use crate::views::ViewSet;
@@ -49,7 +49,7 @@ pub fn flush(space: &Space, cap: usize) {
 }
 
 fn cut(st: &mut SpaceState) -> Cut {
-    let (runs, views, loading_before, current_changed, events) = st.journal.take().into_parts();
+    let Journal { runs, views, loading_before, current_changed, events } = st.journal.take();
     st.seq += 1;
     let sets: Vec<ViewSet> = st.groups.iter().map(|g| g.views).collect();
     let runs = runs

@@ -219,7 +219,11 @@ fn apply_one(
             let len = match (slot.into_value(), &value) {
                 (Some(Value::Array(a)), _) => {
                     a.push(value.clone());
-                    changes.push(Change { kind: ChangeKind::Append, path: path.clone(), value: Value::Array(vec![value]) });
+                    changes.push(Change {
+                        kind: ChangeKind::Append,
+                        path: path.clone(),
+                        value: Value::Array(vec![value]),
+                    });
                     a.len() - 1
                 }
                 (Some(Value::String(s)), Value::String(tail)) => {
@@ -272,7 +276,11 @@ fn apply_one(
                     if let Some(log) = undo {
                         log.push(Undo::Put { path: vec![Seg::Key("steps".into())], old: Some(old) });
                     }
-                    changes.push(Change { kind: ChangeKind::Replace, path: vec![Seg::Key("steps".into())], value: new });
+                    changes.push(Change {
+                        kind: ChangeKind::Replace,
+                        path: vec![Seg::Key("steps".into())],
+                        value: new,
+                    });
                 }
                 Value::Array(a) if index == a.len() => {
                     a.push(Value::Object(value.clone()));
@@ -282,11 +290,17 @@ fn apply_one(
                     }
                     changes.push(Change { kind: ChangeKind::Add, path, value: Value::Object(value) });
                 }
+                Value::Array(a) if index < a.len() && a[index].is_null() => {
+                    // A null step becomes the merged object: one change for the whole element.
+                    let path = vec![Seg::Key("steps".into()), Seg::Index(index)];
+                    let old = std::mem::replace(&mut a[index], Value::Object(value.clone()));
+                    if let Some(log) = undo {
+                        log.push(Undo::Put { path: path.clone(), old: Some(old) });
+                    }
+                    changes.push(Change { kind: ChangeKind::Replace, path, value: Value::Object(value) });
+                }
                 Value::Array(a) if index < a.len() => {
                     let step = &mut a[index];
-                    if step.is_null() {
-                        *step = Value::Object(Map::new());
-                    }
                     let Value::Object(m) = step else {
                         return Err(mismatch(format!("steps[{index}] is {}, not an object", type_name(step))));
                     };
@@ -333,25 +347,47 @@ fn parent_of<'a>(root: &'a mut Map<String, Value>, path: &[Seg]) -> Option<Slot<
 
 fn rollback(ctx: &mut Map<String, Value>, log: Vec<Undo>) {
     for entry in log.into_iter().rev() {
-        let done = match entry {
-            Undo::Put { path, old } => match (parent_of(ctx, &path), old) {
-                (Some(Slot::Obj(m, k)), Some(v)) => m.insert(k.into_string(), v).map(|_| ()).or(Some(())),
-                (Some(Slot::Obj(m, k)), None) => m.remove(&*k).map(|_| ()),
-                (Some(Slot::Arr(a, i)), Some(v)) => a.get_mut(i).map(|slot| *slot = v),
-                (Some(Slot::Arr(a, i)), None) => (a.len() == i + 1).then(|| drop(a.pop())),
-                (None, _) => None,
+        let undone = undo_one(ctx, entry);
+        debug_assert!(undone, "undo log entry did not apply");
+    }
+}
+
+fn undo_one(ctx: &mut Map<String, Value>, entry: Undo) -> bool {
+    match entry {
+        Undo::Put { path, old } => match (parent_of(ctx, &path), old) {
+            (Some(Slot::Obj(m, k)), Some(v)) => {
+                m.insert(k.into_string(), v);
+                true
+            }
+            (Some(Slot::Obj(m, k)), None) => m.remove(&*k).is_some(),
+            (Some(Slot::Arr(a, i)), Some(v)) => match a.get_mut(i) {
+                Some(slot) => {
+                    *slot = v;
+                    true
+                }
+                None => false,
             },
-            Undo::Truncate { path, len } => match parent_of(ctx, &path).and_then(Slot::into_value) {
-                Some(Value::Array(a)) => Some(a.truncate(len)),
-                Some(Value::String(s)) => Some(s.truncate(len)),
-                _ => None,
-            },
-            Undo::Insert { path, value } => match parent_of(ctx, &path) {
-                Some(Slot::Arr(a, i)) if i <= a.len() => Some(a.insert(i, value)),
-                _ => None,
-            },
-        };
-        debug_assert!(done.is_some(), "undo log entry did not apply");
+            (Some(Slot::Arr(a, i)), None) => a.len() == i + 1 && a.pop().is_some(),
+            (None, _) => false,
+        },
+        Undo::Truncate { path, len } => match parent_of(ctx, &path).and_then(Slot::into_value) {
+            Some(Value::Array(a)) => {
+                a.truncate(len);
+                true
+            }
+            Some(Value::String(s)) => {
+                s.truncate(len);
+                true
+            }
+            _ => false,
+        },
+        Undo::Insert { path, value } => match parent_of(ctx, &path) {
+            Some(Slot::Arr(a, i)) if i <= a.len() => {
+                a.insert(i, value);
+                true
+            }
+            _ => false,
+        },
     }
 }
 
@@ -450,6 +486,15 @@ mod tests {
     }
 
     #[test]
+    fn a_step_merged_into_null_replaces_it() {
+        check(
+            vec![set("steps[0]", Value::Null), step(0, json!({"status": "s"}))],
+            json!({"id": "r1", "status": "running", "output": null, "steps": [{"status": "s"}], "input": {"q": "hi"}}),
+            json!([["Add", "/steps/0", null], ["Replace", "/steps/0", {"status": "s"}]]),
+        );
+    }
+
+    #[test]
     fn remove_and_set_into_arrays() {
         check(
             vec![
@@ -481,7 +526,10 @@ mod tests {
         check_err(vec![set("output.a", json!(1)), remove("output.zz")], ErrorCode::PathNotFound);
         check_err(vec![remove("output")], ErrorCode::ReadOnlyPath);
         check_err(vec![set("input.q", json!(1)), remove("input.q"), remove("input.q")], ErrorCode::PathNotFound);
-        check_err(vec![step(0, json!({"a": 1})), step(1, json!({"b": 1})), remove("steps[0]"), set("output.x[0]", json!(1))], ErrorCode::IndexOutOfRange);
+        check_err(
+            vec![step(0, json!({"a": 1})), step(1, json!({"b": 1})), remove("steps[0]"), set("output.x[0]", json!(1))],
+            ErrorCode::IndexOutOfRange,
+        );
         check_err(vec![set("input", json!([1])), set("input.key", json!(1))], ErrorCode::TypeMismatch);
     }
 }

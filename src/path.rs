@@ -6,18 +6,8 @@ use crate::error::{Error, ErrorCode, Result};
 use std::fmt::Write;
 
 /// Top-level context fields a patch may not touch: the engine owns them.
-pub const READ_ONLY_FIELDS: [&str; 10] = [
-    "id",
-    "timestamp",
-    "operation",
-    "owner",
-    "space",
-    "parentRun",
-    "status",
-    "success",
-    "error",
-    "duration",
-];
+pub const READ_ONLY_FIELDS: [&str; 10] =
+    ["id", "timestamp", "operation", "owner", "space", "parentRun", "status", "success", "error", "duration"];
 
 /// Top-level context fields a patch may set but not remove (the context always has them).
 pub const CORE_FIELDS: [&str; 7] = ["doctype", "flow", "input", "options", "agent", "steps", "output"];

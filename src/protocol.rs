@@ -38,7 +38,7 @@ pub struct RunSpec {
 /// Every message a client can send. Closed: a new message type is a protocol change.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientMsg {
-    Run { id: ReqId, spec: RunSpec },
+    Run { id: ReqId, spec: Box<RunSpec> },
     Patch { id: ReqId, run: RunId, ops: Vec<PatchOp> },
     Complete { id: ReqId, run: RunId, output: Option<Value> },
     Fail { id: ReqId, run: RunId, error: Value },
@@ -187,7 +187,7 @@ fn decode(env: Envelope<'_>, id: ReqId, limits: &ParseLimits) -> Result<ClientMs
             }
             ClientMsg::Run {
                 id,
-                spec: RunSpec {
+                spec: Box::new(RunSpec {
                     id: w.id.as_deref().map(|s| parse_uuid(s, "run.id")).transpose()?,
                     operation,
                     doctype,
@@ -199,7 +199,7 @@ fn decode(env: Envelope<'_>, id: ReqId, limits: &ParseLimits) -> Result<ClientMs
                     parent_run: w.parent_run.as_deref().map(|s| parse_uuid(s, "parentRun")).transpose()?,
                     steps: w.steps.unwrap_or_default(),
                     space: w.space,
-                },
+                }),
             }
         }
         "patch" => {
@@ -616,7 +616,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const LIMITS: ParseLimits = ParseLimits { path: PathLimits { max_bytes: 1024, max_depth: 32 }, max_ops_per_patch: 4 };
+    const LIMITS: ParseLimits =
+        ParseLimits { path: PathLimits { max_bytes: 1024, max_depth: 32 }, max_ops_per_patch: 4 };
 
     fn rej(text: &str) -> (ReqId, ErrorCode) {
         let r = parse(text, &LIMITS).unwrap_err();
@@ -631,8 +632,10 @@ mod tests {
         assert_eq!(req, json!(2));
         assert_eq!(ops.len(), 3);
         assert!(matches!(&ops[2], PatchOp::Set { value: Value::Null, .. }));
-        let m = parse(r#"{"type":"run","id":"a","run":{"operation":"interpret","parentRun":null,"owner":"u1"}}"#, &LIMITS).unwrap();
-        assert!(matches!(m, ClientMsg::Run { spec: RunSpec { ref operation, .. }, .. } if operation == "interpret"));
+        let m =
+            parse(r#"{"type":"run","id":"a","run":{"operation":"interpret","parentRun":null,"owner":"u1"}}"#, &LIMITS)
+                .unwrap();
+        assert!(matches!(m, ClientMsg::Run { ref spec, .. } if spec.operation == "interpret"));
         let m = parse(r#"{"type":"subscribe","views":["activeAI"]}"#, &LIMITS).unwrap();
         assert!(matches!(m, ClientMsg::Subscribe { ref space, events: false, .. } if space == "default"));
         let m = parse(&format!(r#"{{"type":"complete","run":"{id}"}}"#), &LIMITS).unwrap();
@@ -655,9 +658,12 @@ mod tests {
         assert_eq!(rej(r#"[1,2]"#).1, ErrorCode::BadMessage);
         let id = "0190f5c2-0000-7000-8000-000000000001";
         let five = r#"{"op":"set","path":"a","value":1}"#;
-        let ops = vec![five; 5].join(",");
+        let ops = [five; 5].join(",");
         assert_eq!(rej(&format!(r#"{{"type":"patch","run":"{id}","ops":[{ops}]}}"#)).1, ErrorCode::LimitExceeded);
-        assert_eq!(rej(&format!(r#"{{"type":"patch","run":"{id}","ops":[{{"op":"set","path":"status","value":1}}]}}"#)).1, ErrorCode::ReadOnlyPath);
+        assert_eq!(
+            rej(&format!(r#"{{"type":"patch","run":"{id}","ops":[{{"op":"set","path":"status","value":1}}]}}"#)).1,
+            ErrorCode::ReadOnlyPath
+        );
         assert_eq!(rej(&format!(r#"{{"type":"fail","run":"{id}","error":"x"}}"#)).1, ErrorCode::BadMessage);
     }
 

@@ -124,7 +124,7 @@ impl Session {
                 let engine = self.engine.clone();
                 let tx = self.tx.clone();
                 let reply = async move {
-                    let frame = match engine.run(spec).await {
+                    let frame = match engine.run(*spec).await {
                         Ok(ctx) => protocol::reply(&id, Some(&ctx)),
                         Err(f) => protocol::error(&id, &f.error, f.run.as_deref()),
                     };

@@ -65,9 +65,7 @@ impl SpaceState {
     pub fn render_state(&self, views: ViewSet) -> String {
         let runs = self.runs.iter().filter_map(|(id, cell)| {
             let run = cell.run.lock();
-            views
-                .shows(run.class())
-                .then(|| (*id, serde_json::to_string(&run.ctx).expect("a context serializes")))
+            views.shows(run.class()).then(|| (*id, serde_json::to_string(&run.ctx).expect("a context serializes")))
         });
         protocol::state(StateParts {
             views,

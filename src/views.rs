@@ -20,8 +20,14 @@ pub enum View {
 }
 
 impl View {
-    pub const ALL: [View; 6] =
-        [View::CurrentRun, View::ActiveRuns, View::IsLoading, View::ActiveDialogs, View::ActiveAi, View::ActivePipelines];
+    pub const ALL: [View; 6] = [
+        View::CurrentRun,
+        View::ActiveRuns,
+        View::IsLoading,
+        View::ActiveDialogs,
+        View::ActiveAi,
+        View::ActivePipelines,
+    ];
 
     /// The view's key in the state document.
     pub const fn key(self) -> &'static str {
@@ -313,7 +319,10 @@ mod tests {
         ops.clear();
         v.remove(id(1), live, &mut ops);
         assert_eq!(groups(&v), vec![(3, vec![3, 5]), (4, vec![4])]);
-        assert_eq!(ops, vec![ViewOp::RemoveGroup { root: id(1) }, ViewOp::AddGroup { root: id(4), members: vec![id(4)] }]);
+        assert_eq!(
+            ops,
+            vec![ViewOp::RemoveGroup { root: id(1) }, ViewOp::AddGroup { root: id(4), members: vec![id(4)] }]
+        );
     }
 
     #[test]

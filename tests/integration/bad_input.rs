@@ -14,7 +14,11 @@ async fn every_bad_message_gets_its_code_and_the_connection_survives() {
     let server = start_server().await;
     let mut c = Raw::connect(&server).await;
     let id = c.start(json!({"operation": "interpret"})).await;
-    c.request(patch(&id, json!([{"op": "set", "path": "output.n", "value": 5}, {"op": "set", "path": "output.s", "value": "str"}]))).await;
+    c.request(patch(
+        &id,
+        json!([{"op": "set", "path": "output.n", "value": 5}, {"op": "set", "path": "output.s", "value": "str"}]),
+    ))
+    .await;
     let done = c.start(json!({"operation": "dialog"})).await;
     c.request(json!({"type": "complete", "id": 0, "run": done})).await;
     let failed = c.start(json!({"operation": "dialog"})).await;
@@ -29,13 +33,20 @@ async fn every_bad_message_gets_its_code_and_the_connection_survives() {
         (json!({"type": "launch", "id": 1}).to_string(), "unknown_type"),
         (json!({"type": "patch", "id": 1, "run": id}).to_string(), "bad_message"),
         (json!({"type": "patch", "id": 1, "ops": []}).to_string(), "bad_message"),
-        (json!({"type": "patch", "id": 1, "run": "not-a-uuid", "ops": [{"op": "set", "path": "a", "value": 1}]}).to_string(), "bad_message"),
+        (
+            json!({"type": "patch", "id": 1, "run": "not-a-uuid", "ops": [{"op": "set", "path": "a", "value": 1}]})
+                .to_string(),
+            "bad_message",
+        ),
         (json!({"type": "run", "id": 1, "run": {}}).to_string(), "bad_message"),
         (json!({"type": "run", "id": 1, "run": {"operation": "x", "steps": 5}}).to_string(), "bad_message"),
         (json!({"type": "run", "id": 1, "run": {"operation": "x", "id": "nope"}}).to_string(), "bad_message"),
         (json!({"type": "run", "id": 1, "run": {"operation": "x", "id": id}}).to_string(), "duplicate_run"),
         (json!({"type": "run", "id": 1, "run": {"operation": "x", "id": done}}).to_string(), "duplicate_run"),
-        (json!({"type": "run", "id": 1, "run": {"operation": "x", "parentRun": unknown}}).to_string(), "unknown_parent"),
+        (
+            json!({"type": "run", "id": 1, "run": {"operation": "x", "parentRun": unknown}}).to_string(),
+            "unknown_parent",
+        ),
         (json!({"type": "complete", "id": 1}).to_string(), "bad_message"),
         (json!({"type": "fail", "id": 1, "run": id}).to_string(), "bad_message"),
         (json!({"type": "fail", "id": 1, "run": id, "error": {"code": "x"}}).to_string(), "bad_message"),
@@ -65,7 +76,10 @@ async fn every_bad_message_gets_its_code_and_the_connection_survives() {
         (patch(&id, json!([{"op": "remove", "path": "output.nope"}])).to_string(), "path_not_found"),
         (patch(&id, json!([{"op": "explode", "path": "output"}])).to_string(), "bad_message"),
         (patch(&id, json!([{"op": "set", "path": "output.x"}])).to_string(), "bad_message"),
-        (patch(&id, json!(vec![json!({"op": "set", "path": "output.x", "value": 1}); 300])).to_string(), "limit_exceeded"),
+        (
+            patch(&id, json!(vec![json!({"op": "set", "path": "output.x", "value": 1}); 300])).to_string(),
+            "limit_exceeded",
+        ),
     ];
     for (frame, code) in &cases {
         c.send_text(frame).await;

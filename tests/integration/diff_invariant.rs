@@ -97,7 +97,9 @@ fn wire_op(op: &Op) -> Value {
     match op {
         Op::Set(p, v) => json!({"op": "set", "path": PATHS[*p], "value": value(*v)}),
         Op::Append(p, v) => json!({"op": "append", "path": PATHS[*p], "value": value(*v)}),
-        Op::Step(i, v) => json!({"op": "step", "index": i, "value": value(*v % 2 + 3).as_object().map_or(json!({"n": 1}), |_| json!({"status": "s", "n": v}))}),
+        Op::Step(i, v) => {
+            json!({"op": "step", "index": i, "value": value(*v % 2 + 3).as_object().map_or(json!({"n": 1}), |_| json!({"status": "s", "n": v}))})
+        }
         Op::Remove(p) => json!({"op": "remove", "path": PATHS[*p]}),
     }
 }
@@ -109,7 +111,8 @@ struct Watch {
 }
 
 async fn check_case(steps: Vec<Step>) -> Result<(), String> {
-    let config = EngineConfig { tick: Duration::from_millis(10), linger: Duration::from_millis(15), ..EngineConfig::default() };
+    let config =
+        EngineConfig { tick: Duration::from_millis(10), linger: Duration::from_millis(15), ..EngineConfig::default() };
     let server = start_with(config, Hooks::default()).await;
     let producer = Client::connect(&server.url()).await.map_err(|e| e.to_string())?;
     let watcher = Client::connect(&server.url()).await.map_err(|e| e.to_string())?;
@@ -162,7 +165,10 @@ async fn check_case(steps: Vec<Step>) -> Result<(), String> {
         }
     }
     // Every producer request so far is applied once this round trip returns.
-    producer.request(json!({"type": "subscribe", "space": "default", "views": ["isLoading"]})).await.map_err(|e| e.to_string())?;
+    producer
+        .request(json!({"type": "subscribe", "space": "default", "views": ["isLoading"]}))
+        .await
+        .map_err(|e| e.to_string())?;
     for w in &mut watches {
         converge(&watcher, w).await?;
     }

@@ -36,7 +36,11 @@ struct Nested;
 impl Operation for Nested {
     fn execute(&self, run: Map<String, Value>, engine: Engine) -> BoxFuture<'static, Result<Value, Error>> {
         async move {
-            let spec = RunSpec { operation: "echo".into(), input: json!({"inner": run["input"].clone()}), ..RunSpec::default() };
+            let spec = RunSpec {
+                operation: "echo".into(),
+                input: json!({"inner": run["input"].clone()}),
+                ..RunSpec::default()
+            };
             let inner = engine.run(spec).await.map_err(|f| f.error)?;
             Ok(inner["output"].clone())
         }

@@ -39,7 +39,10 @@ async fn run_replies_with_the_whole_context() {
     // A client-supplied UUID is kept; a string request id is echoed.
     let mine = "0190f5c2-7a4e-7c1a-9a3e-2f4b5c6d7e8f";
     let r = c.request(json!({"type": "run", "id": "x", "run": {"id": mine, "operation": "dialog"}})).await;
-    assert_eq!((r["id"].clone(), r["run"]["id"].clone(), r["run"]["owner"].clone()), (json!("x"), json!(mine), json!("system")));
+    assert_eq!(
+        (r["id"].clone(), r["run"]["id"].clone(), r["run"]["owner"].clone()),
+        (json!("x"), json!(mine), json!("system"))
+    );
 }
 
 #[tokio::test]
@@ -53,7 +56,8 @@ async fn patch_complete_and_fail() {
         .await;
     assert_eq!(r, json!({"type": "reply", "id": 2}));
     // Without an id: no reply on success (the next frame answers the next request).
-    c.send(json!({"type": "patch", "run": id, "ops": [{"op": "append", "path": "/output/tokens", "value": "lo"}]})).await;
+    c.send(json!({"type": "patch", "run": id, "ops": [{"op": "append", "path": "/output/tokens", "value": "lo"}]}))
+        .await;
     let r = c.request(json!({"type": "complete", "id": 3, "run": id})).await;
     assert_eq!(r["id"], 3);
     let run = &r["run"];
@@ -69,7 +73,8 @@ async fn patch_complete_and_fail() {
 
     // fail keeps the run visible as failed.
     let id = c.start(json!({"operation": "interpret"})).await;
-    let r = c.request(json!({"type": "fail", "id": 5, "run": id, "error": {"message": "model down", "code": "E1"}})).await;
+    let r =
+        c.request(json!({"type": "fail", "id": 5, "run": id, "error": {"message": "model down", "code": "E1"}})).await;
     assert_eq!(r["run"]["status"], "failed");
     assert_eq!(r["run"]["success"], false);
     assert_eq!(r["run"]["error"], json!({"message": "model down", "code": "E1"}));
@@ -161,4 +166,25 @@ async fn healthz_answers() {
     s.read_to_string(&mut body).await.unwrap();
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(body.contains("\"status\":\"ok\""), "{body}");
+}
+
+#[tokio::test]
+async fn shutdown_closes_every_connection_with_1001() {
+    let server = start_server().await;
+    let mut a = Raw::connect(&server).await;
+    let mut b = Raw::connect(&server).await;
+    b.request(json!({"type": "subscribe", "id": 1})).await;
+    a.start(json!({"operation": "interpret"})).await;
+    let stopping = tokio::spawn(server.stop());
+    assert_eq!(a.recv_close().await, Some(1001));
+    // b may first get the diff for a's run.
+    let close = loop {
+        match tokio::time::timeout(WAIT, futures::StreamExt::next(&mut b.ws)).await.expect("closed in time") {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(c))) => break c.map(|c| u16::from(c.code)),
+            Some(Ok(_)) => continue,
+            _ => break None,
+        }
+    };
+    assert_eq!(close, Some(1001));
+    tokio::time::timeout(WAIT, stopping).await.expect("server stopped in time").unwrap();
 }

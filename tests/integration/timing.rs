@@ -7,10 +7,10 @@ use coworker::client::Client;
 use coworker::config::EngineConfig;
 use coworker::hooks::Hooks;
 use futures::SinkExt;
-use tokio_tungstenite::tungstenite::Message;
 use serde_json::json;
 use std::time::Duration;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
 
 /// A long tick for the coalescing tests: socket waits advance the paused clock (see `heartbeat`), and a burst must
 /// stay well inside one tick of virtual time however many waits it takes.
@@ -100,13 +100,17 @@ async fn a_change_after_idle_is_sent_at_once_and_frames_stay_small_on_a_huge_run
             .collect();
         producer.send(json!({"type": "patch", "run": id, "ops": ops})).await;
     }
-    let ack = producer.request(json!({"type": "patch", "id": 1, "run": id, "ops": [{"op": "set", "path": "output.n", "value": 1}]})).await;
+    let ack = producer
+        .request(json!({"type": "patch", "id": 1, "run": id, "ops": [{"op": "set", "path": "output.n", "value": 1}]}))
+        .await;
     assert_eq!(ack["type"], "reply", "{ack}");
     let snap = watcher.request(json!({"type": "subscribe", "id": 1})).await;
     assert!(snap.to_string().len() > 1_000_000, "the snapshot carries the whole run");
     tokio::time::sleep(LONG_TICK * 2).await;
     let sent = Instant::now();
-    producer.send(json!({"type": "patch", "run": id, "ops": [{"op": "append", "path": "output.tokens", "value": "next"}]})).await;
+    producer
+        .send(json!({"type": "patch", "run": id, "ops": [{"op": "append", "path": "output.tokens", "value": "next"}]}))
+        .await;
     let d = watcher.ws_next_text().await;
     let took = Instant::now() - sent;
     assert!(took < LONG_TICK / 2, "a change after an idle period took {took:?}: it must not wait for a tick");
