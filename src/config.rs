@@ -65,6 +65,8 @@ pub struct Config {
     pub engine: EngineConfig,
     /// How long shutdown waits for connections to close after sending them 1001.
     pub shutdown_grace: Duration,
+    /// Where the database lives; `None` keeps it in memory (nothing survives a restart).
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -74,6 +76,7 @@ impl Default for Config {
             web_root: None,
             engine: EngineConfig::default(),
             shutdown_grace: Duration::from_secs(3),
+            data_dir: None,
         }
     }
 }

@@ -11,6 +11,9 @@ use crate::notifier;
 use crate::patch::{self, PatchOp};
 use crate::protocol::{EventName, ReqId, RunSpec};
 use crate::space::{RunCell, Space};
+use crate::store::{Request, Store};
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use crate::subscriber::{Outbox, SubSlot};
 use crate::views::ViewSet;
 use dashmap::DashMap;
@@ -37,14 +40,28 @@ impl From<Error> for RunFailure {
     }
 }
 
+/// A run that just completed or failed: its final context, and its audit record on the way to disk.
+pub struct Finished {
+    pub run: Arc<Map<String, Value>>,
+    durable: BoxFuture<'static, Result<()>>,
+}
+
+impl Finished {
+    /// Waits until the run's audit record is durable. Only then may the run be acknowledged.
+    pub async fn durable(self) -> Result<Arc<Map<String, Value>>> {
+        self.durable.await?;
+        Ok(self.run)
+    }
+}
+
 /// Finished run ids remembered for `run_finished` errors and duplicate-id checks (bounded, oldest forgotten first).
 #[derive(Debug, Default)]
-struct Finished {
+struct FinishedIds {
     set: HashSet<RunId>,
     order: VecDeque<RunId>,
 }
 
-impl Finished {
+impl FinishedIds {
     fn insert(&mut self, id: RunId, cap: usize) {
         if self.set.insert(id) {
             self.order.push_back(id);
@@ -62,9 +79,11 @@ impl Finished {
 pub struct Shared {
     /// Every run in any space's `activeRuns`, by id: O(1) lookup for patches from any connection.
     registry: DashMap<RunId, Arc<RunCell>>,
-    finished: Mutex<Finished>,
+    finished: Mutex<FinishedIds>,
     spaces: DashMap<Arc<str>, Arc<Space>>,
     hooks: Hooks,
+    /// Where finished runs are recorded.
+    store: Arc<dyn Store>,
     pub config: EngineConfig,
     next_sub: AtomicU64,
     /// Cancelled on shutdown: stops the notifiers.
@@ -82,13 +101,14 @@ fn now_ms() -> u64 {
 }
 
 impl Engine {
-    pub fn new(config: EngineConfig, hooks: Hooks) -> Engine {
+    pub fn new(config: EngineConfig, hooks: Hooks, store: Arc<dyn Store>) -> Engine {
         Engine {
             shared: Arc::new(Shared {
                 registry: DashMap::new(),
-                finished: Mutex::new(Finished::default()),
+                finished: Mutex::new(FinishedIds::default()),
                 spaces: DashMap::new(),
                 hooks,
+                store,
                 config,
                 next_sub: AtomicU64::new(1),
                 shutdown: CancellationToken::new(),
@@ -147,11 +167,15 @@ impl Engine {
             ctx.insert("error".into(), json!({"code": e.code.as_str(), "message": e.message}));
             self.shared.hooks.error(&ctx, &e);
             let ctx = Arc::new(ctx);
-            let mut st = space.lock();
-            if st.events_wanted > 0 {
-                st.journal.event(EventName::ErrorRun, ctx.clone());
-                space.changed(&mut st);
-            }
+            let durable = {
+                let mut st = space.lock();
+                if st.events_wanted > 0 {
+                    st.journal.event(EventName::ErrorRun, ctx.clone());
+                    space.changed(&mut st);
+                }
+                self.record(&ctx)
+            };
+            durable.await?;
             return Err(RunFailure { error: e, run: Some(ctx) });
         }
 
@@ -186,9 +210,9 @@ impl Engine {
 
         let Some(handler) = handler else { return Ok(Arc::new(reply)) };
         match handler.execute(reply, self.clone()).await {
-            Ok(output) => Ok(self.complete(id, Some(output))?),
+            Ok(output) => Ok(self.complete(id, Some(output))?.durable().await?),
             Err(e) => {
-                let run = self.fail(id, json!({"code": e.code.as_str(), "message": e.message}))?;
+                let run = self.fail(id, json!({"code": e.code.as_str(), "message": e.message}))?.durable().await?;
                 Err(RunFailure { error: Error::new(ErrorCode::OperationFailed, e.message), run: Some(run) })
             }
         }
@@ -261,8 +285,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Completes a run: it leaves `activeRuns`; a data run becomes `currentRun`. Returns the final context.
-    pub fn complete(&self, id: RunId, output: Option<Value>) -> Result<Arc<Map<String, Value>>> {
+    /// Completes a run: it leaves `activeRuns`; a data run becomes `currentRun`. Returns the final context and
+    /// its audit record, queued in the order of the state change.
+    pub fn complete(&self, id: RunId, output: Option<Value>) -> Result<Finished> {
         let cell = self.lookup(id)?;
         let space = &cell.space;
         let ctx = {
@@ -286,14 +311,19 @@ impl Engine {
                 st.journal.event(EventName::AfterRun, ctx.clone());
             }
             space.changed(&mut st);
-            ctx
+            Finished { durable: self.record(&ctx), run: ctx }
         };
-        self.shared.hooks.after(&ctx);
+        self.shared.hooks.after(&ctx.run);
         Ok(ctx)
     }
 
-    /// Fails a run: it stays in `activeRuns`, visible as failed, for the linger period. Returns its context.
-    pub fn fail(&self, id: RunId, error: Value) -> Result<Arc<Map<String, Value>>> {
+    fn record(&self, ctx: &Arc<Map<String, Value>>) -> BoxFuture<'static, Result<()>> {
+        self.shared.store.call(Request::Record(ctx.clone())).map(|r| r.map(|_| ())).boxed()
+    }
+
+    /// Fails a run: it stays in `activeRuns`, visible as failed, for the linger period. Returns its context and
+    /// its audit record, queued in the order of the state change.
+    pub fn fail(&self, id: RunId, error: Value) -> Result<Finished> {
         let cell = self.lookup(id)?;
         let space = &cell.space;
         let ctx = {
@@ -316,10 +346,10 @@ impl Engine {
                 st.journal.event(EventName::ErrorRun, ctx.clone());
             }
             space.changed(st);
-            ctx
+            Finished { durable: self.record(&ctx), run: ctx }
         };
-        let message = ctx.get("error").and_then(|e| e.get("message")).and_then(Value::as_str).unwrap_or_default();
-        self.shared.hooks.error(&ctx, &Error::new(ErrorCode::OperationFailed, message));
+        let message = ctx.run.get("error").and_then(|e| e.get("message")).and_then(Value::as_str).unwrap_or_default();
+        self.shared.hooks.error(&ctx.run, &Error::new(ErrorCode::OperationFailed, message));
         Ok(ctx)
     }
 

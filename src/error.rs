@@ -44,6 +44,12 @@ pub enum ErrorCode {
     OperationFailed,
     /// A configured limit was exceeded (ops per patch, spaces, ...).
     LimitExceeded,
+    /// A data operation named a document that does not exist.
+    NotFound,
+    /// A document with that name already exists.
+    Conflict,
+    /// The database could not be written (full disk, read-only file, ...): nothing was acknowledged.
+    StorageFailed,
     /// A bug or an unexpected condition on the server; details are in the server log only.
     Internal,
 }
@@ -71,12 +77,15 @@ impl ErrorCode {
             ErrorCode::Rejected => "rejected",
             ErrorCode::OperationFailed => "operation_failed",
             ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::StorageFailed => "storage_failed",
             ErrorCode::Internal => "internal",
         }
     }
 
     /// Every code, for the protocol-doc test.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::BadJson,
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
@@ -96,6 +105,9 @@ impl ErrorCode {
         ErrorCode::Rejected,
         ErrorCode::OperationFailed,
         ErrorCode::LimitExceeded,
+        ErrorCode::NotFound,
+        ErrorCode::Conflict,
+        ErrorCode::StorageFailed,
         ErrorCode::Internal,
     ];
 }

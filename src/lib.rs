@@ -21,6 +21,7 @@
 pub mod client;
 pub mod config;
 pub mod context;
+pub mod data;
 pub mod engine;
 pub mod error;
 pub mod hooks;
@@ -31,6 +32,7 @@ pub mod path;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod store;
 pub mod space;
 pub mod subscriber;
 pub mod views;

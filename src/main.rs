@@ -29,6 +29,10 @@ struct Args {
     #[arg(long, env = "COWORKER_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     max_message_bytes: usize,
 
+    /// Directory of the database (coworker.db, SQLite in WAL mode): documents, schemas and the audit trail.
+    #[arg(long, env = "COWORKER_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+
     /// Folder served at / (the web demo). Nothing is served there if it does not exist.
     #[arg(long, env = "COWORKER_WEB_ROOT", default_value = "web-demo")]
     web_root: PathBuf,
@@ -51,6 +55,7 @@ async fn main() -> ExitCode {
             linger: Duration::from_millis(args.linger_ms),
             limits: Limits { max_message_bytes: args.max_message_bytes, ..Limits::default() },
         },
+        data_dir: Some(args.data_dir),
         ..Config::default()
     };
     let listener = match TcpListener::bind(config.listen).await {
@@ -67,7 +72,7 @@ async fn main() -> ExitCode {
     match coworker::serve(listener, config, Hooks::default(), shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("coworker: server error: {e}");
+            eprintln!("coworker: {e}");
             ExitCode::FAILURE
         }
     }

@@ -3,6 +3,9 @@
 //! engine.
 
 use crate::config::Config;
+use crate::data;
+use crate::store::{SqliteStore, Store, StoreOptions};
+use std::sync::Arc;
 use crate::engine::Engine;
 use crate::hooks::Hooks;
 use crate::protocol::PROTOCOL_VERSION;
@@ -31,14 +34,21 @@ const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Bytes buffered before tungstenite writes; a tick's frames for one connection go out in one write.
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
-/// Serves on `listener` until `shutdown` resolves, with the given plugins and operations.
+/// Serves on `listener` until `shutdown` resolves, with the given plugins and operations (the data operations
+/// and the schema validator are added to them). Opens the store first: a database that cannot be opened or
+/// written is an error before anything is served.
 pub async fn serve(
     listener: TcpListener,
     config: Config,
     hooks: Hooks,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let engine = Engine::new(config.engine.clone(), hooks);
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(config.data_dir.as_deref(), StoreOptions::default()).map_err(std::io::Error::other)?,
+    );
+    let mut hooks = hooks;
+    data::install(&mut hooks, store.clone()).await.map_err(std::io::Error::other)?;
+    let engine = Engine::new(config.engine.clone(), hooks, store);
     let state = AppState { engine: engine.clone(), shutdown: CancellationToken::new(), sessions: TaskTracker::new() };
     let mut app = Router::new().route("/ws", get(ws_handler)).route("/healthz", get(healthz));
     if let Some(root) = &config.web_root {

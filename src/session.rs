@@ -10,7 +10,9 @@ use crate::path::PathLimits;
 use crate::protocol::{self, ClientMsg, ParseLimits};
 use crate::subscriber::{Outbox, SubSlot};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures::{SinkExt, StreamExt};
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -38,6 +40,8 @@ struct Session {
     engine: Engine,
     outbox: Arc<Outbox>,
     tx: mpsc::Sender<Outgoing>,
+    /// Replies that wait for durability, in request order; later replies queue behind them.
+    waiting: FuturesOrdered<BoxFuture<'static, String>>,
     subs: HashMap<u64, Arc<SubSlot>>,
     parse_limits: ParseLimits,
 }
@@ -53,6 +57,7 @@ pub async fn serve(socket: WebSocket, engine: Engine, shutdown: CancellationToke
         engine,
         outbox,
         tx,
+        waiting: FuturesOrdered::new(),
         subs: HashMap::new(),
         parse_limits: ParseLimits {
             path: PathLimits { max_bytes: limits.max_path_bytes, max_depth: limits.max_path_depth },
@@ -61,7 +66,11 @@ pub async fn serve(socket: WebSocket, engine: Engine, shutdown: CancellationToke
     };
     loop {
         let msg = tokio::select! {
-            m = stream.next() => m,
+            Some(frame) = session.waiting.next(), if !session.waiting.is_empty() => {
+                session.send_now(frame).await;
+                continue;
+            }
+            m = stream.next(), if session.waiting.len() < limits.reply_queue => m,
             _ = shutdown.cancelled() => {
                 let _ = session.tx.send(Outgoing::Close(close::GOING_AWAY, "server shutting down")).await;
                 break;
@@ -84,6 +93,10 @@ pub async fn serve(socket: WebSocket, engine: Engine, shutdown: CancellationToke
             }
         }
     }
+    // Acknowledgements already owed are still sent once durable.
+    while let Some(frame) = session.waiting.next().await {
+        session.send_now(frame).await;
+    }
     for slot in session.subs.values() {
         session.engine.unsubscribe(slot);
     }
@@ -105,9 +118,32 @@ fn close_code_for(e: &axum::Error) -> Option<(u16, &'static str)> {
 }
 
 impl Session {
-    async fn send(&self, frame: String) {
+    async fn send_now(&mut self, frame: String) {
         // The writer only goes away with the connection; a failed send means there is no one left to tell.
         let _ = self.tx.send(Outgoing::Frame(frame)).await;
+    }
+
+    /// Sends a reply in request order: at once, unless earlier replies still wait for durability.
+    async fn send(&mut self, frame: String) {
+        if self.waiting.is_empty() {
+            self.send_now(frame).await;
+        } else {
+            self.waiting.push_back(futures::future::ready(frame).boxed());
+        }
+    }
+
+    /// Queues the reply to `complete` or `fail`: sent once the run's record is durable.
+    fn send_when_durable(&mut self, id: protocol::ReqId, finished: Result<crate::engine::Finished, Error>) {
+        let frame = async move {
+            match finished {
+                Ok(f) => match f.durable().await {
+                    Ok(ctx) => protocol::reply(&id, Some(&ctx)),
+                    Err(e) => protocol::error(&id, &e, None),
+                },
+                Err(e) => protocol::error(&id, &e, None),
+            }
+        };
+        self.waiting.push_back(frame.boxed());
     }
 
     async fn handle(&mut self, text: &str) {
@@ -143,18 +179,12 @@ impl Session {
                 Err(e) => self.send(protocol::error(&id, &e, None)).await,
             },
             ClientMsg::Complete { id, run, output } => {
-                let frame = match self.engine.complete(run, output) {
-                    Ok(ctx) => protocol::reply(&id, Some(&ctx)),
-                    Err(e) => protocol::error(&id, &e, None),
-                };
-                self.send(frame).await;
+                let finished = self.engine.complete(run, output);
+                self.send_when_durable(id, finished);
             }
             ClientMsg::Fail { id, run, error } => {
-                let frame = match self.engine.fail(run, error) {
-                    Ok(ctx) => protocol::reply(&id, Some(&ctx)),
-                    Err(e) => protocol::error(&id, &e, None),
-                };
-                self.send(frame).await;
+                let finished = self.engine.fail(run, error);
+                self.send_when_durable(id, finished);
             }
             ClientMsg::Subscribe { id, space, views, events } => {
                 if self.subs.len() >= MAX_SUBSCRIPTIONS_PER_CONNECTION {

@@ -127,6 +127,11 @@ async fn check_case(steps: Vec<Step>) -> Result<(), String> {
         match step {
             Step::Start { op, parent, space } => {
                 let mut run = json!({"operation": OPERATIONS[op]});
+                if matches!(OPERATIONS[op], "select" | "update") {
+                    // Data operations execute on the server and complete into currentRun.
+                    run["doctype"] = json!("Task");
+                    run["input"] = json!({"where": {}, "data": {"seen": true}});
+                }
                 match parent.and_then(|p| pick(&runs, p)) {
                     Some(p) => run["parentRun"] = json!(p),
                     None => run["space"] = json!(SPACES[space]),

@@ -68,24 +68,27 @@ async fn completed_data_runs_become_current_run() {
     let w = Client::connect(&server.url()).await.unwrap();
     let mut cur = w.subscribe("default", Some(&["currentRun", "isLoading"]), false).await.unwrap();
     assert_eq!(cur.state(), &json!({"currentRun": null, "isLoading": false}));
-    let s = id(&p.run(json!({"operation": "select", "doctype": "Task"})).await.unwrap());
-    until(&mut cur, "loading", |s| s["isLoading"] == true).await;
-    p.complete(&s, Some(json!({"data": [{"name": "t1"}]}))).await.unwrap();
-    until(&mut cur, "currentRun", |st| st["currentRun"]["id"] == json!(s)).await;
-    assert_eq!(cur.state()["currentRun"]["output"], json!({"data": [{"name": "t1"}]}));
+    // Data operations execute on the server; the completed run becomes currentRun.
+    let c = p.run(json!({"operation": "create", "doctype": "Task", "input": {"data": {"name": "t1", "title": "a"}}})).await.unwrap();
+    assert_eq!((c["status"].as_str(), c["output"]["data"][0]["title"].as_str()), (Some("completed"), Some("a")));
+    until(&mut cur, "create is current", |st| st["currentRun"]["id"] == c["id"]).await;
+    let s = p.run(json!({"operation": "select", "doctype": "Task"})).await.unwrap();
+    until(&mut cur, "select is current", |st| st["currentRun"]["id"] == s["id"]).await;
+    assert_eq!(cur.state()["currentRun"]["output"]["data"], json!([{"name": "t1", "title": "a"}]));
     assert_eq!(cur.state()["isLoading"], false);
-    // A completed live run of another operation does not replace it.
+    // A completed live run of another operation does not replace it, and neither does a live data run's
+    // completion in another space.
     let d = id(&p.run(json!({"operation": "dialog"})).await.unwrap());
     p.complete(&d, None).await.unwrap();
-    let u = id(&p.run(json!({"operation": "update"})).await.unwrap());
-    p.complete(&u, None).await.unwrap();
-    until(&mut cur, "update is current", |st| st["currentRun"]["id"] == json!(u)).await;
-    // Spaces are separate.
     let mut other = w.subscribe("elsewhere", None, false).await.unwrap();
     assert_eq!(other.state()["currentRun"], Value::Null);
     let o = id(&p.run(json!({"operation": "interpret", "space": "elsewhere"})).await.unwrap());
     until(&mut other, "run in elsewhere", |st| st["activeAI"] == json!([o])).await;
     assert_eq!(other.state()["activeRuns"][&o]["space"], "elsewhere");
+    let s2 = p.run(json!({"operation": "select", "doctype": "Task", "space": "elsewhere"})).await.unwrap();
+    until(&mut other, "select in elsewhere", |st| st["currentRun"]["id"] == s2["id"]).await;
+    let fresh = w.subscribe("default", Some(&["currentRun"]), false).await.unwrap();
+    assert_eq!(fresh.state()["currentRun"]["id"], s["id"], "the default space's currentRun is unchanged");
 }
 
 #[tokio::test]
