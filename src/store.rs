@@ -335,7 +335,15 @@ fn select_docs(
     }
     let mut stmt = conn.prepare_cached(&sql).map_err(storage)?;
     let rows = stmt.query_map(params_from_iter(params.iter()), |r| r.get::<_, String>(0)).map_err(storage)?;
-    rows.map(|r| r.map_err(storage).and_then(|t| parse_body(&t))).collect()
+    rows.map(|r| {
+        let mut doc = parse_body(&r.map_err(storage)?)?;
+        if runs && let Some(id) = doc.get("id").cloned() {
+            // A Run document is the final context itself, named by its id.
+            doc.insert("name".into(), id);
+        }
+        Ok(doc)
+    })
+    .collect()
 }
 
 fn count(conn: &Connection, runs: bool, doctype: &str, filter: &[Cond]) -> Result<u64> {

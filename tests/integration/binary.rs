@@ -2,8 +2,7 @@
 //! SIGTERM with close code 1001.
 
 use futures::StreamExt;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -24,7 +23,8 @@ fn help_explains_every_flag() {
 fn a_taken_port_is_a_clear_error_and_a_failed_exit() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let out = bin().args(["--listen", &addr.to_string()]).output().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin().args(["--listen", &addr.to_string(), "--data-dir", dir.path().to_str().unwrap()]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("cannot listen on {addr}")), "stderr: {err}");
@@ -32,27 +32,11 @@ fn a_taken_port_is_a_clear_error_and_a_failed_exit() {
 
 #[tokio::test]
 async fn sigterm_closes_clients_with_1001_and_exits() {
-    let mut child = bin()
-        .args(["--listen", "127.0.0.1:0", "--web-root", "/nonexistent"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("WebSocket at ").nth(1) {
-                let _ = tx.send(rest.trim().to_string());
-            }
-        }
-    });
-    let url = rx.recv_timeout(Duration::from_secs(20)).expect("the bound address is logged");
-    let url = url.split_whitespace().next().unwrap().to_string();
-    assert!(url.starts_with("ws://127.0.0.1:") && !url.contains(":0/"), "{url}");
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = crate::support::Process::start(&["--web-root", "/nonexistent", "--data-dir", dir.path().to_str().unwrap()]);
+    assert!(server.url.starts_with("ws://127.0.0.1:") && !server.url.contains(":0/"), "{}", server.url);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&server.url).await.unwrap();
+    server.signal("-TERM");
     let close = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(Ok(m)) = ws.next().await {
             if let Message::Close(c) = m {
@@ -66,11 +50,22 @@ async fn sigterm_closes_clients_with_1001_and_exits() {
     assert_eq!(close, Some(1001));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = server.child.try_wait().unwrap() {
             assert!(status.success(), "exit status {status}");
             break;
         }
         assert!(std::time::Instant::now() < deadline, "the server did not exit within 10 s of SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn a_data_dir_that_cannot_be_opened_is_a_clear_error_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let out = bin().args(["--listen", "127.0.0.1:0", "--data-dir", file.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("storage: cannot create"), "stderr: {err}");
 }

@@ -2,6 +2,8 @@
 
 mod bad_input;
 mod binary;
+mod crash;
+mod data;
 mod diff_invariant;
 mod hooks;
 mod messages;

@@ -53,10 +53,19 @@ pub async fn start_server() -> TestServer {
 }
 
 pub async fn start_with(engine: EngineConfig, hooks: Hooks) -> TestServer {
+    start_config(Config { engine, ..Config::default() }, hooks).await
+}
+
+/// A server whose database lives in `dir` (a real file).
+pub async fn start_in(dir: &std::path::Path) -> TestServer {
+    start_config(Config { data_dir: Some(dir.to_path_buf()), ..Config::default() }, Hooks::default()).await
+}
+
+pub async fn start_config(config: Config, hooks: Hooks) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    let config = Config { listen: addr, engine, ..Config::default() };
+    let config = Config { listen: addr, ..config };
     let handle = tokio::spawn(async move {
         coworker::serve(listener, config, hooks, async {
             let _ = stopped.await;
@@ -195,5 +204,48 @@ pub fn heartbeat() -> Heartbeat {
 impl Drop for Heartbeat {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// The `coworker` binary running as its own process, with its log on a pipe.
+pub struct Process {
+    pub child: std::process::Child,
+    pub url: String,
+}
+
+impl Process {
+    /// Starts the binary with `args` plus `--listen 127.0.0.1:0`, and waits for the address it logs.
+    pub fn start(args: &[&str]) -> Process {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_coworker"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("the binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("WebSocket at ").nth(1) {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
+                }
+            }
+        });
+        let url = rx.recv_timeout(Duration::from_secs(30)).expect("the bound address is logged");
+        Process { child, url }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
