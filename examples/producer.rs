@@ -20,11 +20,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let id = run["id"].as_str().ok_or("no run id")?.to_string();
     println!("streaming {tokens} tokens into run {id} at {rate}/s");
-    let words = ["A ", "run ", "is ", "one ", "context ", "object ", "that ", "is ", "also ", "its ", "own ", "audit ", "record. "];
+    let words = [
+        "A ", "run ", "is ", "one ", "context ", "object ", "that ", "is ", "also ", "its ", "own ", "audit ",
+        "record. ",
+    ];
     let mut every = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
     for i in 0..tokens {
         every.tick().await;
-        client.patch_nowait(&id, json!([{"op": "append", "path": "output.tokens", "value": words[i % words.len()]}])).await?;
+        client
+            .patch_nowait(&id, json!([{"op": "append", "path": "output.tokens", "value": words[i % words.len()]}]))
+            .await?;
     }
     let done = client.complete(&id, None).await?;
     println!("completed in {} ms", done["duration"]);

@@ -134,9 +134,34 @@ impl Client {
         views: Option<&[&str]>,
         events: bool,
     ) -> Result<Subscription, ClientError> {
+        self.subscribe_from(space, views, events, None).await
+    }
+
+    /// Resumes a subscription after its last applied diff (`from`'s epoch, seq and state, typically from a
+    /// subscription on a connection that was lost). The server replays the missed diffs, or sends a fresh
+    /// snapshot flagged `resync` when it no longer has them.
+    pub async fn resume(
+        &self,
+        space: &str,
+        views: Option<&[&str]>,
+        from: &Subscription,
+    ) -> Result<Subscription, ClientError> {
+        self.subscribe_from(space, views, false, Some((from.epoch, from.seq, from.state.clone()))).await
+    }
+
+    async fn subscribe_from(
+        &self,
+        space: &str,
+        views: Option<&[&str]>,
+        events: bool,
+        since: Option<(u64, u64, Value)>,
+    ) -> Result<Subscription, ClientError> {
         let mut msg = json!({"type": "subscribe", "space": space, "events": events});
         if let Some(views) = views {
             msg["views"] = json!(views);
+        }
+        if let Some((epoch, seq, _)) = &since {
+            msg["since"] = json!({"epoch": epoch, "seq": seq});
         }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         msg["id"] = json!(id);
@@ -145,10 +170,16 @@ impl Client {
         self.inner.waiters.lock().insert(id, tx);
         self.inner.joining.lock().insert(id, frames_tx);
         self.send(msg).await?;
-        let snapshot = rx.await.map_err(|_| ClientError::Closed)??;
-        let sub = snapshot["sub"].as_u64().ok_or_else(|| ClientError::Protocol("snapshot without sub".into()))?;
-        let seq = snapshot["seq"].as_u64().ok_or_else(|| ClientError::Protocol("snapshot without seq".into()))?;
-        Ok(Subscription { client: self.clone(), sub, seq, state: snapshot["state"].clone(), frames })
+        let first = rx.await.map_err(|_| ClientError::Closed)??;
+        let field =
+            |k: &str| first[k].as_u64().ok_or_else(|| ClientError::Protocol(format!("first frame without {k}")));
+        let (sub, seq, epoch) = (field("sub")?, field("seq")?, field("epoch")?);
+        let resynced = first["type"] == "snapshot" && first["resync"] == true;
+        let state = match since {
+            Some((_, _, state)) if first["resumed"] == true => state,
+            _ => first["state"].clone(),
+        };
+        Ok(Subscription { client: self.clone(), sub, seq, epoch, state, frames, resynced })
     }
 
     /// Closes the connection politely.
@@ -174,6 +205,11 @@ async fn read_loop(mut stream: futures::stream::SplitStream<Ws>, inner: std::syn
                 }
             }
             (Some("reply"), Some(id)) => {
+                if frame["resumed"] == true
+                    && let (Some(frames), Some(sub)) = (inner.joining.lock().remove(&id), frame["sub"].as_u64())
+                {
+                    inner.subs.lock().insert(sub, frames);
+                }
                 if let Some(w) = inner.waiters.lock().remove(&id) {
                     let _ = w.send(Ok(frame));
                 }
@@ -226,6 +262,10 @@ pub struct Subscription {
     pub sub: u64,
     /// The seq of the local state.
     pub seq: u64,
+    /// The server's epoch when this subscription started (for resuming it).
+    pub epoch: u64,
+    /// Whether it started from a `resync` snapshot (a resume the server could not serve).
+    pub resynced: bool,
     state: Value,
     frames: mpsc::UnboundedReceiver<Value>,
 }

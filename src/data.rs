@@ -52,12 +52,16 @@ impl Schema {
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .ok_or_else(|| bad("a Schema needs a string `_schema_doctype`"))?;
-        let fields = doc.get("fields").and_then(Value::as_array).ok_or_else(|| bad("a Schema needs a `fields` array"))?;
+        let fields =
+            doc.get("fields").and_then(Value::as_array).ok_or_else(|| bad("a Schema needs a `fields` array"))?;
         let fields = fields
             .iter()
             .map(|f| {
-                let name = f.get("fieldname").and_then(Value::as_str).ok_or_else(|| bad("each field needs a `fieldname`"))?;
-                let truthy = |k: &str| matches!(f.get(k), Some(Value::Bool(true))) || f.get(k).and_then(Value::as_i64) == Some(1);
+                let name =
+                    f.get("fieldname").and_then(Value::as_str).ok_or_else(|| bad("each field needs a `fieldname`"))?;
+                let truthy = |k: &str| {
+                    matches!(f.get(k), Some(Value::Bool(true))) || f.get(k).and_then(Value::as_i64) == Some(1)
+                };
                 Ok(Field {
                     fieldname: name.to_string(),
                     fieldtype: f.get("fieldtype").and_then(Value::as_str).unwrap_or("Data").to_string(),
@@ -112,7 +116,10 @@ fn check_type(f: &Field, v: &Value) -> std::result::Result<(), String> {
         "Float" | "Currency" | "Percent" => v.is_number(),
         "Check" => v.is_boolean() || matches!(v.as_i64(), Some(0 | 1)),
         "Date" => v.as_str().is_some_and(|s| {
-            s.len() == 10 && s.as_bytes()[4] == b'-' && s.as_bytes()[7] == b'-' && s.chars().filter(char::is_ascii_digit).count() == 8
+            s.len() == 10
+                && s.as_bytes()[4] == b'-'
+                && s.as_bytes()[7] == b'-'
+                && s.chars().filter(char::is_ascii_digit).count() == 8
         }),
         "Select" => {
             let Some(s) = v.as_str() else { return Err(format!("must be a string, got {}", describe(v))) };
@@ -148,7 +155,9 @@ pub async fn install(hooks: &mut Hooks, store: Arc<dyn Store>) -> Result<()> {
         }
     }
     let shared = Arc::new(Shared { store, schemas });
-    for (name, kind) in [("select", Kind::Select), ("create", Kind::Create), ("update", Kind::Update), ("delete", Kind::Delete)] {
+    for (name, kind) in
+        [("select", Kind::Select), ("create", Kind::Create), ("update", Kind::Update), ("delete", Kind::Delete)]
+    {
         hooks.operation(name, Arc::new(DataOp { kind, shared: shared.clone() }));
     }
     hooks.plugin(Arc::new(Validator { shared }));
@@ -222,7 +231,8 @@ fn filter_of(where_: Option<&Value>) -> Result<Vec<Cond>> {
         match v {
             Value::Object(ops) => {
                 for (op, v) in ops {
-                    let cmp = Cmp::from_key(op).ok_or_else(|| bad(format!("unknown comparison `{op}` (eq, ne, gt, gte, lt, lte)")))?;
+                    let cmp = Cmp::from_key(op)
+                        .ok_or_else(|| bad(format!("unknown comparison `{op}` (eq, ne, gt, gte, lt, lte)")))?;
                     out.push(Cond { field: field.clone(), cmp, value: v.clone() });
                 }
             }
@@ -246,10 +256,19 @@ fn data_of(input: &Value) -> Result<Map<String, Value>> {
     input.get("data").and_then(Value::as_object).cloned().ok_or_else(|| bad("`input.data` must be an object"))
 }
 
-async fn select(shared: &Shared, engine: &Engine, run: &Map<String, Value>, doctype: &str, input: &Value) -> Result<Value> {
+async fn select(
+    shared: &Shared,
+    engine: &Engine,
+    run: &Map<String, Value>,
+    doctype: &str,
+    input: &Value,
+) -> Result<Value> {
     let take = match input.get("take") {
         None | Some(Value::Null) => DEFAULT_TAKE,
-        Some(v) => v.as_u64().filter(|t| (1..=MAX_TAKE).contains(t)).ok_or_else(|| bad(format!("`take` must be 1 to {MAX_TAKE}")))?,
+        Some(v) => v
+            .as_u64()
+            .filter(|t| (1..=MAX_TAKE).contains(t))
+            .ok_or_else(|| bad(format!("`take` must be 1 to {MAX_TAKE}")))?,
     };
     let skip = match input.get("skip") {
         None | Some(Value::Null) => 0,
@@ -268,7 +287,8 @@ async fn select(shared: &Shared, engine: &Engine, run: &Map<String, Value>, doct
     }
     let query = Query { doctype: doctype.to_string(), filter: filter_of(input.get("where"))?, order, take, skip };
     let found = shared.store.call(Request::Select(query)).await?;
-    let include_schema = run.get("options").and_then(|o| o.get("includeSchema")).and_then(Value::as_bool).unwrap_or(true);
+    let include_schema =
+        run.get("options").and_then(|o| o.get("includeSchema")).and_then(Value::as_bool).unwrap_or(true);
     let (schema, view_config) = if include_schema && doctype != SCHEMA_DOCTYPE && doctype != RUN_DOCTYPE {
         // The schema is data: fetch it through the engine's own entry point, as a child of this run.
         let spec = RunSpec {
@@ -393,7 +413,10 @@ mod tests {
     #[test]
     fn validation_checks_required_fields_and_types() {
         let s = schema();
-        assert_eq!(s.validate(&obj(json!({"title": "a", "points": 3, "state": "open", "due": "2026-11-24", "done": 1})), true), Ok(()));
+        assert_eq!(
+            s.validate(&obj(json!({"title": "a", "points": 3, "state": "open", "due": "2026-11-24", "done": 1})), true),
+            Ok(())
+        );
         assert_eq!(s.validate(&obj(json!({"points": 3})), true).unwrap_err(), "Task: field `title` is required");
         assert_eq!(s.validate(&obj(json!({"points": 3})), false), Ok(()), "update checks only what it sets");
         assert_eq!(s.validate(&obj(json!({"title": ""})), false).unwrap_err(), "Task: field `title` is required");

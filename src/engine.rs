@@ -10,14 +10,14 @@ use crate::hooks::Hooks;
 use crate::notifier;
 use crate::patch::{self, PatchOp};
 use crate::protocol::{EventName, ReqId, RunSpec};
-use crate::space::{RunCell, Space};
+use crate::space::{Joining, RunCell, Space};
 use crate::store::{Request, Store};
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use crate::subscriber::{Outbox, SubSlot};
 use crate::views::ViewSet;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
 use std::collections::{HashSet, VecDeque};
@@ -86,6 +86,8 @@ pub struct Shared {
     store: Arc<dyn Store>,
     pub config: EngineConfig,
     next_sub: AtomicU64,
+    /// Random per start, below 2^53 so JavaScript holds it exactly: a resume from another epoch gets a snapshot.
+    pub epoch: u64,
     /// Cancelled on shutdown: stops the notifiers.
     pub shutdown: CancellationToken,
 }
@@ -111,6 +113,7 @@ impl Engine {
                 store,
                 config,
                 next_sub: AtomicU64::new(1),
+                epoch: RunId::now_v7().as_u64_pair().1 & ((1 << 53) - 1),
                 shutdown: CancellationToken::new(),
             }),
         }
@@ -249,7 +252,7 @@ impl Engine {
             .spaces
             .entry(Arc::from(name))
             .or_insert_with(|| {
-                let space = Space::new(Arc::from(name));
+                let space = Space::new(Arc::from(name), self.shared.epoch);
                 tokio::spawn(notifier::run(space.clone(), self.shared.clone()));
                 space
             })
@@ -355,11 +358,14 @@ impl Engine {
 
     /// Subscribes an outbox to a space. The snapshot arrives through the slot at the space's next flush, which the
     /// call triggers.
+    /// With `since`, the subscription resumes after that `(epoch, seq)` when the space's history still holds every
+    /// diff since, and otherwise starts with a snapshot flagged `resync`.
     pub fn subscribe(
         &self,
         space: &str,
         views: ViewSet,
         events: bool,
+        since: Option<(u64, u64)>,
         outbox: &Arc<Outbox>,
         req_id: ReqId,
     ) -> Result<Arc<SubSlot>> {
@@ -367,7 +373,7 @@ impl Engine {
         let id = self.shared.next_sub.fetch_add(1, Ordering::Relaxed);
         let slot = SubSlot::new(id, space.name.clone(), views, events, outbox.clone());
         let mut st = space.lock();
-        st.joining.push((slot.clone(), req_id));
+        st.joining.push(Joining { slot: slot.clone(), req_id, since });
         if events {
             st.events_wanted += 1;
         }

@@ -24,6 +24,7 @@ pub mod context;
 pub mod data;
 pub mod engine;
 pub mod error;
+pub mod history;
 pub mod hooks;
 pub mod journal;
 pub mod notifier;
@@ -32,8 +33,8 @@ pub mod path;
 pub mod protocol;
 pub mod server;
 pub mod session;
-pub mod store;
 pub mod space;
+pub mod store;
 pub mod subscriber;
 pub mod views;
 

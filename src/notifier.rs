@@ -5,8 +5,8 @@
 
 use crate::context::Class;
 use crate::engine::Shared;
-use crate::journal::{Cut, Journal, RunDelta};
-use crate::space::{Group, Space, SpaceState};
+use crate::journal::{Cut, Journal, Rendered, RunDelta};
+use crate::space::{Group, Joining, Space, SpaceState};
 use crate::subscriber::Delivery;
 use crate::views::ViewSet;
 use std::sync::Arc;
@@ -36,22 +36,25 @@ pub async fn run(space: Arc<Space>, shared: Arc<Shared>) {
 
 /// Closes the tick: cut and snapshots under the lock, rendering and fan-out outside it.
 pub fn flush(space: &Space, cap: usize) {
-    let (cut, groups, events_wanted) = {
+    let (cut, sets, groups, events_wanted) = {
         let mut st = space.lock();
         st.dirty = false;
         let cut = (!st.journal.is_empty()).then(|| cut(&mut st));
-        serve_snapshots(&mut st);
-        (cut, st.groups.clone(), st.events_wanted > 0)
+        serve_snapshots(space, &mut st);
+        (cut, st.history.sets(), st.groups.clone(), st.events_wanted > 0)
     };
     if let Some(cut) = cut {
-        fan_out(space, cut, &groups, events_wanted, cap);
+        let seq = cut.seq;
+        let rendered = cut.render(&sets, events_wanted);
+        fan_out(space, seq, &rendered, &groups, cap);
+        space.lock().history.push(seq, rendered.diffs);
     }
 }
 
 fn cut(st: &mut SpaceState) -> Cut {
     let Journal { runs, views, loading_before, current_changed, events } = st.journal.take();
     st.seq += 1;
-    let sets: Vec<ViewSet> = st.groups.iter().map(|g| g.views).collect();
+    let sets = st.history.sets();
     let runs = runs
         .into_iter()
         .map(|(id, t)| {
@@ -78,8 +81,9 @@ fn cut(st: &mut SpaceState) -> Cut {
     }
 }
 
-/// Gives joining and overflowed subscribers a snapshot at the current seq (rendered once per view set).
-fn serve_snapshots(st: &mut SpaceState) {
+/// Gives joining and overflowed subscribers a snapshot at the current seq (rendered once per view set), or
+/// resumes a joining subscriber from the history.
+fn serve_snapshots(space: &Space, st: &mut SpaceState) {
     if st.joining.is_empty() && st.resync.is_empty() {
         return;
     }
@@ -95,26 +99,34 @@ fn serve_snapshots(st: &mut SpaceState) {
     let joining = std::mem::take(&mut st.joining);
     let resync = std::mem::take(&mut st.resync);
     let mut joined = Vec::with_capacity(joining.len());
-    for (slot, req_id) in joining {
-        let state = state_for(st, slot.views);
-        slot.snapshot(req_id, st.seq, state, false);
+    for Joining { slot, req_id, since } in joining {
+        // The history holds ticks up to `last`; a cut made in this flush (seq = last + 1) is fanned out after
+        // this, and reaches the resumed slot like any other.
+        let resumed = since
+            .filter(|(epoch, _)| *epoch == space.epoch)
+            .and_then(|(_, base)| st.history.after(slot.views, base).map(|chunks| (base, chunks)));
+        match resumed {
+            Some((base, chunks)) => slot.resume(req_id, space.epoch, base, st.history.last(), chunks),
+            None => {
+                let state = state_for(st, slot.views);
+                slot.snapshot(req_id, space.epoch, st.seq, state, since.is_some());
+            }
+        }
         joined.push(slot);
     }
     st.register(joined);
     for slot in resync {
         if slot.wants_resync() {
             let state = state_for(st, slot.views);
-            slot.snapshot(None, st.seq, state, true);
+            slot.snapshot(None, space.epoch, st.seq, state, true);
         }
     }
 }
 
-fn fan_out(space: &Space, cut: Cut, groups: &[Group], events_wanted: bool, cap: usize) {
-    let seq = cut.seq;
-    let sets: Vec<ViewSet> = groups.iter().map(|g| g.views).collect();
-    let rendered = cut.render(&sets, events_wanted);
+fn fan_out(space: &Space, seq: u64, rendered: &Rendered, groups: &[Group], cap: usize) {
     let mut overflowed = Vec::new();
-    for (group, (_, chunk)) in groups.iter().zip(&rendered.diffs) {
+    for group in groups {
+        let chunk = rendered.diffs.iter().find(|(v, _)| *v == group.views).and_then(|(_, c)| c.as_ref());
         for slot in &group.slots {
             let mut delivery = match chunk {
                 Some(chunk) => slot.diff(seq, chunk, cap),

@@ -38,12 +38,37 @@ pub struct RunSpec {
 /// Every message a client can send. Closed: a new message type is a protocol change.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientMsg {
-    Run { id: ReqId, spec: Box<RunSpec> },
-    Patch { id: ReqId, run: RunId, ops: Vec<PatchOp> },
-    Complete { id: ReqId, run: RunId, output: Option<Value> },
-    Fail { id: ReqId, run: RunId, error: Value },
-    Subscribe { id: ReqId, space: String, views: ViewSet, events: bool },
-    Unsubscribe { id: ReqId, sub: u64 },
+    Run {
+        id: ReqId,
+        spec: Box<RunSpec>,
+    },
+    Patch {
+        id: ReqId,
+        run: RunId,
+        ops: Vec<PatchOp>,
+    },
+    Complete {
+        id: ReqId,
+        run: RunId,
+        output: Option<Value>,
+    },
+    Fail {
+        id: ReqId,
+        run: RunId,
+        error: Value,
+    },
+    /// `since`: resume after `(epoch, seq)` instead of taking a snapshot.
+    Subscribe {
+        id: ReqId,
+        space: String,
+        views: ViewSet,
+        events: bool,
+        since: Option<(u64, u64)>,
+    },
+    Unsubscribe {
+        id: ReqId,
+        sub: u64,
+    },
 }
 
 /// Limits checked while parsing a client frame.
@@ -84,6 +109,14 @@ struct Envelope<'a> {
     views: Option<Vec<Cow<'a, str>>>,
     events: Option<bool>,
     sub: Option<u64>,
+    since: Option<Since>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Since {
+    epoch: u64,
+    seq: u64,
 }
 
 #[derive(Deserialize)]
@@ -248,7 +281,8 @@ fn decode(env: Envelope<'_>, id: ReqId, limits: &ParseLimits) -> Result<ClientMs
                     ViewSet::from_views(views)
                 }
             };
-            ClientMsg::Subscribe { id, space, views, events: env.events.unwrap_or(false) }
+            let since = env.since.map(|s| (s.epoch, s.seq));
+            ClientMsg::Subscribe { id, space, views, events: env.events.unwrap_or(false), since }
         }
         "unsubscribe" => ClientMsg::Unsubscribe { id, sub: env.sub.ok_or_else(|| missing("sub", ty))? },
         other => {
@@ -334,18 +368,28 @@ pub fn error(id: &ReqId, err: &Error, run: Option<&Map<String, Value>>) -> Strin
     out
 }
 
-/// `{"type":"snapshot","id":..,"sub":S,"seq":N,"state":{..}}`, with `"resync":true` when it replaces lost diffs.
-pub fn snapshot(id: &ReqId, sub: u64, seq: u64, state: &str, resync: bool) -> String {
-    let mut out = String::with_capacity(state.len() + 64);
+/// `{"type":"snapshot","id":..,"sub":S,"epoch":E,"seq":N,"state":{..}}`, with `"resync":true` when it replaces
+/// lost diffs or a resume that could not be served.
+pub fn snapshot(id: &ReqId, sub: u64, epoch: u64, seq: u64, state: &str, resync: bool) -> String {
+    let mut out = String::with_capacity(state.len() + 96);
     out.push_str("{\"type\":\"snapshot\"");
     push_id(&mut out, id);
-    let _ = write!(out, ",\"sub\":{sub},\"seq\":{seq}");
+    let _ = write!(out, ",\"sub\":{sub},\"epoch\":{epoch},\"seq\":{seq}");
     if resync {
         out.push_str(",\"resync\":true");
     }
     out.push_str(",\"state\":");
     out.push_str(state);
     out.push('}');
+    out
+}
+
+/// `{"type":"reply","id":..,"sub":S,"epoch":E,"seq":N,"resumed":true}`: a resume was granted; the diffs that follow
+/// start at `seq`.
+pub fn resumed(id: &ReqId, sub: u64, epoch: u64, seq: u64) -> String {
+    let mut out = String::from("{\"type\":\"reply\"");
+    push_id(&mut out, id);
+    let _ = write!(out, ",\"sub\":{sub},\"epoch\":{epoch},\"seq\":{seq},\"resumed\":true}}");
     out
 }
 

@@ -4,12 +4,11 @@
 
 use crate::config::Config;
 use crate::data;
-use crate::store::{SqliteStore, Store, StoreOptions};
-use std::sync::Arc;
 use crate::engine::Engine;
 use crate::hooks::Hooks;
 use crate::protocol::PROTOCOL_VERSION;
 use crate::session;
+use crate::store::{SqliteStore, Store, StoreOptions};
 use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
@@ -17,6 +16,7 @@ use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 use serde_json::json;
 use std::future::Future;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

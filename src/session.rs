@@ -186,12 +186,12 @@ impl Session {
                 let finished = self.engine.fail(run, error);
                 self.send_when_durable(id, finished);
             }
-            ClientMsg::Subscribe { id, space, views, events } => {
+            ClientMsg::Subscribe { id, space, views, events, since } => {
                 if self.subs.len() >= MAX_SUBSCRIPTIONS_PER_CONNECTION {
                     let e = Error::new(ErrorCode::LimitExceeded, "too many subscriptions on this connection");
                     return self.send(protocol::error(&id, &e, None)).await;
                 }
-                match self.engine.subscribe(&space, views, events, &self.outbox, id.clone()) {
+                match self.engine.subscribe(&space, views, events, since, &self.outbox, id.clone()) {
                     Ok(slot) => {
                         self.subs.insert(slot.id, slot);
                     }

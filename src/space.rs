@@ -3,6 +3,7 @@
 //! subscribers grouped by view set. Lock order everywhere: space, then a run, then a registry shard.
 
 use crate::context::{Class, Run, RunId};
+use crate::history::History;
 use crate::journal::Journal;
 use crate::protocol::{self, ReqId, StateParts};
 use crate::subscriber::SubSlot;
@@ -29,6 +30,15 @@ pub struct Group {
     pub slots: Vec<Arc<SubSlot>>,
 }
 
+/// A subscribe request waiting for the next flush.
+#[derive(Debug)]
+pub struct Joining {
+    pub slot: Arc<SubSlot>,
+    pub req_id: ReqId,
+    /// Resume after this `(epoch, seq)` instead of a snapshot, if the history allows.
+    pub since: Option<(u64, u64)>,
+}
+
 /// Everything behind a space's lock.
 #[derive(Debug, Default)]
 pub struct SpaceState {
@@ -42,8 +52,10 @@ pub struct SpaceState {
     pub lingering: VecDeque<(Instant, RunId)>,
     /// Registered subscribers, copied on write so a tick can fan out without the lock.
     pub groups: Arc<Vec<Group>>,
-    /// Subscribers waiting for their first snapshot, with their request ids.
-    pub joining: Vec<(Arc<SubSlot>, ReqId)>,
+    /// Subscribers waiting for their first snapshot (or resume).
+    pub joining: Vec<Joining>,
+    /// Rendered diffs of recent ticks, for resumes.
+    pub history: History,
     /// Subscribers that overflowed and wait for a fresh snapshot.
     pub resync: Vec<Arc<SubSlot>>,
     /// How many registered or joining subscribers asked for events (events are only journaled when some did).
@@ -85,6 +97,7 @@ impl SpaceState {
         }
         let mut groups = (*self.groups).clone();
         for slot in slots {
+            self.history.subscribed(slot.views, self.seq);
             match groups.iter_mut().find(|g| g.views == slot.views) {
                 Some(g) => g.slots.push(slot),
                 None => groups.push(Group { views: slot.views, slots: vec![slot] }),
@@ -96,12 +109,15 @@ impl SpaceState {
     /// Removes a subscriber wherever it is.
     pub fn unregister(&mut self, slot: &Arc<SubSlot>) -> bool {
         let before = self.joining.len();
-        self.joining.retain(|(s, _)| !Arc::ptr_eq(s, slot));
+        self.joining.retain(|j| !Arc::ptr_eq(&j.slot, slot));
         let mut found = self.joining.len() != before;
         if !found && self.groups.iter().any(|g| g.slots.iter().any(|s| Arc::ptr_eq(s, slot))) {
             let mut groups = (*self.groups).clone();
             for g in &mut groups {
                 g.slots.retain(|s| !Arc::ptr_eq(s, slot));
+            }
+            if let Some(g) = groups.iter().find(|g| g.views == slot.views && g.slots.is_empty()) {
+                self.history.idle(g.views);
             }
             groups.retain(|g| !g.slots.is_empty());
             self.groups = Arc::new(groups);
@@ -119,14 +135,16 @@ impl SpaceState {
 #[derive(Debug)]
 pub struct Space {
     pub name: Arc<str>,
+    /// The engine's epoch (changes on every server start), sent with snapshots for resumes.
+    pub epoch: u64,
     state: Mutex<SpaceState>,
     /// Wakes the notifier: a change after an idle period is flushed at once.
     wake: Notify,
 }
 
 impl Space {
-    pub fn new(name: Arc<str>) -> Arc<Space> {
-        Arc::new(Space { name, state: Mutex::new(SpaceState::default()), wake: Notify::new() })
+    pub fn new(name: Arc<str>, epoch: u64) -> Arc<Space> {
+        Arc::new(Space { name, epoch, state: Mutex::new(SpaceState::default()), wake: Notify::new() })
     }
 
     pub fn lock(&self) -> MutexGuard<'_, SpaceState> {

@@ -167,7 +167,8 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(storage)?;
         conn.execute_batch(SCHEMA).map_err(|e| storage(format!("cannot write the database: {e}")))?;
         // Prove it is writable now rather than on the first completion.
-        conn.execute_batch("BEGIN IMMEDIATE; COMMIT;").map_err(|e| storage(format!("database is not writable: {e}")))?;
+        conn.execute_batch("BEGIN IMMEDIATE; COMMIT;")
+            .map_err(|e| storage(format!("database is not writable: {e}")))?;
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("coworker-store".into())
@@ -350,8 +351,11 @@ fn count(conn: &Connection, runs: bool, doctype: &str, filter: &[Cond]) -> Resul
     let mut params = Vec::new();
     let mut sql = format!("SELECT COUNT(*) FROM {}", if runs { "runs" } else { "docs" });
     sql.push_str(&where_clause(runs, doctype, filter, &mut params)?);
-    let n: i64 =
-        conn.prepare_cached(&sql).map_err(storage)?.query_row(params_from_iter(params.iter()), |r| r.get(0)).map_err(storage)?;
+    let n: i64 = conn
+        .prepare_cached(&sql)
+        .map_err(storage)?
+        .query_row(params_from_iter(params.iter()), |r| r.get(0))
+        .map_err(storage)?;
     Ok(n as u64)
 }
 

@@ -45,12 +45,11 @@ impl Outbox {
     }
 }
 
+/// What a subscription's first frame (or a resync) is.
 #[derive(Debug)]
-struct PendingSnapshot {
-    req_id: ReqId,
-    seq: u64,
-    state: Arc<str>,
-    resync: bool,
+enum Head {
+    Snapshot { req_id: ReqId, epoch: u64, seq: u64, state: Arc<str>, resync: bool },
+    Resumed { req_id: ReqId, epoch: u64, seq: u64 },
 }
 
 #[derive(Debug)]
@@ -70,7 +69,7 @@ struct Pending {
     resync: bool,
     /// Already on the outbox's ready list.
     queued: bool,
-    snapshot: Option<PendingSnapshot>,
+    head: Option<Head>,
     diff: Option<PendingDiff>,
     events: Vec<Arc<str>>,
     bytes: usize,
@@ -109,15 +108,35 @@ impl SubSlot {
     }
 
     /// Sets the snapshot at `seq`, replacing anything pending but events.
-    pub fn snapshot(self: &Arc<Self>, req_id: ReqId, seq: u64, state: Arc<str>, resync: bool) {
+    pub fn snapshot(self: &Arc<Self>, req_id: ReqId, epoch: u64, seq: u64, state: Arc<str>, resync: bool) {
         let mut p = self.pending.lock();
         if p.closed {
             return;
         }
         p.bytes = state.len() + p.events.iter().map(|e| e.len()).sum::<usize>();
-        p.snapshot = Some(PendingSnapshot { req_id, seq, state, resync });
+        p.head = Some(Head::Snapshot { req_id, epoch, seq, state, resync });
         p.diff = None;
         p.at = seq;
+        p.resync = false;
+        self.queue(&mut p);
+    }
+
+    /// Grants a resume from `base`: the reply, then the missed diffs (`chunks`, up to `seq`) as one diff.
+    pub fn resume(self: &Arc<Self>, req_id: ReqId, epoch: u64, base: u64, seq: u64, chunks: Vec<Arc<str>>) {
+        let mut p = self.pending.lock();
+        if p.closed {
+            return;
+        }
+        p.head = Some(Head::Resumed { req_id, epoch, seq: base });
+        p.bytes = chunks.iter().map(|c| c.len()).sum();
+        if chunks.is_empty() {
+            // Nothing changed for these views since `base`: the next diff starts there.
+            p.at = base;
+            p.diff = None;
+        } else {
+            p.at = seq;
+            p.diff = Some(PendingDiff { base, seq, chunks });
+        }
         p.resync = false;
         self.queue(&mut p);
     }
@@ -162,7 +181,7 @@ impl SubSlot {
 
     fn overflow(&self, p: &mut Pending) -> Delivery {
         p.diff = None;
-        p.snapshot = None;
+        p.head = None;
         p.events.clear();
         p.bytes = 0;
         p.resync = true;
@@ -179,21 +198,25 @@ impl SubSlot {
     pub fn close(&self) {
         let mut p = self.pending.lock();
         p.closed = true;
-        p.snapshot = None;
+        p.head = None;
         p.diff = None;
         p.events.clear();
     }
 
     /// Renders what is pending as frames: snapshot, then diff, then events.
     fn take_frames(&self, out: &mut Vec<String>) {
-        let (snapshot, diff, events) = {
+        let (head, diff, events) = {
             let mut p = self.pending.lock();
             p.queued = false;
             p.bytes = 0;
-            (p.snapshot.take(), p.diff.take(), std::mem::take(&mut p.events))
+            (p.head.take(), p.diff.take(), std::mem::take(&mut p.events))
         };
-        if let Some(s) = snapshot {
-            out.push(protocol::snapshot(&s.req_id, self.id, s.seq, &s.state, s.resync));
+        match head {
+            Some(Head::Snapshot { req_id, epoch, seq, state, resync }) => {
+                out.push(protocol::snapshot(&req_id, self.id, epoch, seq, &state, resync))
+            }
+            Some(Head::Resumed { req_id, epoch, seq }) => out.push(protocol::resumed(&req_id, self.id, epoch, seq)),
+            None => {}
         }
         if let Some(d) = diff {
             out.push(protocol::diff(self.id, d.base, d.seq, &d.chunks));

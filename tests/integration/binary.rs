@@ -33,7 +33,8 @@ fn a_taken_port_is_a_clear_error_and_a_failed_exit() {
 #[tokio::test]
 async fn sigterm_closes_clients_with_1001_and_exits() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = crate::support::Process::start(&["--web-root", "/nonexistent", "--data-dir", dir.path().to_str().unwrap()]);
+    let mut server =
+        crate::support::Process::start(&["--web-root", "/nonexistent", "--data-dir", dir.path().to_str().unwrap()]);
     assert!(server.url.starts_with("ws://127.0.0.1:") && !server.url.contains(":0/"), "{}", server.url);
     let (mut ws, _) = tokio_tungstenite::connect_async(&server.url).await.unwrap();
     server.signal("-TERM");

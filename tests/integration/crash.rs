@@ -54,7 +54,10 @@ async fn acknowledged_completions_survive_sigkill() {
         tokio::time::sleep(Duration::from_millis(delay)).await;
         server.signal("-KILL");
         for w in workers {
-            tokio::time::timeout(Duration::from_secs(30), w).await.expect("producers stop once the server is gone").unwrap();
+            tokio::time::timeout(Duration::from_secs(30), w)
+                .await
+                .expect("producers stop once the server is gone")
+                .unwrap();
         }
         drop(server);
     }

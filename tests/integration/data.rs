@@ -42,9 +42,14 @@ async fn create_select_update_delete() {
     let ClientError::Server { run: Some(failed), .. } = &e else { panic!() };
     assert_eq!(failed["error"]["code"], "conflict");
 
-    let r = run(&c, "select", "Note", json!({"where": {"tag": "x", "points": {"gte": 2}}, "orderBy": {"points": "desc"}, "take": 1, "skip": 1}))
-        .await
-        .unwrap();
+    let r = run(
+        &c,
+        "select",
+        "Note",
+        json!({"where": {"tag": "x", "points": {"gte": 2}}, "orderBy": {"points": "desc"}, "take": 1, "skip": 1}),
+    )
+    .await
+    .unwrap();
     let out = &r["output"];
     assert_eq!(out["data"], json!([{"name": "c", "points": 2, "tag": "x"}]));
     assert_eq!(out["meta"], json!({"total": 2, "take": 1, "skip": 1}));
@@ -66,7 +71,8 @@ async fn create_select_update_delete() {
     let r = run(&c, "delete", "Note", json!({"where": {"points": {"lt": 2}}})).await.unwrap();
     assert_eq!(r["output"]["meta"]["affected"], 0);
     let r = run(&c, "select", "Note", json!(null)).await.unwrap();
-    let names: Vec<&str> = r["output"]["data"].as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> =
+        r["output"]["data"].as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap()).collect();
     let mut expect = vec!["b", "c", generated.as_str()];
     expect.sort();
     assert_eq!(names, expect, "ordered by name by default");
@@ -103,10 +109,20 @@ async fn schemas_are_data_validate_writes_and_come_with_select() {
     assert_eq!((code.as_str(), message.as_str()), ("rejected", "Task: field `title` is required"));
     assert_eq!(failed["status"], "failed");
     let e = run(&c, "create", "Task", json!({"data": {"title": "t", "points": "many"}})).await.unwrap_err();
-    assert!(matches!(&e, ClientError::Server { message, .. } if message == "Task: field `points` must be of type Int, got a string"), "{e:?}");
+    assert!(
+        matches!(&e, ClientError::Server { message, .. } if message == "Task: field `points` must be of type Int, got a string"),
+        "{e:?}"
+    );
     let e = run(&c, "create", "Task", json!({"data": {"title": "t", "state": "lost"}})).await.unwrap_err();
     assert_eq!(code_of(&e), "rejected");
-    let ok = run(&c, "create", "Task", json!({"data": {"name": "T-1", "title": "write docs", "points": 3, "state": "open"}})).await.unwrap();
+    let ok = run(
+        &c,
+        "create",
+        "Task",
+        json!({"data": {"name": "T-1", "title": "write docs", "points": 3, "state": "open"}}),
+    )
+    .await
+    .unwrap();
     assert_eq!(ok["status"], "completed");
     let e = run(&c, "update", "Task", json!({"name": "T-1", "data": {"points": 1.5}})).await.unwrap_err();
     assert_eq!(code_of(&e), "rejected");
@@ -126,14 +142,18 @@ async fn schemas_are_data_validate_writes_and_come_with_select() {
         .unwrap();
     let kids = child["output"]["data"].as_array().unwrap();
     assert_eq!(kids.len(), 1, "{kids:?}");
-    assert_eq!((kids[0]["doctype"].as_str(), kids[0]["options"]["includeSchema"].as_bool()), (Some("Schema"), Some(false)));
+    assert_eq!(
+        (kids[0]["doctype"].as_str(), kids[0]["options"]["includeSchema"].as_bool()),
+        (Some("Schema"), Some(false))
+    );
     // Without includeSchema, no schema and no child run.
-    let sel = c
-        .run(json!({"operation": "select", "doctype": "Task", "options": {"includeSchema": false}}))
+    let sel =
+        c.run(json!({"operation": "select", "doctype": "Task", "options": {"includeSchema": false}})).await.unwrap();
+    assert_eq!(sel["output"]["schema"], Value::Null);
+    let child = c
+        .run(json!({"operation": "select", "doctype": "Run", "input": {"where": {"parentRun": sel["id"]}}}))
         .await
         .unwrap();
-    assert_eq!(sel["output"]["schema"], Value::Null);
-    let child = c.run(json!({"operation": "select", "doctype": "Run", "input": {"where": {"parentRun": sel["id"]}}})).await.unwrap();
     assert_eq!(child["output"]["data"], json!([]));
 
     // After a restart the documents and the schema (and so validation) are still there.

@@ -7,6 +7,7 @@ mod data;
 mod diff_invariant;
 mod hooks;
 mod messages;
+mod resume;
 mod support;
 mod timing;
 mod views;

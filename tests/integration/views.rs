@@ -69,7 +69,10 @@ async fn completed_data_runs_become_current_run() {
     let mut cur = w.subscribe("default", Some(&["currentRun", "isLoading"]), false).await.unwrap();
     assert_eq!(cur.state(), &json!({"currentRun": null, "isLoading": false}));
     // Data operations execute on the server; the completed run becomes currentRun.
-    let c = p.run(json!({"operation": "create", "doctype": "Task", "input": {"data": {"name": "t1", "title": "a"}}})).await.unwrap();
+    let c = p
+        .run(json!({"operation": "create", "doctype": "Task", "input": {"data": {"name": "t1", "title": "a"}}}))
+        .await
+        .unwrap();
     assert_eq!((c["status"].as_str(), c["output"]["data"][0]["title"].as_str()), (Some("completed"), Some("a")));
     until(&mut cur, "create is current", |st| st["currentRun"]["id"] == c["id"]).await;
     let s = p.run(json!({"operation": "select", "doctype": "Task"})).await.unwrap();
