@@ -23,6 +23,16 @@ pub struct Limits {
     pub max_spaces: usize,
     /// How many finished run ids are remembered, so that late patches get `run_finished` rather than `unknown_run`.
     pub finished_memory: usize,
+    /// Messages per second one connection may send, sustained (token bucket).
+    pub messages_per_second: u32,
+    /// Messages one connection may send at once (the bucket's size).
+    pub message_burst: u32,
+    /// How often the server pings an idle connection.
+    pub ping_interval: Duration,
+    /// A connection from which nothing (not even a pong) arrives for this long is closed (4000).
+    pub idle_timeout: Duration,
+    /// A connection whose socket accepts no bytes for this long while the server has frames for it is closed.
+    pub write_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -36,6 +46,11 @@ impl Default for Limits {
             reply_queue: 256,
             max_spaces: 10_000,
             finished_memory: 100_000,
+            messages_per_second: 10_000,
+            message_burst: 5_000,
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
         }
     }
 }

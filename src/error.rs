@@ -44,6 +44,8 @@ pub enum ErrorCode {
     OperationFailed,
     /// A configured limit was exceeded (ops per patch, spaces, ...).
     LimitExceeded,
+    /// The connection sent faster than its message rate; the message was not applied.
+    RateLimited,
     /// A data operation named a document that does not exist.
     NotFound,
     /// A document with that name already exists.
@@ -77,6 +79,7 @@ impl ErrorCode {
             ErrorCode::Rejected => "rejected",
             ErrorCode::OperationFailed => "operation_failed",
             ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::NotFound => "not_found",
             ErrorCode::Conflict => "conflict",
             ErrorCode::StorageFailed => "storage_failed",
@@ -85,7 +88,7 @@ impl ErrorCode {
     }
 
     /// Every code, for the protocol-doc test.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::BadJson,
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
@@ -105,6 +108,7 @@ impl ErrorCode {
         ErrorCode::Rejected,
         ErrorCode::OperationFailed,
         ErrorCode::LimitExceeded,
+        ErrorCode::RateLimited,
         ErrorCode::NotFound,
         ErrorCode::Conflict,
         ErrorCode::StorageFailed,

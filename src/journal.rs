@@ -244,6 +244,10 @@ pub struct Rendered {
 impl Cut {
     /// Serializes every piece once and assembles one op list per view set (`None`: nothing changed for that set).
     pub fn render(self, sets: &[ViewSet], events_wanted: bool) -> Rendered {
+        if sets.is_empty() && !events_wanted {
+            // Nobody subscribes and nobody may resume: nothing to serialize.
+            return Rendered { diffs: Vec::new(), events: Vec::new() };
+        }
         struct Pieces {
             add: Option<String>,
             remove: String,

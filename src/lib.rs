@@ -31,6 +31,7 @@ pub mod notifier;
 pub mod patch;
 pub mod path;
 pub mod protocol;
+pub mod ratelimit;
 pub mod server;
 pub mod session;
 pub mod space;

@@ -84,5 +84,10 @@ async fn ws_handler(ws: WebSocketUpgrade, State(state): State<AppState>) -> impl
 }
 
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
-    Json(json!({"status": "ok", "protocol": PROTOCOL_VERSION, "activeRuns": state.engine.active_runs()}))
+    Json(json!({
+        "status": "ok",
+        "protocol": PROTOCOL_VERSION,
+        "activeRuns": state.engine.active_runs(),
+        "connections": state.sessions.len(),
+    }))
 }

@@ -8,6 +8,7 @@ use crate::engine::Engine;
 use crate::error::{Error, ErrorCode};
 use crate::path::PathLimits;
 use crate::protocol::{self, ClientMsg, ParseLimits};
+use crate::ratelimit::{TokenBucket, Verdict};
 use crate::subscriber::{Outbox, SubSlot};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::future::BoxFuture;
@@ -24,9 +25,16 @@ pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     /// A text frame that is not valid UTF-8.
     pub const INVALID_DATA: u16 = 1007;
+    /// A client that kept sending past its rate limit after being refused.
+    pub const POLICY: u16 = 1008;
     /// A message over the size limit.
     pub const TOO_BIG: u16 = 1009;
+    /// Nothing (not even a pong) arrived within the idle timeout.
+    pub const IDLE: u16 = 4000;
 }
+
+/// How long the server keeps reading (and dropping) a peer's frames after sending it a close frame.
+const CLOSE_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Subscriptions one connection may hold at once.
 pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 64;
@@ -52,7 +60,19 @@ pub async fn serve(socket: WebSocket, engine: Engine, shutdown: CancellationToke
     let (sink, mut stream) = socket.split();
     let outbox = Outbox::new();
     let (tx, rx) = mpsc::channel(limits.reply_queue);
-    let writer = tokio::spawn(write_loop(sink, rx, outbox.clone()));
+    // Cancelled when the writer ends (the peer stopped reading, or the socket failed): the reader stops too.
+    let writer_done = CancellationToken::new();
+    let writer = tokio::spawn({
+        let done = writer_done.clone().drop_guard();
+        let (outbox, ping, write_timeout) = (outbox.clone(), limits.ping_interval, limits.write_timeout);
+        async move {
+            write_loop(sink, rx, outbox, ping, write_timeout).await;
+            drop(done);
+        }
+    });
+    let mut bucket = TokenBucket::new(limits.messages_per_second, limits.message_burst);
+    let idle = tokio::time::sleep(limits.idle_timeout);
+    tokio::pin!(idle);
     let mut session = Session {
         engine,
         outbox,
@@ -64,6 +84,9 @@ pub async fn serve(socket: WebSocket, engine: Engine, shutdown: CancellationToke
             max_ops_per_patch: limits.max_ops_per_patch,
         },
     };
+    // Set when the server sends a close frame: the peer's remaining frames are then read and dropped, so the socket
+    // closes cleanly (a socket closed with unread input is reset, and the peer might never see the close frame).
+    let mut closing = false;
     loop {
         let msg = tokio::select! {
             Some(frame) = session.waiting.next(), if !session.waiting.is_empty() => {
@@ -73,9 +96,33 @@ pub async fn serve(socket: WebSocket, engine: Engine, shutdown: CancellationToke
             m = stream.next(), if session.waiting.len() < limits.reply_queue => m,
             _ = shutdown.cancelled() => {
                 let _ = session.tx.send(Outgoing::Close(close::GOING_AWAY, "server shutting down")).await;
+                closing = true;
+                break;
+            }
+            _ = writer_done.cancelled() => break,
+            _ = &mut idle => {
+                tracing::debug!("closing an idle connection");
+                let _ = session.tx.send(Outgoing::Close(close::IDLE, "no pong")).await;
+                closing = true;
                 break;
             }
         };
+        idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
+        if matches!(msg, Some(Ok(Message::Text(_) | Message::Binary(_)))) {
+            match bucket.check() {
+                Verdict::Allow => {}
+                Verdict::Refuse => {
+                    let e = Error::new(ErrorCode::RateLimited, "message rate limit exceeded; message dropped");
+                    session.send(protocol::error(&None, &e, None)).await;
+                    continue;
+                }
+                Verdict::Close => {
+                    let _ = session.tx.send(Outgoing::Close(close::POLICY, "rate limit")).await;
+                    closing = true;
+                    break;
+                }
+            }
+        }
         match msg {
             None | Some(Ok(Message::Close(_))) => break,
             Some(Ok(Message::Text(text))) => session.handle(text.as_str()).await,
@@ -87,11 +134,22 @@ pub async fn serve(socket: WebSocket, engine: Engine, shutdown: CancellationToke
             Some(Err(e)) => {
                 if let Some(code) = close_code_for(&e) {
                     let _ = session.tx.send(Outgoing::Close(code.0, code.1)).await;
+                    closing = true;
                 }
                 tracing::debug!(error = %e, "connection ended");
                 break;
             }
         }
+    }
+    if closing {
+        let drain = async {
+            while let Some(Ok(m)) = stream.next().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
     }
     // Acknowledgements already owed are still sent once durable.
     while let Some(frame) = session.waiting.next().await {
@@ -216,23 +274,27 @@ async fn write_loop(
     mut sink: futures::stream::SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outgoing>,
     outbox: Arc<Outbox>,
+    ping_interval: std::time::Duration,
+    write_timeout: std::time::Duration,
 ) {
-    let mut frames: Vec<String> = Vec::new();
+    let mut frames: Vec<Message> = Vec::new();
     let mut closing: Option<(u16, &'static str)> = None;
     let mut open = true;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
     while open && closing.is_none() {
         tokio::select! {
             biased;
             m = rx.recv() => match m {
-                Some(Outgoing::Frame(f)) => frames.push(f),
+                Some(Outgoing::Frame(f)) => frames.push(Message::Text(f.into())),
                 Some(Outgoing::Close(code, reason)) => closing = Some((code, reason)),
                 None => open = false,
             },
             _ = outbox.wait() => {}
+            _ = ping.tick() => frames.push(Message::Ping(Default::default())),
         }
         while closing.is_none() {
             match rx.try_recv() {
-                Ok(Outgoing::Frame(f)) => frames.push(f),
+                Ok(Outgoing::Frame(f)) => frames.push(Message::Text(f.into())),
                 Ok(Outgoing::Close(code, reason)) => closing = Some((code, reason)),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
@@ -241,14 +303,24 @@ async fn write_loop(
                 }
             }
         }
-        outbox.take_frames(&mut frames);
-        for f in frames.drain(..) {
-            if sink.feed(Message::Text(f.into())).await.is_err() {
+        let mut texts = Vec::new();
+        outbox.take_frames(&mut texts);
+        frames.extend(texts.into_iter().map(|f| Message::Text(f.into())));
+        let write = async {
+            for f in frames.drain(..) {
+                sink.feed(f).await?;
+            }
+            sink.flush().await
+        };
+        match tokio::time::timeout(write_timeout, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                // The peer stopped reading: its socket took nothing for the whole deadline. Dropping the socket
+                // ends the session; nothing else waited on it.
+                tracing::debug!("closing a connection that stopped reading");
                 return;
             }
-        }
-        if sink.flush().await.is_err() {
-            return;
         }
     }
     if let Some((code, reason)) = closing {

@@ -6,6 +6,7 @@ mod crash;
 mod data;
 mod diff_invariant;
 mod hooks;
+mod limits;
 mod messages;
 mod resume;
 mod support;

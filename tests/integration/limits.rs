@@ -1,0 +1,153 @@
+//! Limits and liveness: the message rate limit, the idle timeout for a client that stops answering pings, and the
+//! write deadline for a subscriber that stops reading. Each keeps a healthy control connection working.
+
+use crate::support::*;
+use coworker::config::{EngineConfig, Limits};
+use coworker::hooks::Hooks;
+use futures::SinkExt;
+use serde_json::json;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+fn with_limits(limits: Limits) -> EngineConfig {
+    EngineConfig { limits, ..EngineConfig::default() }
+}
+
+/// A WebSocket client made of a bare TCP socket: it never answers pings and reads only when told to.
+async fn bare_client(server: &TestServer) -> TcpStream {
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    s
+}
+
+/// One masked text frame, as a client must send it.
+fn text_frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x81];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    let mask = [1u8, 2, 3, 4];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// Reads until the server closes the socket; returns the close code of the last close frame seen, if any.
+async fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut all)).await.expect("the server closed the socket");
+    all
+}
+
+#[tokio::test(start_paused = true)]
+async fn flooding_gets_rate_limited_then_closed_with_1008() {
+    let _hb = heartbeat();
+    let limits = Limits { messages_per_second: 1, message_burst: 50, ..Limits::default() };
+    let server = start_with(with_limits(limits), Hooks::default()).await;
+    let mut control = Raw::connect(&server).await;
+    let mut flood = Raw::connect(&server).await;
+    let id = flood.start(json!({"operation": "interpret"})).await;
+    for _ in 0..200 {
+        let m = json!({"type": "patch", "run": id, "ops": [{"op": "append", "path": "output.t", "value": "x"}]});
+        flood.ws.feed(Message::Text(m.to_string().into())).await.unwrap();
+    }
+    flood.ws.flush().await.unwrap();
+    let mut refused = 0;
+    let code = loop {
+        match futures::StreamExt::next(&mut flood.ws).await {
+            Some(Ok(Message::Text(t))) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                assert_eq!(v["code"], "rate_limited", "{v}");
+                refused += 1;
+            }
+            Some(Ok(Message::Close(c))) => break c.map(|c| u16::from(c.code)),
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(code, Some(1008));
+    assert_eq!(refused, 50, "one refusal per message past the burst, until the close");
+    // 49 appends went through (the run start took one token); none of the refused ones did.
+    let snap = control.request(json!({"type": "subscribe", "id": 1})).await;
+    assert_eq!(snap["state"]["activeRuns"][&id]["output"]["t"].as_array().unwrap().len(), 49);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_answering_pings_is_closed() {
+    let _hb = heartbeat();
+    let limits =
+        Limits { ping_interval: Duration::from_secs(1), idle_timeout: Duration::from_secs(3), ..Limits::default() };
+    let server = start_with(with_limits(limits), Hooks::default()).await;
+    let mut silent = bare_client(&server).await;
+    // The client reads in the background, and tungstenite answers pings as it reads.
+    let lively = coworker::client::Client::connect(&server.url()).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let bytes = read_to_end(&mut silent).await;
+    assert!(tokio::time::Instant::now() - started >= Duration::from_secs(3), "closed before the idle timeout");
+    // Pings (0x89) came first, then a close frame (0x88) with code 4000.
+    let close_at = bytes.iter().position(|b| *b == 0x88).expect("a close frame");
+    assert_eq!(u16::from_be_bytes([bytes[close_at + 2], bytes[close_at + 3]]), 4000);
+    assert_eq!(bytes[0], 0x89, "the server pinged first");
+    // A client that answers pings stays.
+    lively.subscribe("default", None, false).await.expect("still connected after the idle timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_is_dropped_and_nobody_else_notices() {
+    let limits = Limits { write_timeout: Duration::from_millis(500), ..Limits::default() };
+    let server = start_with(with_limits(limits), Hooks::default()).await;
+    let mut stuck = bare_client(&server).await;
+    stuck.write_all(&text_frame(br#"{"type":"subscribe","id":1}"#)).await.unwrap();
+    let producer = coworker::client::Client::connect(&server.url()).await.unwrap();
+    let healthy = coworker::client::Client::connect(&server.url()).await.unwrap();
+    let mut watch = healthy.subscribe("default", None, false).await.unwrap();
+    let run = producer.run(json!({"operation": "interpret"})).await.unwrap();
+    let id = run["id"].as_str().unwrap().to_string();
+    let big = "x".repeat(40_000);
+    // Replace one 40 KB field over and over (the state stays small) until the server gives up on the stuck
+    // subscriber: its socket buffers fill, and a write waits past the deadline.
+    let mut dropped = false;
+    for i in 0..20_000 {
+        producer
+            .patch_nowait(&id, json!([{"op": "set", "path": "output.blob", "value": format!("{i}{big}")}]))
+            .await
+            .unwrap();
+        if i % 100 == 0 {
+            producer.patch(&id, json!([{"op": "set", "path": "output.i", "value": i}])).await.unwrap();
+            if healthz(&server).await["connections"] == 2 {
+                dropped = true;
+                break;
+            }
+        }
+    }
+    assert!(dropped, "the stuck subscriber was never dropped");
+    producer.patch(&id, json!([{"op": "set", "path": "output.i", "value": "done"}])).await.unwrap();
+    let seen = tokio::time::timeout(WAIT, async {
+        while watch.state()["activeRuns"][&id]["output"]["i"] != "done" {
+            watch.next().await.unwrap().unwrap();
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "the healthy subscriber kept up");
+    // The stuck one was cut off: reading now drains what the socket held, then ends.
+    let bytes = read_to_end(&mut stuck).await;
+    assert!(!bytes.is_empty() && bytes.len() < 100_000_000, "{} bytes", bytes.len());
+}
