@@ -33,6 +33,7 @@
 //!
 //! Run with `cargo bench --bench patch`.
 
+use coworker::auth::Caller;
 use coworker::context::RunId;
 use coworker::patch::PatchOp;
 use coworker::path::{Path, PathLimits};
@@ -47,6 +48,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 
+static TRUSTED: std::sync::LazyLock<Caller> = std::sync::LazyLock::new(Caller::trusted);
 const LIMITS: PathLimits = PathLimits { max_bytes: 1024, max_depth: 32 };
 /// Patches per timed batch; the runtime is driven between batches.
 const BATCH: u64 = 256;
@@ -94,7 +96,7 @@ impl Fixture {
             let mut ids = Vec::with_capacity(n);
             for _ in 0..n {
                 let spec = RunSpec { operation: "interpret".into(), ..RunSpec::default() };
-                let ctx = self.engine.run(spec).await.expect("a live run starts");
+                let ctx = self.engine.run(spec, &TRUSTED).await.expect("a live run starts");
                 let id = ctx["id"].as_str().expect("a run id").parse().expect("a uuid");
                 ids.push(id);
             }
@@ -105,7 +107,9 @@ impl Fixture {
     /// Sets `output.tokens` of `id` to `k` tokens.
     fn fill(&self, id: RunId, k: usize) {
         let tokens = Value::Array((0..k).map(token).collect());
-        self.engine.patch(id, vec![PatchOp::Set { path: path("output.tokens"), value: tokens }]).expect("fill");
+        self.engine
+            .patch(id, vec![PatchOp::Set { path: path("output.tokens"), value: tokens }], &TRUSTED)
+            .expect("fill");
     }
 
     /// Lets the notifier flush everything journaled so far and start a new tick.
@@ -127,7 +131,7 @@ impl Fixture {
         let indexes: Vec<usize> = (base..base + appended).rev().collect();
         for chunk in indexes.chunks(MAX_OPS) {
             let ops = chunk.iter().map(|i| PatchOp::Remove { path: path(&format!("output.tokens[{i}]")) }).collect();
-            self.engine.patch(id, ops).expect("truncate");
+            self.engine.patch(id, ops, &TRUSTED).expect("truncate");
         }
     }
 
@@ -155,7 +159,7 @@ impl Fixture {
                 .collect();
             let start = Instant::now();
             for (id, ops) in batch {
-                black_box(self.engine.patch(id, ops)).expect("patch");
+                black_box(self.engine.patch(id, ops, &TRUSTED)).expect("patch");
             }
             total += start.elapsed();
             after(&counts);
@@ -167,7 +171,7 @@ impl Fixture {
 
     /// Completes `id` and returns its final `output`.
     fn finish(&self, id: RunId) -> Value {
-        let finished = self.engine.complete(id, None).expect("complete");
+        let finished = self.engine.complete(id, None, &TRUSTED).expect("complete");
         finished.run["output"].clone()
     }
 }

@@ -33,6 +33,10 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// A connection whose socket accepts no bytes for this long while the server has frames for it is closed.
     pub write_timeout: Duration,
+    /// With authentication on, a connection that has not sent a valid token within this time is closed (4001).
+    pub auth_timeout: Duration,
+    /// After its token expires, a connection has this long to send a fresh `hello` before it is closed (4002).
+    pub token_grace: Duration,
 }
 
 impl Default for Limits {
@@ -51,6 +55,8 @@ impl Default for Limits {
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(10),
+            auth_timeout: Duration::from_secs(10),
+            token_grace: Duration::from_secs(30),
         }
     }
 }
@@ -82,6 +88,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Where the database lives; `None` keeps it in memory (nothing survives a restart).
     pub data_dir: Option<PathBuf>,
+    /// Token verification; `None` is development mode (every caller trusted).
+    pub auth: Option<crate::auth::Auth>,
+    /// Origins allowed to open a WebSocket (exact match). Empty: the server's own origin, and localhost origins.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for Config {
@@ -92,6 +102,8 @@ impl Default for Config {
             engine: EngineConfig::default(),
             shutdown_grace: Duration::from_secs(3),
             data_dir: None,
+            auth: None,
+            allowed_origins: Vec::new(),
         }
     }
 }

@@ -141,10 +141,13 @@ type SchemaCache = DashMap<String, Arc<Schema>>;
 struct Shared {
     store: Arc<dyn Store>,
     schemas: SchemaCache,
+    /// With authentication on, `select` on `Run` shows only the caller's own runs.
+    own_runs_only: bool,
 }
 
-/// Installs the data operations and the validating before-hook, loading the schema cache from the store.
-pub async fn install(hooks: &mut Hooks, store: Arc<dyn Store>) -> Result<()> {
+/// Installs the data operations and the validating before-hook, loading the schema cache from the store. With
+/// `own_runs_only` (authentication on), the `Run` doctype shows each owner only their own runs.
+pub async fn install(hooks: &mut Hooks, store: Arc<dyn Store>, own_runs_only: bool) -> Result<()> {
     let schemas = SchemaCache::new();
     for doc in store::load_all(&*store, SCHEMA_DOCTYPE).await? {
         match Schema::parse(&doc) {
@@ -154,7 +157,7 @@ pub async fn install(hooks: &mut Hooks, store: Arc<dyn Store>) -> Result<()> {
             Err(e) => tracing::warn!(error = %e, "a stored Schema document does not parse; ignored"),
         }
     }
-    let shared = Arc::new(Shared { store, schemas });
+    let shared = Arc::new(Shared { store, schemas, own_runs_only });
     for (name, kind) in
         [("select", Kind::Select), ("create", Kind::Create), ("update", Kind::Update), ("delete", Kind::Delete)]
     {
@@ -285,7 +288,12 @@ async fn select(
             order.push((field.clone(), desc));
         }
     }
-    let query = Query { doctype: doctype.to_string(), filter: filter_of(input.get("where"))?, order, take, skip };
+    let mut filter = filter_of(input.get("where"))?;
+    if doctype == RUN_DOCTYPE && shared.own_runs_only {
+        let owner = run.get("owner").cloned().unwrap_or(Value::Null);
+        filter.push(Cond { field: "owner".into(), cmp: Cmp::Eq, value: owner });
+    }
+    let query = Query { doctype: doctype.to_string(), filter, order, take, skip };
     let found = shared.store.call(Request::Select(query)).await?;
     let include_schema =
         run.get("options").and_then(|o| o.get("includeSchema")).and_then(Value::as_bool).unwrap_or(true);
@@ -300,7 +308,7 @@ async fn select(
             parent_run: run.get("id").and_then(Value::as_str).and_then(|s| s.parse().ok()),
             ..RunSpec::default()
         };
-        let ctx = engine.run(spec).await.map_err(|f| f.error)?;
+        let ctx = engine.run(spec, &crate::auth::Caller::trusted()).await.map_err(|f| f.error)?;
         let schema = ctx.get("output").and_then(|o| o["data"].get(0)).cloned().unwrap_or(Value::Null);
         let view = schema
             .as_object()

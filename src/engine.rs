@@ -3,6 +3,7 @@
 //! It also owns the rest of the lifecycle (`patch`, `complete`, `fail`, linger expiry) and the registry: a
 //! `DashMap` from run id to [`RunCell`]. No registry guard is held across an `.await`, a hook call, or a second key.
 
+use crate::auth::Caller;
 use crate::config::EngineConfig;
 use crate::context::{Class, Kind, Run, RunId, Status};
 use crate::error::{Error, ErrorCode, Result};
@@ -38,6 +39,19 @@ impl From<Error> for RunFailure {
     fn from(error: Error) -> Self {
         RunFailure { error, run: None }
     }
+}
+
+/// What a subscriber asks for.
+#[derive(Debug, Clone)]
+pub struct SubscribeRequest<'a> {
+    pub space: &'a str,
+    pub views: ViewSet,
+    /// Also deliver lifecycle events.
+    pub events: bool,
+    /// Resume after `(epoch, seq)`.
+    pub since: Option<(u64, u64)>,
+    /// The request id the snapshot (or resume reply) echoes.
+    pub req_id: ReqId,
 }
 
 /// A run that just completed or failed: its final context, and its audit record on the way to disk.
@@ -140,9 +154,22 @@ impl Engine {
 
     /// The one entry point: starts a run. A live run (no server-side operation) is returned `running` at once; a run
     /// with an operation is returned when the operation has finished, completed or failed.
-    pub async fn run(&self, spec: RunSpec) -> std::result::Result<Arc<Map<String, Value>>, RunFailure> {
+    pub async fn run(
+        &self,
+        mut spec: RunSpec,
+        caller: &Caller,
+    ) -> std::result::Result<Arc<Map<String, Value>>, RunFailure> {
+        if let Some(me) = &caller.owner {
+            if spec.owner.as_ref().is_some_and(|o| o != me) {
+                return Err(Error::new(ErrorCode::Forbidden, "`owner` must be the token's subject").into());
+            }
+            spec.owner = Some(me.clone());
+        }
         let handler = self.shared.hooks.handler(&spec.operation);
         let (space, parent) = self.resolve_space(&spec)?;
+        if !caller.can_write(&space.name) {
+            return Err(Error::new(ErrorCode::Forbidden, "the token may not write to this space").into());
+        }
         let id = spec.id.unwrap_or_else(RunId::now_v7);
         let status = if handler.is_some() { Status::Pending } else { Status::Running };
         let kind = Kind::of(&spec.operation);
@@ -213,9 +240,10 @@ impl Engine {
 
         let Some(handler) = handler else { return Ok(Arc::new(reply)) };
         match handler.execute(reply, self.clone()).await {
-            Ok(output) => Ok(self.complete(id, Some(output))?.durable().await?),
+            Ok(output) => Ok(self.complete(id, Some(output), &Caller::trusted())?.durable().await?),
             Err(e) => {
-                let run = self.fail(id, json!({"code": e.code.as_str(), "message": e.message}))?.durable().await?;
+                let error = json!({"code": e.code.as_str(), "message": e.message});
+                let run = self.fail(id, error, &Caller::trusted())?.durable().await?;
                 Err(RunFailure { error: Error::new(ErrorCode::OperationFailed, e.message), run: Some(run) })
             }
         }
@@ -260,6 +288,16 @@ impl Engine {
         Ok(space)
     }
 
+    /// Refuses a caller that may not change this run exactly as if the run did not exist.
+    fn check_change(caller: &Caller, run: &Run, space: &Space) -> Result<()> {
+        let owner = run.ctx.get("owner").and_then(Value::as_str).unwrap_or_default();
+        if caller.can_change(owner, &space.name) {
+            Ok(())
+        } else {
+            Err(Error::new(ErrorCode::UnknownRun, "no active run has this id"))
+        }
+    }
+
     fn lookup(&self, id: RunId) -> Result<Arc<RunCell>> {
         if let Some(cell) = self.shared.registry.get(&id) {
             return Ok(cell.clone());
@@ -272,11 +310,12 @@ impl Engine {
     }
 
     /// Applies a patch atomically and journals its changes.
-    pub fn patch(&self, id: RunId, ops: Vec<PatchOp>) -> Result<()> {
+    pub fn patch(&self, id: RunId, ops: Vec<PatchOp>, caller: &Caller) -> Result<()> {
         let cell = self.lookup(id)?;
         let space = &cell.space;
         let mut st = space.lock();
         let mut run = cell.run.lock();
+        Self::check_change(caller, &run, space)?;
         if run.status.is_finished() {
             return Err(Error::new(ErrorCode::RunFinished, "the run has finished"));
         }
@@ -290,12 +329,13 @@ impl Engine {
 
     /// Completes a run: it leaves `activeRuns`; a data run becomes `currentRun`. Returns the final context and
     /// its audit record, queued in the order of the state change.
-    pub fn complete(&self, id: RunId, output: Option<Value>) -> Result<Finished> {
+    pub fn complete(&self, id: RunId, output: Option<Value>, caller: &Caller) -> Result<Finished> {
         let cell = self.lookup(id)?;
         let space = &cell.space;
         let ctx = {
             let mut st = space.lock();
             let mut run = cell.run.lock();
+            Self::check_change(caller, &run, space)?;
             if run.status.is_finished() {
                 return Err(Error::new(ErrorCode::RunFinished, "the run has finished"));
             }
@@ -326,13 +366,14 @@ impl Engine {
 
     /// Fails a run: it stays in `activeRuns`, visible as failed, for the linger period. Returns its context and
     /// its audit record, queued in the order of the state change.
-    pub fn fail(&self, id: RunId, error: Value) -> Result<Finished> {
+    pub fn fail(&self, id: RunId, error: Value, caller: &Caller) -> Result<Finished> {
         let cell = self.lookup(id)?;
         let space = &cell.space;
         let ctx = {
             let mut guard = space.lock();
             let st = &mut *guard;
             let mut run = cell.run.lock();
+            Self::check_change(caller, &run, space)?;
             if run.status.is_finished() {
                 return Err(Error::new(ErrorCode::RunFinished, "the run has finished"));
             }
@@ -360,15 +401,11 @@ impl Engine {
     /// call triggers.
     /// With `since`, the subscription resumes after that `(epoch, seq)` when the space's history still holds every
     /// diff since, and otherwise starts with a snapshot flagged `resync`.
-    pub fn subscribe(
-        &self,
-        space: &str,
-        views: ViewSet,
-        events: bool,
-        since: Option<(u64, u64)>,
-        outbox: &Arc<Outbox>,
-        req_id: ReqId,
-    ) -> Result<Arc<SubSlot>> {
+    pub fn subscribe(&self, req: SubscribeRequest<'_>, outbox: &Arc<Outbox>, caller: &Caller) -> Result<Arc<SubSlot>> {
+        let SubscribeRequest { space, views, events, since, req_id } = req;
+        if !caller.can_read(space) {
+            return Err(Error::new(ErrorCode::Forbidden, "the token may not read this space"));
+        }
         let space = self.space(space)?;
         let id = self.shared.next_sub.fetch_add(1, Ordering::Relaxed);
         let slot = SubSlot::new(id, space.name.clone(), views, events, outbox.clone());

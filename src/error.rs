@@ -42,6 +42,12 @@ pub enum ErrorCode {
     Rejected,
     /// A server-side operation handler failed the run.
     OperationFailed,
+    /// No valid token yet (or a bad one): authenticate with `hello` first.
+    Unauthenticated,
+    /// The token's claims do not allow this (space not in `read`/`write`, or another owner's name).
+    Forbidden,
+    /// The token expired: send a fresh `hello` within the grace period or the connection closes (4002).
+    TokenExpired,
     /// A configured limit was exceeded (ops per patch, spaces, ...).
     LimitExceeded,
     /// The connection sent faster than its message rate; the message was not applied.
@@ -78,6 +84,9 @@ impl ErrorCode {
             ErrorCode::UnknownSubscription => "unknown_subscription",
             ErrorCode::Rejected => "rejected",
             ErrorCode::OperationFailed => "operation_failed",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TokenExpired => "token_expired",
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::NotFound => "not_found",
@@ -88,7 +97,7 @@ impl ErrorCode {
     }
 
     /// Every code, for the protocol-doc test.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::BadJson,
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
@@ -107,6 +116,9 @@ impl ErrorCode {
         ErrorCode::UnknownSubscription,
         ErrorCode::Rejected,
         ErrorCode::OperationFailed,
+        ErrorCode::Unauthenticated,
+        ErrorCode::Forbidden,
+        ErrorCode::TokenExpired,
         ErrorCode::LimitExceeded,
         ErrorCode::RateLimited,
         ErrorCode::NotFound,

@@ -18,6 +18,7 @@
 //! - [`server`]: routes, limits and shutdown.
 //! - [`client`]: a Rust client that keeps a local copy of a space's state.
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod context;

@@ -1,6 +1,7 @@
 //! The `coworker` binary: reads flags and environment, binds, and serves until Ctrl-C or SIGTERM.
 
 use clap::Parser;
+use coworker::auth::Auth;
 use coworker::config::{Config, EngineConfig, Limits};
 use coworker::hooks::Hooks;
 use std::net::SocketAddr;
@@ -33,6 +34,24 @@ struct Args {
     #[arg(long, env = "COWORKER_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
 
+    /// Shared secret for HS256 tokens. With no key the server is in development mode (everyone trusted).
+    #[arg(long, env = "COWORKER_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+
+    /// PEM file with the RSA or EC public key for RS256/ES256 tokens.
+    #[arg(long, env = "COWORKER_JWT_PUBLIC_KEY", conflicts_with = "jwt_secret")]
+    jwt_public_key: Option<PathBuf>,
+
+    /// Origin allowed to open a WebSocket (exact match; repeat the flag for more). Default: the server's own
+    /// origin and localhost pages.
+    #[arg(long = "allowed-origin", env = "COWORKER_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Vec<String>,
+
+    /// Allow development mode (no authentication) on an address other than loopback. Anyone who can reach the
+    /// port can then read and change every run.
+    #[arg(long)]
+    insecure_no_auth_on_public_address: bool,
+
     /// Folder served at / (the web demo). Nothing is served there if it does not exist.
     #[arg(long, env = "COWORKER_WEB_ROOT", default_value = "web-demo")]
     web_root: PathBuf,
@@ -47,7 +66,33 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let args = Args::parse();
+    let auth = match (&args.jwt_secret, &args.jwt_public_key) {
+        (Some(secret), _) => Some(Auth::hs256(secret.as_bytes())),
+        (None, Some(path)) => {
+            match std::fs::read(path).map_err(|e| e.to_string()).and_then(|pem| Auth::public_pem(&pem)) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    eprintln!("coworker: --jwt-public-key {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        (None, None) => None,
+    };
+    if auth.is_none() && !args.listen.ip().is_loopback() && !args.insecure_no_auth_on_public_address {
+        eprintln!(
+            "coworker: refusing to listen on {} without authentication: set --jwt-secret or --jwt-public-key, \
+             or pass --insecure-no-auth-on-public-address",
+            args.listen
+        );
+        return ExitCode::FAILURE;
+    }
+    if auth.is_none() {
+        tracing::warn!("development mode: no token key configured, every client is trusted");
+    }
     let config = Config {
+        auth,
+        allowed_origins: args.allowed_origins.clone(),
         listen: args.listen,
         web_root: args.web_root.is_dir().then_some(args.web_root),
         engine: EngineConfig {

@@ -38,6 +38,11 @@ pub struct RunSpec {
 /// Every message a client can send. Closed: a new message type is a protocol change.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientMsg {
+    /// Authenticates the connection (or refreshes an expiring token).
+    Hello {
+        id: ReqId,
+        token: Option<String>,
+    },
     Run {
         id: ReqId,
         spec: Box<RunSpec>,
@@ -69,6 +74,21 @@ pub enum ClientMsg {
         id: ReqId,
         sub: u64,
     },
+}
+
+impl ClientMsg {
+    /// The request id.
+    pub fn id(&self) -> &ReqId {
+        match self {
+            ClientMsg::Hello { id, .. }
+            | ClientMsg::Run { id, .. }
+            | ClientMsg::Patch { id, .. }
+            | ClientMsg::Complete { id, .. }
+            | ClientMsg::Fail { id, .. }
+            | ClientMsg::Subscribe { id, .. }
+            | ClientMsg::Unsubscribe { id, .. } => id,
+        }
+    }
 }
 
 /// Limits checked while parsing a client frame.
@@ -110,6 +130,8 @@ struct Envelope<'a> {
     events: Option<bool>,
     sub: Option<u64>,
     since: Option<Since>,
+    #[serde(borrow)]
+    token: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -284,6 +306,7 @@ fn decode(env: Envelope<'_>, id: ReqId, limits: &ParseLimits) -> Result<ClientMs
             let since = env.since.map(|s| (s.epoch, s.seq));
             ClientMsg::Subscribe { id, space, views, events: env.events.unwrap_or(false), since }
         }
+        "hello" => ClientMsg::Hello { id, token: env.token.map(Cow::into_owned) },
         "unsubscribe" => ClientMsg::Unsubscribe { id, sub: env.sub.ok_or_else(|| missing("sub", ty))? },
         other => {
             let shown: String = other.chars().take(64).collect();
@@ -340,6 +363,19 @@ pub fn reply(id: &ReqId, run: Option<&Map<String, Value>>) -> String {
         out.push_str(",\"run\":");
         push_json(&mut out, run);
     }
+    out.push('}');
+    out
+}
+
+/// `{"type":"reply","id":..,"owner":"..","expires":E}`: the reply to `hello` (`owner` and `expires` are null in
+/// development mode).
+pub fn hello_reply(id: &ReqId, owner: Option<&str>, expires: Option<u64>) -> String {
+    let mut out = String::from("{\"type\":\"reply\"");
+    push_id(&mut out, id);
+    out.push_str(",\"owner\":");
+    push_json(&mut out, &owner);
+    out.push_str(",\"expires\":");
+    push_json(&mut out, &expires);
     out.push('}');
     out
 }

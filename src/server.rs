@@ -2,6 +2,7 @@
 //! every session, and shuts down in order: stop accepting, close every socket with 1001, wait (bounded), stop the
 //! engine.
 
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::data;
 use crate::engine::Engine;
@@ -12,7 +13,8 @@ use crate::store::{SqliteStore, Store, StoreOptions};
 use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::response::{IntoResponse, Json};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde_json::json;
 use std::future::Future;
@@ -27,7 +29,13 @@ struct AppState {
     engine: Engine,
     shutdown: CancellationToken,
     sessions: TaskTracker,
+    auth: Option<Auth>,
+    allowed_origins: Arc<Vec<String>>,
 }
+
+/// The subprotocol a client may offer, and the prefix of the one that carries its token (`bearer.<jwt>`).
+const SUBPROTOCOL: &str = "coworker.v1";
+const TOKEN_PREFIX: &str = "bearer.";
 
 /// Bytes tungstenite reads at a time per connection. Its 128 KiB default costs 1.3 GB for 10,000 idle sockets.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
@@ -47,9 +55,15 @@ pub async fn serve(
         SqliteStore::open(config.data_dir.as_deref(), StoreOptions::default()).map_err(std::io::Error::other)?,
     );
     let mut hooks = hooks;
-    data::install(&mut hooks, store.clone()).await.map_err(std::io::Error::other)?;
+    data::install(&mut hooks, store.clone(), config.auth.is_some()).await.map_err(std::io::Error::other)?;
     let engine = Engine::new(config.engine.clone(), hooks, store);
-    let state = AppState { engine: engine.clone(), shutdown: CancellationToken::new(), sessions: TaskTracker::new() };
+    let state = AppState {
+        engine: engine.clone(),
+        shutdown: CancellationToken::new(),
+        sessions: TaskTracker::new(),
+        auth: config.auth.clone(),
+        allowed_origins: Arc::new(config.allowed_origins.clone()),
+    };
     let mut app = Router::new().route("/ws", get(ws_handler)).route("/healthz", get(healthz));
     if let Some(root) = &config.web_root {
         app = app.fallback_service(ServeDir::new(root));
@@ -70,16 +84,46 @@ pub async fn serve(
     Ok(())
 }
 
-async fn ws_handler(ws: WebSocketUpgrade, State(state): State<AppState>) -> impl IntoResponse {
+/// Whether a browser page from `origin` may connect: an exact match of the allowlist, or (with no allowlist) the
+/// server's own origin and localhost pages. No `Origin` header means a non-browser client: authentication guards it.
+fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool {
+    if !allowed.is_empty() {
+        return allowed.iter().any(|a| a == origin);
+    }
+    let Some(rest) = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) else {
+        return false;
+    };
+    let origin_host = rest.split(':').next().unwrap_or_default();
+    Some(rest) == host || matches!(origin_host, "localhost" | "127.0.0.1" | "[::1]")
+}
+
+async fn ws_handler(ws: WebSocketUpgrade, headers: HeaderMap, State(state): State<AppState>) -> Response {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        if !origin.to_str().is_ok_and(|o| origin_allowed(o, host, &state.allowed_origins)) {
+            tracing::info!(origin = ?origin, "refused a WebSocket from a foreign origin");
+            return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+        }
+    }
+    let offered = headers.get(header::SEC_WEBSOCKET_PROTOCOL).and_then(|h| h.to_str().ok()).unwrap_or_default();
+    let token = offered.split(',').map(str::trim).find_map(|p| p.strip_prefix(TOKEN_PREFIX));
+    let caller = match (&state.auth, token) {
+        (Some(auth), Some(token)) => match auth.verify(token) {
+            Ok(c) => Some(c),
+            Err(e) => return (StatusCode::UNAUTHORIZED, e.message).into_response(),
+        },
+        _ => None,
+    };
     let limits = &state.engine.config().limits;
-    ws.read_buffer_size(READ_BUFFER_BYTES)
+    ws.protocols([SUBPROTOCOL])
+        .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_write_buffer_size(limits.max_pending_bytes * 4 + WRITE_BUFFER_BYTES)
         .max_message_size(limits.max_message_bytes)
         .max_frame_size(limits.max_message_bytes)
         .on_upgrade(move |socket| {
-            let AppState { engine, shutdown, sessions } = state;
-            sessions.track_future(session::serve(socket, engine, shutdown.child_token()))
+            let AppState { engine, shutdown, sessions, auth, .. } = state;
+            sessions.track_future(session::serve(socket, engine, shutdown.child_token(), auth, caller))
         })
 }
 

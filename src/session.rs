@@ -3,8 +3,9 @@
 //! Protocol errors are answered with an `error` frame and the connection stays open; transport errors end it
 //! quietly; an oversized frame or invalid UTF-8 closes it with 1009 or 1007.
 
+use crate::auth::{Auth, Caller};
 use crate::config::Limits;
-use crate::engine::Engine;
+use crate::engine::{Engine, SubscribeRequest};
 use crate::error::{Error, ErrorCode};
 use crate::path::PathLimits;
 use crate::protocol::{self, ClientMsg, ParseLimits};
@@ -31,6 +32,23 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// Nothing (not even a pong) arrived within the idle timeout.
     pub const IDLE: u16 = 4000;
+    /// No valid token within the authentication deadline, or a bad token.
+    pub const UNAUTHENTICATED: u16 = 4001;
+    /// The token expired and no fresh `hello` came within the grace period.
+    pub const TOKEN_EXPIRED: u16 = 4002;
+}
+
+/// Where a connection stands with authentication.
+#[derive(Debug)]
+enum AuthState {
+    /// Development mode: every caller is trusted.
+    Off,
+    /// Waiting for a valid `hello` until the deadline.
+    Waiting,
+    /// Authenticated until the token's `exp`.
+    Valid(Caller),
+    /// The token expired; a fresh `hello` is due before the grace deadline.
+    Expired,
 }
 
 /// How long the server keeps reading (and dropping) a peer's frames after sending it a close frame.
@@ -52,10 +70,30 @@ struct Session {
     waiting: FuturesOrdered<BoxFuture<'static, String>>,
     subs: HashMap<u64, Arc<SubSlot>>,
     parse_limits: ParseLimits,
+    auth: Option<Auth>,
+    state: AuthState,
+    /// When the current authentication state ends (deadline, `exp`, or grace).
+    auth_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365)
 }
 
 /// Serves one upgraded socket until either side closes it or the server shuts down.
-pub async fn serve(socket: WebSocket, engine: Engine, shutdown: CancellationToken) {
+/// `auth` is the server's verifier (`None`: development mode); `caller` is who the upgrade request already proved
+/// to be (a token in the subprotocol), if anyone.
+pub async fn serve(
+    socket: WebSocket,
+    engine: Engine,
+    shutdown: CancellationToken,
+    auth: Option<Auth>,
+    caller: Option<Caller>,
+) {
     let limits: Limits = engine.config().limits.clone();
     let (sink, mut stream) = socket.split();
     let outbox = Outbox::new();
@@ -83,7 +121,17 @@ pub async fn serve(socket: WebSocket, engine: Engine, shutdown: CancellationToke
             path: PathLimits { max_bytes: limits.max_path_bytes, max_depth: limits.max_path_depth },
             max_ops_per_patch: limits.max_ops_per_patch,
         },
+        state: if auth.is_none() { AuthState::Off } else { AuthState::Waiting },
+        auth,
+        auth_timer: Box::pin(tokio::time::sleep_until(far_future())),
     };
+    match caller {
+        Some(c) => session.authenticated(c),
+        None if session.auth.is_some() => {
+            session.auth_timer.as_mut().reset(tokio::time::Instant::now() + limits.auth_timeout)
+        }
+        None => {}
+    }
     // Set when the server sends a close frame: the peer's remaining frames are then read and dropped, so the socket
     // closes cleanly (a socket closed with unread input is reset, and the peer might never see the close frame).
     let mut closing = false;
@@ -100,6 +148,25 @@ pub async fn serve(socket: WebSocket, engine: Engine, shutdown: CancellationToke
                 break;
             }
             _ = writer_done.cancelled() => break,
+            _ = &mut session.auth_timer => {
+                match session.state {
+                    AuthState::Valid(_) => {
+                        session.state = AuthState::Expired;
+                        session.auth_timer.as_mut().reset(tokio::time::Instant::now() + limits.token_grace);
+                        let e = Error::new(ErrorCode::TokenExpired, "token expired: send a fresh hello");
+                        session.send(protocol::error(&None, &e, None)).await;
+                        continue;
+                    }
+                    AuthState::Expired => {
+                        let _ = session.tx.send(Outgoing::Close(close::TOKEN_EXPIRED, "token expired")).await;
+                    }
+                    AuthState::Waiting | AuthState::Off => {
+                        let _ = session.tx.send(Outgoing::Close(close::UNAUTHENTICATED, "authentication timeout")).await;
+                    }
+                }
+                closing = true;
+                break;
+            }
             _ = &mut idle => {
                 tracing::debug!("closing an idle connection");
                 let _ = session.tx.send(Outgoing::Close(close::IDLE, "no pong")).await;
@@ -176,6 +243,28 @@ fn close_code_for(e: &axum::Error) -> Option<(u16, &'static str)> {
 }
 
 impl Session {
+    fn authenticated(&mut self, caller: Caller) {
+        let deadline = match caller.expires {
+            Some(exp) => {
+                let left = exp.saturating_sub(unix_now());
+                tokio::time::Instant::now() + std::time::Duration::from_secs(left)
+            }
+            None => far_future(),
+        };
+        self.auth_timer.as_mut().reset(deadline);
+        self.state = AuthState::Valid(caller);
+    }
+
+    /// The caller for a request, or the error that refuses it.
+    fn caller(&self) -> Result<Caller, Error> {
+        match &self.state {
+            AuthState::Off => Ok(Caller::trusted()),
+            AuthState::Valid(c) => Ok(c.clone()),
+            AuthState::Waiting => Err(Error::new(ErrorCode::Unauthenticated, "send `hello` with a token first")),
+            AuthState::Expired => Err(Error::new(ErrorCode::TokenExpired, "token expired: send a fresh hello")),
+        }
+    }
+
     async fn send_now(&mut self, frame: String) {
         // The writer only goes away with the connection; a failed send means there is no one left to tell.
         let _ = self.tx.send(Outgoing::Frame(frame)).await;
@@ -187,6 +276,37 @@ impl Session {
             self.send_now(frame).await;
         } else {
             self.waiting.push_back(futures::future::ready(frame).boxed());
+        }
+    }
+
+    /// `hello`: verifies the token (in development mode any or none is accepted). A bad token closes the
+    /// connection (4001) after the error; a connection may send a fresh token for the same subject at any time.
+    async fn hello(&mut self, id: protocol::ReqId, token: Option<String>) {
+        let Some(auth) = &self.auth else {
+            return self.send(protocol::hello_reply(&id, None, None)).await;
+        };
+        let verified = match token {
+            Some(t) => auth.verify(&t),
+            None => Err(Error::new(ErrorCode::Unauthenticated, "`hello` needs a `token`")),
+        };
+        let verified = verified.and_then(|c| match &self.state {
+            AuthState::Valid(old) if old.owner != c.owner => {
+                Err(Error::new(ErrorCode::Forbidden, "a refreshed token must have the same subject"))
+            }
+            _ => Ok(c),
+        });
+        match verified {
+            Ok(caller) => {
+                let reply = protocol::hello_reply(&id, caller.owner.as_deref(), caller.expires);
+                self.authenticated(caller);
+                self.send(reply).await;
+            }
+            Err(e) => {
+                self.send(protocol::error(&id, &e, None)).await;
+                // Make the auth timer fire now: the loop closes the connection with 4001.
+                self.state = AuthState::Waiting;
+                self.auth_timer.as_mut().reset(tokio::time::Instant::now());
+            }
         }
     }
 
@@ -212,13 +332,21 @@ impl Session {
                 return self.send(protocol::error(&rej.id, &rej.error, None)).await;
             }
         };
+        if let ClientMsg::Hello { id, token } = msg {
+            return self.hello(id, token).await;
+        }
+        let caller = match self.caller() {
+            Ok(c) => c,
+            Err(e) => return self.send(protocol::error(msg.id(), &e, None)).await,
+        };
         match msg {
+            ClientMsg::Hello { .. } => unreachable!("handled above"),
             ClientMsg::Run { id, spec } => {
                 let executes = self.engine.has_operation(&spec.operation);
                 let engine = self.engine.clone();
                 let tx = self.tx.clone();
                 let reply = async move {
-                    let frame = match engine.run(*spec).await {
+                    let frame = match engine.run(*spec, &caller).await {
                         Ok(ctx) => protocol::reply(&id, Some(&ctx)),
                         Err(f) => protocol::error(&id, &f.error, f.run.as_deref()),
                     };
@@ -231,17 +359,17 @@ impl Session {
                     reply.await;
                 }
             }
-            ClientMsg::Patch { id, run, ops } => match self.engine.patch(run, ops) {
+            ClientMsg::Patch { id, run, ops } => match self.engine.patch(run, ops, &caller) {
                 Ok(()) if id.is_some() => self.send(protocol::reply(&id, None)).await,
                 Ok(()) => {}
                 Err(e) => self.send(protocol::error(&id, &e, None)).await,
             },
             ClientMsg::Complete { id, run, output } => {
-                let finished = self.engine.complete(run, output);
+                let finished = self.engine.complete(run, output, &caller);
                 self.send_when_durable(id, finished);
             }
             ClientMsg::Fail { id, run, error } => {
-                let finished = self.engine.fail(run, error);
+                let finished = self.engine.fail(run, error, &caller);
                 self.send_when_durable(id, finished);
             }
             ClientMsg::Subscribe { id, space, views, events, since } => {
@@ -249,7 +377,11 @@ impl Session {
                     let e = Error::new(ErrorCode::LimitExceeded, "too many subscriptions on this connection");
                     return self.send(protocol::error(&id, &e, None)).await;
                 }
-                match self.engine.subscribe(&space, views, events, since, &self.outbox, id.clone()) {
+                match self.engine.subscribe(
+                    SubscribeRequest { space: &space, views, events, since, req_id: id.clone() },
+                    &self.outbox,
+                    &caller,
+                ) {
                     Ok(slot) => {
                         self.subs.insert(slot.id, slot);
                     }

@@ -41,7 +41,7 @@ impl Operation for Nested {
                 input: json!({"inner": run["input"].clone()}),
                 ..RunSpec::default()
             };
-            let inner = engine.run(spec).await.map_err(|f| f.error)?;
+            let inner = engine.run(spec, &coworker::auth::Caller::trusted()).await.map_err(|f| f.error)?;
             Ok(inner["output"].clone())
         }
         .boxed()
