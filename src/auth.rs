@@ -70,7 +70,14 @@ impl Auth {
             Error::new(ErrorCode::Unauthenticated, why)
         })?;
         let c = data.claims;
-        Ok(Caller { owner: Some(c.sub), read: c.read, write: c.write, agent: c.agent, expires: Some(c.exp) })
+        Ok(Caller {
+            owner: Some(c.sub),
+            read: c.read,
+            write: c.write,
+            agent: c.agent,
+            expires: Some(c.exp),
+            connection: 0,
+        })
     }
 }
 
@@ -84,6 +91,9 @@ pub struct Caller {
     agent: bool,
     /// The token's `exp` (seconds since the epoch).
     pub expires: Option<u64>,
+    /// The connection asking (0: none, such as a server-side operation). A run remembers the last connection that
+    /// started or changed it: its producer.
+    pub connection: u64,
 }
 
 fn allows(list: &[String], space: &str) -> bool {
@@ -93,7 +103,19 @@ fn allows(list: &[String], space: &str) -> bool {
 impl Caller {
     /// A caller that may do anything (development mode, and the server's own operations).
     pub fn trusted() -> Caller {
-        Caller { owner: None, read: vec!["*".into()], write: vec!["*".into()], agent: true, expires: None }
+        Caller {
+            owner: None,
+            read: vec!["*".into()],
+            write: vec!["*".into()],
+            agent: true,
+            expires: None,
+            connection: 0,
+        }
+    }
+
+    /// The same caller, speaking on connection `id`.
+    pub fn on_connection(&self, id: u64) -> Caller {
+        Caller { connection: id, ..self.clone() }
     }
 
     pub fn can_read(&self, space: &str) -> bool {

@@ -37,6 +37,9 @@ pub struct Limits {
     pub auth_timeout: Duration,
     /// After its token expires, a connection has this long to send a fresh `hello` before it is closed (4002).
     pub token_grace: Duration,
+    /// After a producer's connection drops, its live runs wait this long for it (or any connection allowed to)
+    /// to change them again; then they fail with `producer_lost`.
+    pub producer_grace: Duration,
 }
 
 impl Default for Limits {
@@ -57,6 +60,7 @@ impl Default for Limits {
             write_timeout: Duration::from_secs(10),
             auth_timeout: Duration::from_secs(10),
             token_grace: Duration::from_secs(30),
+            producer_grace: Duration::from_secs(30),
         }
     }
 }

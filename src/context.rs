@@ -93,6 +93,8 @@ pub struct Run {
     pub started: Instant,
     /// The context as the wire sees it.
     pub ctx: Map<String, Value>,
+    /// The connection that last started or changed the run (0: none); when it drops, the run may be orphaned.
+    pub producer: u64,
 }
 
 impl Run {

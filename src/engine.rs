@@ -217,7 +217,7 @@ impl Engine {
                 return Err(Error::new(ErrorCode::DuplicateRun, "a run with this id already finished").into());
             }
             let parent = parent.filter(|p| st.runs.contains_key(p));
-            let run = Run { id, parent, kind, status, started: Instant::now(), ctx };
+            let run = Run { id, parent, kind, status, started: Instant::now(), ctx, producer: caller.connection };
             let class = run.class();
             let cell = Arc::new(RunCell { space: space.clone(), run: Mutex::new(run) });
             match self.shared.registry.entry(id) {
@@ -321,6 +321,9 @@ impl Engine {
         }
         let before = run.class();
         let changes = patch::apply(&mut run.ctx, ops)?;
+        if caller.connection != 0 {
+            run.producer = caller.connection;
+        }
         drop(run);
         st.journal.changes(id, before, changes);
         space.changed(&mut st);
@@ -367,6 +370,35 @@ impl Engine {
     /// Fails a run: it stays in `activeRuns`, visible as failed, for the linger period. Returns its context and
     /// its audit record, queued in the order of the state change.
     pub fn fail(&self, id: RunId, error: Value, caller: &Caller) -> Result<Finished> {
+        self.fail_if(id, error, caller, |_| true)
+    }
+
+    /// After a connection dropped: once the producer grace has passed, fails every run in `runs` that is still
+    /// live and was last changed by that connection (`producer_lost`). Returns at once.
+    pub fn connection_lost(&self, connection: u64, runs: Vec<RunId>) {
+        if runs.is_empty() {
+            return;
+        }
+        let engine = self.clone();
+        let grace = self.shared.config.limits.producer_grace;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => {}
+                _ = engine.shared.shutdown.cancelled() => return,
+            }
+            let error = json!({"code": "producer_lost", "message": "the producer's connection was lost"});
+            for id in runs {
+                let orphaned = |run: &Run| run.producer == connection;
+                if let Ok(f) = engine.fail_if(id, error.clone(), &Caller::trusted(), orphaned) {
+                    if let Err(e) = f.durable().await {
+                        tracing::error!(error = %e, "could not record a run lost with its producer");
+                    }
+                }
+            }
+        });
+    }
+
+    fn fail_if(&self, id: RunId, error: Value, caller: &Caller, only_if: impl Fn(&Run) -> bool) -> Result<Finished> {
         let cell = self.lookup(id)?;
         let space = &cell.space;
         let ctx = {
@@ -376,6 +408,9 @@ impl Engine {
             Self::check_change(caller, &run, space)?;
             if run.status.is_finished() {
                 return Err(Error::new(ErrorCode::RunFinished, "the run has finished"));
+            }
+            if !only_if(&run) {
+                return Err(Error::new(ErrorCode::Conflict, "the run's producer came back"));
             }
             let before = run.class();
             let changes = run.finish(Status::Failed, None, Some(error));

@@ -5,6 +5,7 @@
 
 use crate::auth::{Auth, Caller};
 use crate::config::Limits;
+use crate::context::RunId;
 use crate::engine::{Engine, SubscribeRequest};
 use crate::error::{Error, ErrorCode};
 use crate::path::PathLimits;
@@ -15,8 +16,10 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, SinkExt, StreamExt};
-use std::collections::HashMap;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -74,7 +77,14 @@ struct Session {
     state: AuthState,
     /// When the current authentication state ends (deadline, `exp`, or grace).
     auth_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// This connection's id (a run's producer).
+    connection: u64,
+    /// Live runs this connection started or changed: if it drops, they wait for their producer's return.
+    produced: HashSet<RunId>,
 }
+
+/// Connection ids, unique for the process (0 is never used).
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -124,6 +134,8 @@ pub async fn serve(
         state: if auth.is_none() { AuthState::Off } else { AuthState::Waiting },
         auth,
         auth_timer: Box::pin(tokio::time::sleep_until(far_future())),
+        connection: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
+        produced: HashSet::new(),
     };
     match caller {
         Some(c) => session.authenticated(c),
@@ -225,6 +237,7 @@ pub async fn serve(
     for slot in session.subs.values() {
         session.engine.unsubscribe(slot);
     }
+    session.engine.connection_lost(session.connection, session.produced.drain().collect());
     session.outbox.close();
     drop(session);
     let _ = writer.await;
@@ -258,8 +271,8 @@ impl Session {
     /// The caller for a request, or the error that refuses it.
     fn caller(&self) -> Result<Caller, Error> {
         match &self.state {
-            AuthState::Off => Ok(Caller::trusted()),
-            AuthState::Valid(c) => Ok(c.clone()),
+            AuthState::Off => Ok(Caller::trusted().on_connection(self.connection)),
+            AuthState::Valid(c) => Ok(c.on_connection(self.connection)),
             AuthState::Waiting => Err(Error::new(ErrorCode::Unauthenticated, "send `hello` with a token first")),
             AuthState::Expired => Err(Error::new(ErrorCode::TokenExpired, "token expired: send a fresh hello")),
         }
@@ -341,34 +354,47 @@ impl Session {
         };
         match msg {
             ClientMsg::Hello { .. } => unreachable!("handled above"),
-            ClientMsg::Run { id, spec } => {
-                let executes = self.engine.has_operation(&spec.operation);
-                let engine = self.engine.clone();
-                let tx = self.tx.clone();
-                let reply = async move {
+            ClientMsg::Run { id, spec } if self.engine.has_operation(&spec.operation) => {
+                // A server-side operation may take a while: keep reading meanwhile (its reply may come out of
+                // order).
+                let (engine, tx) = (self.engine.clone(), self.tx.clone());
+                tokio::spawn(async move {
                     let frame = match engine.run(*spec, &caller).await {
                         Ok(ctx) => protocol::reply(&id, Some(&ctx)),
                         Err(f) => protocol::error(&id, &f.error, f.run.as_deref()),
                     };
                     let _ = tx.send(Outgoing::Frame(frame)).await;
+                });
+            }
+            ClientMsg::Run { id, spec } => {
+                let frame = match self.engine.run(*spec, &caller).await {
+                    Ok(ctx) => {
+                        if let Some(run) = ctx.get("id").and_then(Value::as_str).and_then(|s| RunId::try_parse(s).ok())
+                        {
+                            self.produced.insert(run);
+                        }
+                        protocol::reply(&id, Some(&ctx))
+                    }
+                    Err(f) => protocol::error(&id, &f.error, f.run.as_deref()),
                 };
-                if executes {
-                    // A server-side operation may take a while: keep reading meanwhile.
-                    tokio::spawn(reply);
-                } else {
-                    reply.await;
-                }
+                self.send(frame).await;
             }
             ClientMsg::Patch { id, run, ops } => match self.engine.patch(run, ops, &caller) {
-                Ok(()) if id.is_some() => self.send(protocol::reply(&id, None)).await,
-                Ok(()) => {}
+                Ok(()) => {
+                    self.produced.insert(run);
+                    if id.is_some() {
+                        self.send(protocol::reply(&id, None)).await;
+                    }
+                }
                 Err(e) => self.send(protocol::error(&id, &e, None)).await,
             },
             ClientMsg::Complete { id, run, output } => {
+                self.produced.remove(&run);
                 let finished = self.engine.complete(run, output, &caller);
                 self.send_when_durable(id, finished);
             }
             ClientMsg::Fail { id, run, error } => {
+                self.produced.remove(&run);
                 let finished = self.engine.fail(run, error, &caller);
                 self.send_when_durable(id, finished);
             }

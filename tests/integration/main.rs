@@ -9,6 +9,7 @@ mod diff_invariant;
 mod hooks;
 mod limits;
 mod messages;
+mod producer;
 mod resume;
 mod support;
 mod timing;
