@@ -389,10 +389,10 @@ impl Engine {
             let error = json!({"code": "producer_lost", "message": "the producer's connection was lost"});
             for id in runs {
                 let orphaned = |run: &Run| run.producer == connection;
-                if let Ok(f) = engine.fail_if(id, error.clone(), &Caller::trusted(), orphaned) {
-                    if let Err(e) = f.durable().await {
-                        tracing::error!(error = %e, "could not record a run lost with its producer");
-                    }
+                if let Ok(f) = engine.fail_if(id, error.clone(), &Caller::trusted(), orphaned)
+                    && let Err(e) = f.durable().await
+                {
+                    tracing::error!(error = %e, "could not record a run lost with its producer");
                 }
             }
         });
