@@ -118,6 +118,7 @@ fn now_ms() -> u64 {
 
 impl Engine {
     pub fn new(config: EngineConfig, hooks: Hooks, store: Arc<dyn Store>) -> Engine {
+        crate::telemetry::install();
         Engine {
             shared: Arc::new(Shared {
                 registry: DashMap::new(),
@@ -311,6 +312,13 @@ impl Engine {
 
     /// Applies a patch atomically and journals its changes.
     pub fn patch(&self, id: RunId, ops: Vec<PatchOp>, caller: &Caller) -> Result<()> {
+        let started = std::time::Instant::now();
+        let result = self.patch_timed(id, ops, caller);
+        crate::telemetry::PATCH_SECONDS.record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    fn patch_timed(&self, id: RunId, ops: Vec<PatchOp>, caller: &Caller) -> Result<()> {
         let cell = self.lookup(id)?;
         let space = &cell.space;
         let mut st = space.lock();
@@ -446,6 +454,7 @@ impl Engine {
         let slot = SubSlot::new(id, space.name.clone(), views, events, outbox.clone());
         let mut st = space.lock();
         st.joining.push(Joining { slot: slot.clone(), req_id, since });
+        crate::telemetry::SUBSCRIPTIONS.increment(1.0);
         if events {
             st.events_wanted += 1;
         }
@@ -456,6 +465,7 @@ impl Engine {
     /// Ends a subscription; nothing more is delivered to it.
     pub fn unsubscribe(&self, slot: &Arc<SubSlot>) {
         slot.close();
+        crate::telemetry::SUBSCRIPTIONS.decrement(1.0);
         if let Some(space) = self.shared.spaces.get(&slot.space).map(|s| s.clone()) {
             space.lock().unregister(slot);
         }

@@ -38,6 +38,7 @@ pub mod session;
 pub mod space;
 pub mod store;
 pub mod subscriber;
+pub mod telemetry;
 pub mod views;
 
 pub use config::{Config, EngineConfig, Limits};

@@ -36,6 +36,12 @@ pub async fn run(space: Arc<Space>, shared: Arc<Shared>) {
 
 /// Closes the tick: cut and snapshots under the lock, rendering and fan-out outside it.
 pub fn flush(space: &Space, cap: usize) {
+    let started = std::time::Instant::now();
+    flush_timed(space, cap);
+    crate::telemetry::FLUSH_SECONDS.record(started.elapsed().as_secs_f64());
+}
+
+fn flush_timed(space: &Space, cap: usize) {
     let (cut, sets, groups, events_wanted) = {
         let mut st = space.lock();
         st.dirty = false;

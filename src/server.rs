@@ -64,7 +64,8 @@ pub async fn serve(
         auth: config.auth.clone(),
         allowed_origins: Arc::new(config.allowed_origins.clone()),
     };
-    let mut app = Router::new().route("/ws", get(ws_handler)).route("/healthz", get(healthz));
+    let mut app =
+        Router::new().route("/ws", get(ws_handler)).route("/healthz", get(healthz)).route("/metrics", get(metrics));
     if let Some(root) = &config.web_root {
         app = app.fallback_service(ServeDir::new(root));
     }
@@ -125,6 +126,10 @@ async fn ws_handler(ws: WebSocketUpgrade, headers: HeaderMap, State(state): Stat
             let AppState { engine, shutdown, sessions, auth, .. } = state;
             sessions.track_future(session::serve(socket, engine, shutdown.child_token(), auth, caller))
         })
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::telemetry::render(state.engine.active_runs()))
 }
 
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {

@@ -104,6 +104,18 @@ pub async fn serve(
     auth: Option<Auth>,
     caller: Option<Caller>,
 ) {
+    crate::telemetry::CONNECTIONS.increment(1.0);
+    serve_connection(socket, engine, shutdown, auth, caller).await;
+    crate::telemetry::CONNECTIONS.decrement(1.0);
+}
+
+async fn serve_connection(
+    socket: WebSocket,
+    engine: Engine,
+    shutdown: CancellationToken,
+    auth: Option<Auth>,
+    caller: Option<Caller>,
+) {
     let limits: Limits = engine.config().limits.clone();
     let (sink, mut stream) = socket.split();
     let outbox = Outbox::new();
@@ -166,7 +178,7 @@ pub async fn serve(
                         session.state = AuthState::Expired;
                         session.auth_timer.as_mut().reset(tokio::time::Instant::now() + limits.token_grace);
                         let e = Error::new(ErrorCode::TokenExpired, "token expired: send a fresh hello");
-                        session.send(protocol::error(&None, &e, None)).await;
+                        session.send(error_frame(&None, &e, None)).await;
                         continue;
                     }
                     AuthState::Expired => {
@@ -192,7 +204,7 @@ pub async fn serve(
                 Verdict::Allow => {}
                 Verdict::Refuse => {
                     let e = Error::new(ErrorCode::RateLimited, "message rate limit exceeded; message dropped");
-                    session.send(protocol::error(&None, &e, None)).await;
+                    session.send(error_frame(&None, &e, None)).await;
                     continue;
                 }
                 Verdict::Close => {
@@ -207,7 +219,7 @@ pub async fn serve(
             Some(Ok(Message::Text(text))) => session.handle(text.as_str()).await,
             Some(Ok(Message::Binary(_))) => {
                 let e = Error::new(ErrorCode::BinaryFrame, "binary frames are not part of the protocol");
-                session.send(protocol::error(&None, &e, None)).await;
+                session.send(error_frame(&None, &e, None)).await;
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
             Some(Err(e)) => {
@@ -315,7 +327,7 @@ impl Session {
                 self.send(reply).await;
             }
             Err(e) => {
-                self.send(protocol::error(&id, &e, None)).await;
+                self.send(error_frame(&id, &e, None)).await;
                 // Make the auth timer fire now: the loop closes the connection with 4001.
                 self.state = AuthState::Waiting;
                 self.auth_timer.as_mut().reset(tokio::time::Instant::now());
@@ -329,9 +341,9 @@ impl Session {
             match finished {
                 Ok(f) => match f.durable().await {
                     Ok(ctx) => protocol::reply(&id, Some(&ctx)),
-                    Err(e) => protocol::error(&id, &e, None),
+                    Err(e) => error_frame(&id, &e, None),
                 },
-                Err(e) => protocol::error(&id, &e, None),
+                Err(e) => error_frame(&id, &e, None),
             }
         };
         self.waiting.push_back(frame.boxed());
@@ -342,7 +354,7 @@ impl Session {
             Ok(msg) => msg,
             Err(rej) => {
                 tracing::debug!(code = %rej.error.code, "rejected a frame");
-                return self.send(protocol::error(&rej.id, &rej.error, None)).await;
+                return self.send(error_frame(&rej.id, &rej.error, None)).await;
             }
         };
         if let ClientMsg::Hello { id, token } = msg {
@@ -350,7 +362,7 @@ impl Session {
         }
         let caller = match self.caller() {
             Ok(c) => c,
-            Err(e) => return self.send(protocol::error(msg.id(), &e, None)).await,
+            Err(e) => return self.send(error_frame(msg.id(), &e, None)).await,
         };
         match msg {
             ClientMsg::Hello { .. } => unreachable!("handled above"),
@@ -361,7 +373,7 @@ impl Session {
                 tokio::spawn(async move {
                     let frame = match engine.run(*spec, &caller).await {
                         Ok(ctx) => protocol::reply(&id, Some(&ctx)),
-                        Err(f) => protocol::error(&id, &f.error, f.run.as_deref()),
+                        Err(f) => error_frame(&id, &f.error, f.run.as_deref()),
                     };
                     let _ = tx.send(Outgoing::Frame(frame)).await;
                 });
@@ -375,7 +387,7 @@ impl Session {
                         }
                         protocol::reply(&id, Some(&ctx))
                     }
-                    Err(f) => protocol::error(&id, &f.error, f.run.as_deref()),
+                    Err(f) => error_frame(&id, &f.error, f.run.as_deref()),
                 };
                 self.send(frame).await;
             }
@@ -386,7 +398,7 @@ impl Session {
                         self.send(protocol::reply(&id, None)).await;
                     }
                 }
-                Err(e) => self.send(protocol::error(&id, &e, None)).await,
+                Err(e) => self.send(error_frame(&id, &e, None)).await,
             },
             ClientMsg::Complete { id, run, output } => {
                 self.produced.remove(&run);
@@ -401,7 +413,7 @@ impl Session {
             ClientMsg::Subscribe { id, space, views, events, since } => {
                 if self.subs.len() >= MAX_SUBSCRIPTIONS_PER_CONNECTION {
                     let e = Error::new(ErrorCode::LimitExceeded, "too many subscriptions on this connection");
-                    return self.send(protocol::error(&id, &e, None)).await;
+                    return self.send(error_frame(&id, &e, None)).await;
                 }
                 match self.engine.subscribe(
                     SubscribeRequest { space: &space, views, events, since, req_id: id.clone() },
@@ -411,7 +423,7 @@ impl Session {
                     Ok(slot) => {
                         self.subs.insert(slot.id, slot);
                     }
-                    Err(e) => self.send(protocol::error(&id, &e, None)).await,
+                    Err(e) => self.send(error_frame(&id, &e, None)).await,
                 }
             }
             ClientMsg::Unsubscribe { id, sub } => match self.subs.remove(&sub) {
@@ -421,7 +433,7 @@ impl Session {
                 }
                 None => {
                     let e = Error::new(ErrorCode::UnknownSubscription, "no such subscription on this connection");
-                    self.send(protocol::error(&id, &e, None)).await;
+                    self.send(error_frame(&id, &e, None)).await;
                 }
             },
         }
@@ -464,6 +476,7 @@ async fn write_loop(
         let mut texts = Vec::new();
         outbox.take_frames(&mut texts);
         frames.extend(texts.into_iter().map(|f| Message::Text(f.into())));
+        let (count, bytes) = (frames.len(), frames.iter().map(message_len).sum::<usize>());
         let write = async {
             for f in frames.drain(..) {
                 sink.feed(f).await?;
@@ -471,17 +484,35 @@ async fn write_loop(
             sink.flush().await
         };
         match tokio::time::timeout(write_timeout, write).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => {
+                crate::telemetry::FRAMES_SENT.increment(count as u64);
+                crate::telemetry::BYTES_SENT.increment(bytes as u64);
+            }
             Ok(Err(_)) => return,
             Err(_) => {
                 // The peer stopped reading: its socket took nothing for the whole deadline. Dropping the socket
                 // ends the session; nothing else waited on it.
                 tracing::debug!("closing a connection that stopped reading");
+                crate::telemetry::SLOW_CLOSES.increment(1);
                 return;
             }
         }
     }
     if let Some((code, reason)) = closing {
         let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+    }
+}
+
+/// An `error` frame, counted in the metrics by code.
+fn error_frame(id: &protocol::ReqId, e: &Error, run: Option<&serde_json::Map<String, Value>>) -> String {
+    crate::telemetry::error(e.code);
+    protocol::error(id, e, run)
+}
+
+fn message_len(m: &Message) -> usize {
+    match m {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
+        Message::Close(_) => 0,
     }
 }

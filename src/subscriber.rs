@@ -154,8 +154,10 @@ impl SubSlot {
         let at = p.at;
         match &mut p.diff {
             Some(d) => {
+                // The writer has not taken the last one yet: one larger diff instead of two frames.
                 d.chunks.push(chunk.clone());
                 d.seq = seq;
+                crate::telemetry::DIFFS_MERGED.increment(1);
             }
             None => p.diff = Some(PendingDiff { base: at, seq, chunks: vec![chunk.clone()] }),
         }
@@ -180,6 +182,7 @@ impl SubSlot {
     }
 
     fn overflow(&self, p: &mut Pending) -> Delivery {
+        crate::telemetry::RESYNCS.increment(1);
         p.diff = None;
         p.head = None;
         p.events.clear();

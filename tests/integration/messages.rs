@@ -188,3 +188,35 @@ async fn shutdown_closes_every_connection_with_1001() {
     assert_eq!(close, Some(1001));
     tokio::time::timeout(WAIT, stopping).await.expect("server stopped in time").unwrap();
 }
+
+#[tokio::test]
+async fn metrics_are_exposed_in_prometheus_format() {
+    let server = start_server().await;
+    let mut c = Raw::connect(&server).await;
+    let id = c.start(json!({"operation": "interpret"})).await;
+    c.request(json!({"type": "subscribe", "id": 1})).await;
+    c.request(
+        json!({"type": "patch", "id": 2, "run": id, "ops": [{"op": "append", "path": "output.t", "value": "x"}]}),
+    )
+    .await;
+    c.recv().await; // the diff
+    c.request(json!({"type": "patch", "id": 3, "run": id, "ops": [{"op": "set", "path": "status", "value": 1}]})).await;
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    for name in [
+        "coworker_connections",
+        "coworker_subscriptions",
+        "coworker_active_runs",
+        "coworker_frames_sent_total",
+        "coworker_bytes_sent_total",
+        "coworker_patch_seconds_bucket",
+        "coworker_flush_seconds_bucket",
+        "coworker_errors_total{code=\"read_only_path\"}",
+    ] {
+        assert!(body.contains(name), "/metrics lacks {name}:\n{body}");
+    }
+}

@@ -1,0 +1,49 @@
+//! Prometheus metrics: one process-wide recorder, the metric names (documented in protocol.md, "Metrics"), and
+//! cached handles for the hot paths so recording is an atomic update, not a registry lookup.
+
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::{LazyLock, OnceLock};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the recorder (once per process) and returns the handle that renders `/metrics`.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let buckets =
+                [1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+                .expect("buckets are not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("another metrics recorder is installed; /metrics will be empty");
+            }
+            handle
+        })
+        .clone()
+}
+
+pub static CONNECTIONS: LazyLock<Gauge> = LazyLock::new(|| gauge!("coworker_connections"));
+pub static SUBSCRIPTIONS: LazyLock<Gauge> = LazyLock::new(|| gauge!("coworker_subscriptions"));
+pub static FRAMES_SENT: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_frames_sent_total"));
+pub static BYTES_SENT: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_bytes_sent_total"));
+pub static DIFFS_MERGED: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_diffs_merged_total"));
+pub static RESYNCS: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_resyncs_total"));
+pub static SLOW_CLOSES: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_slow_subscriber_closes_total"));
+pub static PATCH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| histogram!("coworker_patch_seconds"));
+pub static FLUSH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| histogram!("coworker_flush_seconds"));
+
+/// Counts an error sent to a client, by code.
+pub fn error(code: crate::error::ErrorCode) {
+    counter!("coworker_errors_total", "code" => code.as_str()).increment(1);
+}
+
+/// Sets the gauges computed at scrape time and renders the text format.
+pub fn render(active_runs: usize) -> String {
+    let handle = install();
+    gauge!("coworker_active_runs").set(active_runs as f64);
+    handle.render()
+}
