@@ -37,6 +37,10 @@ pub struct Limits {
     pub auth_timeout: Duration,
     /// After its token expires, a connection has this long to send a fresh `hello` before it is closed (4002).
     pub token_grace: Duration,
+    /// Connections (HTTP and WebSocket) open at once; more are refused at accept.
+    pub max_connections: usize,
+    /// A client that has not sent its complete HTTP request head within this time is disconnected.
+    pub handshake_timeout: Duration,
     /// After a producer's connection drops, its live runs wait this long for it (or any connection allowed to)
     /// to change them again; then they fail with `producer_lost`.
     pub producer_grace: Duration,
@@ -61,6 +65,8 @@ impl Default for Limits {
             auth_timeout: Duration::from_secs(10),
             token_grace: Duration::from_secs(30),
             producer_grace: Duration::from_secs(30),
+            max_connections: 16_384,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }

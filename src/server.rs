@@ -70,19 +70,77 @@ pub async fn serve(
         app = app.fallback_service(ServeDir::new(root));
     }
     let app = app.with_state(state.clone());
-    let token = state.shutdown.clone();
-    let stop = async move {
-        shutdown.await;
-        tracing::info!("shutting down: closing connections");
-        token.cancel();
-    };
-    axum::serve(listener, app).with_graceful_shutdown(stop).await?;
+    let limits = config.engine.limits.clone();
+    accept_loop(listener, app, &state, &limits, shutdown).await;
     state.sessions.close();
     if tokio::time::timeout(config.shutdown_grace, state.sessions.wait()).await.is_err() {
         tracing::warn!("some connections did not close within the grace period");
     }
     engine.shutdown();
     Ok(())
+}
+
+/// Accepts connections until `shutdown`, each served by hyper with a deadline on the request head (a client that
+/// sends half its headers is dropped) and a cap on open connections; then stops accepting, tells every WebSocket
+/// session to close (1001) and lets plain HTTP connections finish.
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    state: &AppState,
+    limits: &crate::config::Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let conns = TaskTracker::new();
+    let http = {
+        let mut b = hyper::server::conn::http1::Builder::new();
+        b.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.handshake_timeout);
+        b
+    };
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, _peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, most likely: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if open.load(std::sync::atomic::Ordering::Relaxed) + state.sessions.len() >= limits.max_connections {
+            tracing::warn!("connection limit reached; refusing a connection");
+            continue;
+        }
+        let _ = tcp.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(tcp), service).with_upgrades();
+        let (open, stop) = (open.clone(), state.shutdown.clone());
+        open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        conns.spawn(async move {
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "HTTP connection ended");
+            }
+            open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+    tracing::info!("shutting down: closing connections");
+    drop(listener);
+    state.shutdown.cancel();
+    conns.close();
+    // Requests in flight finish; a client still sending its request head is cut off by the handshake deadline.
+    let _ = tokio::time::timeout(limits.handshake_timeout, conns.wait()).await;
 }
 
 /// Whether a browser page from `origin` may connect: an exact match of the allowlist, or (with no allowlist) the

@@ -151,3 +151,52 @@ async fn a_subscriber_that_stops_reading_is_dropped_and_nobody_else_notices() {
     let bytes = read_to_end(&mut stuck).await;
     assert!(!bytes.is_empty() && bytes.len() < 100_000_000, "{} bytes", bytes.len());
 }
+
+#[tokio::test(start_paused = true)]
+async fn half_open_handshakes_are_closed_by_the_deadline_while_new_clients_connect() {
+    rlimit::increase_nofile_limit(8192).unwrap();
+    let _hb = heartbeat();
+    let limits = Limits { handshake_timeout: Duration::from_secs(5), ..Limits::default() };
+    let server = start_with(with_limits(limits), Hooks::default()).await;
+    let started = tokio::time::Instant::now();
+    let mut half_open = Vec::new();
+    for _ in 0..1000 {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n").await.unwrap();
+        half_open.push(s);
+    }
+    // A well-behaved client still gets in and is served.
+    let mut ok = Raw::connect(&server).await;
+    ok.start(json!({"operation": "interpret"})).await;
+    for mut s in half_open {
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(WAIT * 10, s.read_to_end(&mut buf)).await.expect("the server closed it");
+    }
+    assert!(tokio::time::Instant::now() - started >= Duration::from_secs(5), "closed before the deadline");
+    let r = ok.request(json!({"type": "subscribe", "id": 1})).await;
+    assert_eq!(r["type"], "snapshot");
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_are_refused_and_the_others_keep_working() {
+    let limits = Limits { max_connections: 4, ..Limits::default() };
+    let server = start_with(with_limits(limits), Hooks::default()).await;
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        open.push(Raw::connect(&server).await);
+    }
+    assert!(tokio_tungstenite::connect_async(server.url()).await.is_err(), "the fifth connection is refused");
+    let r = open[0].request(json!({"type": "subscribe", "id": 1})).await;
+    assert_eq!(r["type"], "snapshot");
+    drop(open.pop());
+    // Once one leaves, a new one gets in (the server notices the close asynchronously).
+    let mut admitted = false;
+    for _ in 0..500 {
+        if tokio_tungstenite::connect_async(server.url()).await.is_ok() {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling, bounded: 5 s at most
+    }
+    assert!(admitted);
+}
