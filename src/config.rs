@@ -37,6 +37,16 @@ pub struct Limits {
     pub auth_timeout: Duration,
     /// After its token expires, a connection has this long to send a fresh `hello` before it is closed (4002).
     pub token_grace: Duration,
+    /// Runs one owner may start per second, sustained (token bucket).
+    pub runs_per_second_per_owner: u32,
+    /// Runs one owner may start at once (the bucket's size).
+    pub run_burst_per_owner: u32,
+    /// Runs of one owner that may be active at once.
+    pub max_active_runs_per_owner: usize,
+    /// Subscriptions one connection may hold.
+    pub max_subscriptions_per_connection: usize,
+    /// Authenticated connections one owner may hold.
+    pub max_connections_per_owner: usize,
     /// Connections (HTTP and WebSocket) open at once; more are refused at accept.
     pub max_connections: usize,
     /// A client that has not sent its complete HTTP request head within this time is disconnected.
@@ -65,6 +75,11 @@ impl Default for Limits {
             auth_timeout: Duration::from_secs(10),
             token_grace: Duration::from_secs(30),
             producer_grace: Duration::from_secs(30),
+            runs_per_second_per_owner: 1_000,
+            run_burst_per_owner: 10_000,
+            max_active_runs_per_owner: 100_000,
+            max_subscriptions_per_connection: 64,
+            max_connections_per_owner: 1_000,
             max_connections: 16_384,
             handshake_timeout: Duration::from_secs(10),
         }

@@ -88,6 +88,13 @@ impl FinishedIds {
     }
 }
 
+/// One owner's quotas.
+#[derive(Debug)]
+struct OwnerQuota {
+    active: usize,
+    starts: crate::ratelimit::TokenBucket,
+}
+
 /// State shared by the engine handles and the notifier tasks.
 #[derive(Debug)]
 pub struct Shared {
@@ -100,6 +107,10 @@ pub struct Shared {
     store: Arc<dyn Store>,
     pub config: EngineConfig,
     next_sub: AtomicU64,
+    /// Per owner: active runs, and the bucket runs are started from.
+    owners: DashMap<String, OwnerQuota>,
+    /// Authenticated connections per owner.
+    connections: DashMap<String, usize>,
     /// Random per start, below 2^53 so JavaScript holds it exactly: a resume from another epoch gets a snapshot.
     pub epoch: u64,
     /// Cancelled on shutdown: stops the notifiers.
@@ -128,6 +139,8 @@ impl Engine {
                 store,
                 config,
                 next_sub: AtomicU64::new(1),
+                owners: DashMap::new(),
+                connections: DashMap::new(),
                 epoch: RunId::now_v7().as_u64_pair().1 & ((1 << 53) - 1),
                 shutdown: CancellationToken::new(),
             }),
@@ -166,9 +179,18 @@ impl Engine {
             }
             spec.owner = Some(me.clone());
         }
+        let owner = spec.owner.clone().unwrap_or_else(|| "system".into());
+        self.take_run_quota(&owner)?;
         let handler = self.shared.hooks.handler(&spec.operation);
-        let (space, parent) = self.resolve_space(&spec)?;
+        let (space, parent) = match self.resolve_space(&spec) {
+            Ok(x) => x,
+            Err(e) => {
+                self.release_run_quota(&owner);
+                return Err(e.into());
+            }
+        };
         if !caller.can_write(&space.name) {
+            self.release_run_quota(&owner);
             return Err(Error::new(ErrorCode::Forbidden, "the token may not write to this space").into());
         }
         let id = spec.id.unwrap_or_else(RunId::now_v7);
@@ -182,7 +204,7 @@ impl Engine {
         ctx.insert("flow".into(), spec.flow);
         ctx.insert("input".into(), spec.input);
         ctx.insert("options".into(), Value::Object(spec.options));
-        ctx.insert("owner".into(), Value::String(spec.owner.unwrap_or_else(|| "system".into())));
+        ctx.insert("owner".into(), Value::String(owner.clone()));
         ctx.insert("agent".into(), spec.agent);
         ctx.insert("parentRun".into(), spec.parent_run.map_or(Value::Null, |p| Value::String(p.to_string())));
         ctx.insert("steps".into(), Value::Array(spec.steps));
@@ -194,6 +216,7 @@ impl Engine {
         ctx.insert("duration".into(), Value::from(0));
 
         if let Err(e) = self.shared.hooks.before(&ctx) {
+            self.release_run_quota(&owner);
             ctx.insert("status".into(), Value::from(Status::Failed.as_str()));
             ctx.insert("error".into(), json!({"code": e.code.as_str(), "message": e.message}));
             self.shared.hooks.error(&ctx, &e);
@@ -215,6 +238,7 @@ impl Engine {
             let mut guard = space.lock();
             let st = &mut *guard;
             if self.shared.finished.lock().set.contains(&id) {
+                self.release_run_quota(&owner);
                 return Err(Error::new(ErrorCode::DuplicateRun, "a run with this id already finished").into());
             }
             let parent = parent.filter(|p| st.runs.contains_key(p));
@@ -223,6 +247,7 @@ impl Engine {
             let cell = Arc::new(RunCell { space: space.clone(), run: Mutex::new(run) });
             match self.shared.registry.entry(id) {
                 Entry::Occupied(_) => {
+                    self.release_run_quota(&owner);
                     return Err(Error::new(ErrorCode::DuplicateRun, "a run with this id is active").into());
                 }
                 Entry::Vacant(v) => {
@@ -356,7 +381,7 @@ impl Engine {
             let ctx = Arc::new(std::mem::take(&mut run.ctx));
             drop(run);
             st.remove_run(id, before);
-            self.forget(id);
+            self.forget(id, ctx.get("owner").and_then(Value::as_str).unwrap_or_default());
             if kind == Kind::Data {
                 st.views.set_current(serde_json::to_string(&*ctx).expect("a context serializes").into());
                 st.journal.current_changed();
@@ -471,16 +496,60 @@ impl Engine {
         }
     }
 
-    fn forget(&self, id: RunId) {
-        self.shared.forget(id);
+    fn forget(&self, id: RunId, owner: &str) {
+        self.shared.forget(id, owner);
+    }
+
+    /// Takes one run start from the owner's bucket and one active-run slot, or says which quota is spent.
+    fn take_run_quota(&self, owner: &str) -> Result<()> {
+        let limits = &self.shared.config.limits;
+        let mut q = self.shared.owners.entry(owner.to_string()).or_insert_with(|| OwnerQuota {
+            active: 0,
+            starts: crate::ratelimit::TokenBucket::new(limits.runs_per_second_per_owner, limits.run_burst_per_owner),
+        });
+        if q.active >= limits.max_active_runs_per_owner {
+            return Err(Error::new(ErrorCode::QuotaActiveRuns, "too many active runs for this owner"));
+        }
+        if q.starts.check() != crate::ratelimit::Verdict::Allow {
+            return Err(Error::new(ErrorCode::QuotaRunsStarted, "this owner starts runs too fast"));
+        }
+        q.active += 1;
+        Ok(())
+    }
+
+    /// Counts an authenticated connection of `owner`, or refuses it past the quota.
+    pub fn connection_opened(&self, owner: &str) -> Result<()> {
+        let mut n = self.shared.connections.entry(owner.to_string()).or_insert(0);
+        if *n >= self.shared.config.limits.max_connections_per_owner {
+            return Err(Error::new(ErrorCode::QuotaConnections, "too many connections for this owner"));
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    pub fn connection_closed(&self, owner: &str) {
+        if let Some(mut n) = self.shared.connections.get_mut(owner) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    fn release_run_quota(&self, owner: &str) {
+        self.shared.release(owner);
     }
 }
 
 impl Shared {
-    /// Drops a finished run from the registry and remembers its id.
-    fn forget(&self, id: RunId) {
+    /// Drops a finished run from the registry, remembers its id, and frees its owner's active-run slot.
+    fn forget(&self, id: RunId, owner: &str) {
         self.registry.remove(&id);
         self.finished.lock().insert(id, self.config.limits.finished_memory);
+        self.release(owner);
+    }
+
+    fn release(&self, owner: &str) {
+        if let Some(mut q) = self.owners.get_mut(owner) {
+            q.active = q.active.saturating_sub(1);
+        }
     }
 
     /// Removes failed runs whose linger has passed.
@@ -494,9 +563,12 @@ impl Shared {
             }
             st.lingering.pop_front();
             if let Some(cell) = st.runs.get(&id).cloned() {
-                let before = cell.run.lock().class();
+                let (before, owner) = {
+                    let run = cell.run.lock();
+                    (run.class(), run.ctx.get("owner").and_then(Value::as_str).unwrap_or_default().to_string())
+                };
                 st.remove_run(id, before);
-                self.forget(id);
+                self.forget(id, &owner);
                 any = true;
             }
         }

@@ -52,6 +52,14 @@ pub enum ErrorCode {
     LimitExceeded,
     /// The connection sent faster than its message rate; the message was not applied.
     RateLimited,
+    /// The owner started runs faster than its quota allows.
+    QuotaRunsStarted,
+    /// The owner has as many active runs as its quota allows.
+    QuotaActiveRuns,
+    /// The connection holds as many subscriptions as allowed.
+    QuotaSubscriptions,
+    /// The owner has as many connections as allowed (the connection is then closed with 4003).
+    QuotaConnections,
     /// A data operation named a document that does not exist.
     NotFound,
     /// A document with that name already exists.
@@ -89,6 +97,10 @@ impl ErrorCode {
             ErrorCode::TokenExpired => "token_expired",
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::QuotaRunsStarted => "quota_runs_started",
+            ErrorCode::QuotaActiveRuns => "quota_active_runs",
+            ErrorCode::QuotaSubscriptions => "quota_subscriptions",
+            ErrorCode::QuotaConnections => "quota_connections",
             ErrorCode::NotFound => "not_found",
             ErrorCode::Conflict => "conflict",
             ErrorCode::StorageFailed => "storage_failed",
@@ -97,7 +109,7 @@ impl ErrorCode {
     }
 
     /// Every code, for the protocol-doc test.
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 31] = [
         ErrorCode::BadJson,
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
@@ -121,6 +133,10 @@ impl ErrorCode {
         ErrorCode::TokenExpired,
         ErrorCode::LimitExceeded,
         ErrorCode::RateLimited,
+        ErrorCode::QuotaRunsStarted,
+        ErrorCode::QuotaActiveRuns,
+        ErrorCode::QuotaSubscriptions,
+        ErrorCode::QuotaConnections,
         ErrorCode::NotFound,
         ErrorCode::Conflict,
         ErrorCode::StorageFailed,

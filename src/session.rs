@@ -37,6 +37,8 @@ pub mod close {
     pub const IDLE: u16 = 4000;
     /// No valid token within the authentication deadline, or a bad token.
     pub const UNAUTHENTICATED: u16 = 4001;
+    /// The owner already has as many connections as allowed.
+    pub const QUOTA: u16 = 4003;
     /// The token expired and no fresh `hello` came within the grace period.
     pub const TOKEN_EXPIRED: u16 = 4002;
 }
@@ -56,9 +58,6 @@ enum AuthState {
 
 /// How long the server keeps reading (and dropping) a peer's frames after sending it a close frame.
 const CLOSE_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Subscriptions one connection may hold at once.
-pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 64;
 
 enum Outgoing {
     Frame(String),
@@ -81,6 +80,8 @@ struct Session {
     connection: u64,
     /// Live runs this connection started or changed: if it drops, they wait for their producer's return.
     produced: HashSet<RunId>,
+    /// The owner whose connection quota this connection holds.
+    counted_owner: Option<String>,
 }
 
 /// Connection ids, unique for the process (0 is never used).
@@ -148,9 +149,15 @@ async fn serve_connection(
         auth_timer: Box::pin(tokio::time::sleep_until(far_future())),
         connection: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
         produced: HashSet::new(),
+        counted_owner: None,
     };
     match caller {
-        Some(c) => session.authenticated(c),
+        Some(c) => {
+            if let Err(e) = session.authenticated(c) {
+                session.send_now(error_frame(&None, &e, None)).await;
+                let _ = session.tx.send(Outgoing::Close(close::QUOTA, "too many connections")).await;
+            }
+        }
         None if session.auth.is_some() => {
             session.auth_timer.as_mut().reset(tokio::time::Instant::now() + limits.auth_timeout)
         }
@@ -250,6 +257,9 @@ async fn serve_connection(
         session.engine.unsubscribe(slot);
     }
     session.engine.connection_lost(session.connection, session.produced.drain().collect());
+    if let Some(owner) = session.counted_owner.take() {
+        session.engine.connection_closed(&owner);
+    }
     session.outbox.close();
     drop(session);
     let _ = writer.await;
@@ -268,7 +278,15 @@ fn close_code_for(e: &axum::Error) -> Option<(u16, &'static str)> {
 }
 
 impl Session {
-    fn authenticated(&mut self, caller: Caller) {
+    /// Takes the caller as this connection's identity (counting it against its owner's connection quota the first
+    /// time).
+    fn authenticated(&mut self, caller: Caller) -> Result<(), Error> {
+        if self.counted_owner.is_none()
+            && let Some(owner) = &caller.owner
+        {
+            self.engine.connection_opened(owner)?;
+            self.counted_owner = Some(owner.clone());
+        }
         let deadline = match caller.expires {
             Some(exp) => {
                 let left = exp.saturating_sub(unix_now());
@@ -278,6 +296,7 @@ impl Session {
         };
         self.auth_timer.as_mut().reset(deadline);
         self.state = AuthState::Valid(caller);
+        Ok(())
     }
 
     /// The caller for a request, or the error that refuses it.
@@ -323,8 +342,15 @@ impl Session {
         match verified {
             Ok(caller) => {
                 let reply = protocol::hello_reply(&id, caller.owner.as_deref(), caller.expires);
-                self.authenticated(caller);
-                self.send(reply).await;
+                match self.authenticated(caller) {
+                    Ok(()) => self.send(reply).await,
+                    Err(e) => {
+                        self.send(error_frame(&id, &e, None)).await;
+                        let _ = self.tx.send(Outgoing::Close(close::QUOTA, "too many connections")).await;
+                        self.state = AuthState::Waiting;
+                        self.auth_timer.as_mut().reset(far_future());
+                    }
+                }
             }
             Err(e) => {
                 self.send(error_frame(&id, &e, None)).await;
@@ -411,8 +437,8 @@ impl Session {
                 self.send_when_durable(id, finished);
             }
             ClientMsg::Subscribe { id, space, views, events, since } => {
-                if self.subs.len() >= MAX_SUBSCRIPTIONS_PER_CONNECTION {
-                    let e = Error::new(ErrorCode::LimitExceeded, "too many subscriptions on this connection");
+                if self.subs.len() >= self.engine.config().limits.max_subscriptions_per_connection {
+                    let e = Error::new(ErrorCode::QuotaSubscriptions, "too many subscriptions on this connection");
                     return self.send(error_frame(&id, &e, None)).await;
                 }
                 match self.engine.subscribe(

@@ -227,3 +227,31 @@ async fn no_token_in_time_closes_4001_and_an_expired_token_closes_4002_after_the
     // The token had at least one more whole second to live, then the 20 s grace.
     assert!(tokio::time::Instant::now() - hello_at >= Duration::from_secs(21), "closed before the grace ended");
 }
+
+#[tokio::test]
+async fn an_owner_past_its_connection_quota_is_refused_with_4003() {
+    let server = secured(Limits { max_connections_per_owner: 2, ..Limits::default() }, vec![]).await;
+    let ann = token("ann", &["*"], &["*"]);
+    let mut a1 = Raw::connect(&server).await;
+    let mut a2 = Raw::connect(&server).await;
+    assert_eq!(hello(&mut a1, &ann).await["owner"], "ann");
+    assert_eq!(hello(&mut a2, &ann).await["owner"], "ann");
+    let mut a3 = Raw::connect(&server).await;
+    assert_eq!(hello(&mut a3, &ann).await["code"], "quota_connections");
+    assert_eq!(a3.recv_close().await, Some(4003));
+    let mut b = Raw::connect(&server).await;
+    assert_eq!(hello(&mut b, &token("bob", &["*"], &["*"])).await["owner"], "bob", "other owners are not affected");
+    // When one of Ann's connections closes, her slot is free again.
+    a1.ws.close(None).await.unwrap();
+    let mut admitted = false;
+    for _ in 0..500 {
+        let mut again = Raw::connect(&server).await;
+        if hello(&mut again, &ann).await["owner"] == "ann" {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling, bounded: 5 s at most
+    }
+    assert!(admitted);
+    drop(a2);
+}

@@ -200,3 +200,45 @@ async fn connections_past_the_limit_are_refused_and_the_others_keep_working() {
     }
     assert!(admitted);
 }
+
+#[tokio::test(start_paused = true)]
+async fn each_quota_has_its_own_error_code() {
+    let _hb = heartbeat();
+    let limits = Limits {
+        max_active_runs_per_owner: 3,
+        runs_per_second_per_owner: 1,
+        run_burst_per_owner: 6,
+        max_subscriptions_per_connection: 2,
+        ..Limits::default()
+    };
+    let server = start_with(with_limits(limits), Hooks::default()).await;
+    let mut c = Raw::connect(&server).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(c.start(json!({"operation": "interpret", "owner": "ann"})).await);
+    }
+    let r = c.request(json!({"type": "run", "id": 1, "run": {"operation": "interpret", "owner": "ann"}})).await;
+    assert_eq!(r["code"], "quota_active_runs");
+    // Another owner is not affected; a finished run frees a slot.
+    c.start(json!({"operation": "interpret", "owner": "bob"})).await;
+    c.request(json!({"type": "complete", "id": 2, "run": ids.pop().unwrap()})).await;
+    // Keep starting (and finishing) Ann's runs: the start bucket (6, refilling at 1/s) runs dry.
+    let mut started = 3;
+    let refused = loop {
+        let r = c.request(json!({"type": "run", "id": 3, "run": {"operation": "interpret", "owner": "ann"}})).await;
+        if r["type"] == "error" {
+            break r;
+        }
+        started += 1;
+        c.request(json!({"type": "complete", "id": 4, "run": r["run"]["id"]})).await;
+        assert!(started < 40, "the start quota never applied");
+    };
+    assert_eq!(refused["code"], "quota_runs_started", "{refused}");
+    assert!(started >= 6, "refused after {started} starts, before the burst was spent");
+
+    for i in 0..2 {
+        assert_eq!(c.request(json!({"type": "subscribe", "id": 10 + i})).await["type"], "snapshot");
+    }
+    let r = c.request(json!({"type": "subscribe", "id": 12})).await;
+    assert_eq!(r["code"], "quota_subscriptions");
+}
