@@ -45,9 +45,12 @@ fn flush_timed(space: &Space, cap: usize) {
     let (cut, sets, groups, events_wanted) = {
         let mut st = space.lock();
         st.dirty = false;
-        let cut = (!st.journal.is_empty()).then(|| cut(&mut st));
+        // The view sets this tick is rendered for: fixed before the cut, so that every set that sees a run appear
+        // has its whole context serialized. Sets registered below start after this tick.
+        let sets = st.history.sets();
+        let cut = (!st.journal.is_empty()).then(|| cut(&mut st, &sets));
         serve_snapshots(space, &mut st);
-        (cut, st.history.sets(), st.groups.clone(), st.events_wanted > 0)
+        (cut, sets, st.groups.clone(), st.events_wanted > 0)
     };
     if let Some(cut) = cut {
         let seq = cut.seq;
@@ -57,10 +60,9 @@ fn flush_timed(space: &Space, cap: usize) {
     }
 }
 
-fn cut(st: &mut SpaceState) -> Cut {
+fn cut(st: &mut SpaceState, sets: &[ViewSet]) -> Cut {
     let Journal { runs, views, loading_before, current_changed, events } = st.journal.take();
     st.seq += 1;
-    let sets = st.history.sets();
     let runs = runs
         .into_iter()
         .map(|(id, t)| {

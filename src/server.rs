@@ -173,6 +173,8 @@ async fn ws_handler(ws: WebSocketUpgrade, headers: HeaderMap, State(state): Stat
         },
         _ => None,
     };
+    // Counted as a session from the upgrade request on, so that shutdown also waits for sessions still starting.
+    let tracked = state.sessions.token();
     let limits = &state.engine.config().limits;
     ws.protocols([SUBPROTOCOL])
         .read_buffer_size(READ_BUFFER_BYTES)
@@ -181,8 +183,11 @@ async fn ws_handler(ws: WebSocketUpgrade, headers: HeaderMap, State(state): Stat
         .max_message_size(limits.max_message_bytes)
         .max_frame_size(limits.max_message_bytes)
         .on_upgrade(move |socket| {
-            let AppState { engine, shutdown, sessions, auth, .. } = state;
-            sessions.track_future(session::serve(socket, engine, shutdown.child_token(), auth, caller))
+            let AppState { engine, shutdown, auth, .. } = state;
+            async move {
+                session::serve(socket, engine, shutdown.child_token(), auth, caller).await;
+                drop(tracked);
+            }
         })
 }
 
