@@ -26,7 +26,11 @@ pub async fn run(space: Arc<Space>, shared: Arc<Shared>) {
             _ = sleep_until(next_expiry.unwrap_or(far)), if next_expiry.is_some() => {}
         }
         shared.expire_lingering(&space);
-        flush(&space, shared.config.limits.max_pending_bytes);
+        let cap = shared.config.limits.max_pending_bytes;
+        // A bug in a flush must not silence the space for good: log it and keep ticking.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| flush(&space, cap))).is_err() {
+            tracing::error!(space = %space.name.escape_debug(), "a flush panicked; continuing");
+        }
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             _ = sleep(tick) => {}
