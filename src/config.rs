@@ -117,6 +117,8 @@ pub struct Config {
     pub auth: Option<crate::auth::Auth>,
     /// Origins allowed to open a WebSocket (exact match). Empty: the server's own origin, and localhost origins.
     pub allowed_origins: Vec<String>,
+    /// Serve `/autobahn`, an echo endpoint on the production accept path and limits, for the conformance suite.
+    pub autobahn_echo: bool,
 }
 
 impl Default for Config {
@@ -129,6 +131,7 @@ impl Default for Config {
             data_dir: None,
             auth: None,
             allowed_origins: Vec::new(),
+            autobahn_echo: false,
         }
     }
 }

@@ -52,6 +52,10 @@ struct Args {
     #[arg(long)]
     insecure_no_auth_on_public_address: bool,
 
+    /// Serve /autobahn, an echo endpoint for the WebSocket conformance suite (scripts/autobahn.sh).
+    #[arg(long, hide = true)]
+    autobahn_echo: bool,
+
     /// Folder served at / (the web demo). Nothing is served there if it does not exist.
     #[arg(long, env = "COWORKER_WEB_ROOT", default_value = "web-demo")]
     web_root: PathBuf,
@@ -93,6 +97,7 @@ async fn main() -> ExitCode {
     let config = Config {
         auth,
         allowed_origins: args.allowed_origins.clone(),
+        autobahn_echo: args.autobahn_echo,
         listen: args.listen,
         web_root: args.web_root.is_dir().then_some(args.web_root),
         engine: EngineConfig {

@@ -66,6 +66,9 @@ pub async fn serve(
     };
     let mut app =
         Router::new().route("/ws", get(ws_handler)).route("/healthz", get(healthz)).route("/metrics", get(metrics));
+    if config.autobahn_echo {
+        app = app.route("/autobahn", get(autobahn_echo));
+    }
     if let Some(root) = &config.web_root {
         app = app.fallback_service(ServeDir::new(root));
     }
@@ -175,13 +178,8 @@ async fn ws_handler(ws: WebSocketUpgrade, headers: HeaderMap, State(state): Stat
     };
     // Counted as a session from the upgrade request on, so that shutdown also waits for sessions still starting.
     let tracked = state.sessions.token();
-    let limits = &state.engine.config().limits;
-    ws.protocols([SUBPROTOCOL])
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(WRITE_BUFFER_BYTES)
-        .max_write_buffer_size(limits.max_pending_bytes * 4 + WRITE_BUFFER_BYTES)
-        .max_message_size(limits.max_message_bytes)
-        .max_frame_size(limits.max_message_bytes)
+    configure(ws, &state.engine.config().limits)
+        .protocols([SUBPROTOCOL])
         .on_upgrade(move |socket| {
             let AppState { engine, shutdown, auth, .. } = state;
             async move {
@@ -189,6 +187,39 @@ async fn ws_handler(ws: WebSocketUpgrade, headers: HeaderMap, State(state): Stat
                 drop(tracked);
             }
         })
+}
+
+/// The WebSocket settings every endpoint uses: small buffers, the message size limit.
+fn configure(ws: WebSocketUpgrade, limits: &crate::config::Limits) -> WebSocketUpgrade {
+    ws.read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(limits.max_pending_bytes * 4 + WRITE_BUFFER_BYTES)
+        .max_message_size(limits.max_message_bytes)
+        .max_frame_size(limits.max_message_bytes)
+}
+
+/// `/autobahn` (only with `--autobahn-echo`): echoes every text and binary message, through the same accept code
+/// and WebSocket settings as `/ws`. A message over the limit closes with 1009 and invalid UTF-8 with 1007, as on
+/// `/ws`.
+async fn autobahn_echo(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+    use axum::extract::ws::{CloseFrame, Message};
+    configure(ws, &state.engine.config().limits).on_upgrade(|mut socket| async move {
+        while let Some(msg) = socket.recv().await {
+            let reply = match msg {
+                Ok(m @ (Message::Text(_) | Message::Binary(_))) => m,
+                Ok(_) => continue,
+                Err(e) => {
+                    if let Some((code, reason)) = session::close_code_for(&e) {
+                        let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                    }
+                    break;
+                }
+            };
+            if socket.send(reply).await.is_err() {
+                break;
+            }
+        }
+    })
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -266,7 +266,7 @@ async fn serve_connection(
 }
 
 /// Maps a read error to the close frame the client should see, if any.
-fn close_code_for(e: &axum::Error) -> Option<(u16, &'static str)> {
+pub fn close_code_for(e: &axum::Error) -> Option<(u16, &'static str)> {
     use tokio_tungstenite::tungstenite::Error as WsError;
     use tokio_tungstenite::tungstenite::error::CapacityError;
     let inner = std::error::Error::source(e).and_then(|s| s.downcast_ref::<WsError>())?;
