@@ -211,6 +211,7 @@ async fn autobahn_echo(ws: WebSocketUpgrade, State(state): State<AppState>) -> R
                 Err(e) => {
                     if let Some((code, reason)) = session::close_code_for(&e) {
                         let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                        session::drain_after_close(&mut socket).await;
                     }
                     break;
                 }

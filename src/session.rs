@@ -265,6 +265,26 @@ async fn serve_connection(
     let _ = writer.await;
 }
 
+/// After the server sent a close frame: reads and drops the peer's frames until it closes, for at most
+/// [`CLOSE_DRAIN`]. A socket closed with unread input is reset, and the peer might never read the close frame; if
+/// the stream cannot be read any more (after an oversized message), the socket is held until the deadline instead.
+pub async fn drain_after_close<S>(stream: &mut S)
+where
+    S: futures::Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + CLOSE_DRAIN;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Err(_) => return,
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(_))) => {
+                tokio::time::sleep_until(deadline).await;
+                return;
+            }
+        }
+    }
+}
+
 /// Maps a read error to the close frame the client should see, if any.
 pub fn close_code_for(e: &axum::Error) -> Option<(u16, &'static str)> {
     use tokio_tungstenite::tungstenite::Error as WsError;
