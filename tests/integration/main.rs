@@ -11,6 +11,7 @@ mod limits;
 mod messages;
 mod producer;
 mod resume;
+mod slow;
 mod support;
 mod timing;
 mod views;
