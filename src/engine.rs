@@ -161,6 +161,12 @@ impl Engine {
         self.shared.hooks.handler(operation).is_some()
     }
 
+    /// Whether a run is active and not finished (a live or pending run).
+    pub fn is_live(&self, id: RunId) -> bool {
+        let Some(cell) = self.shared.registry.get(&id).map(|c| c.clone()) else { return false };
+        !cell.run.lock().status.is_finished()
+    }
+
     /// Runs in any space's `activeRuns`.
     pub fn active_runs(&self) -> usize {
         self.shared.registry.len()
@@ -179,10 +185,13 @@ impl Engine {
             }
             spec.owner = Some(me.clone());
         }
+        if let Some(id) = spec.id {
+            self.check_new_id(id).await?;
+        }
         let owner = spec.owner.clone().unwrap_or_else(|| "system".into());
         self.take_run_quota(&owner)?;
         let handler = self.shared.hooks.handler(&spec.operation);
-        let (space, parent) = match self.resolve_space(&spec) {
+        let (space, parent) = match self.resolve_space(&spec, caller) {
             Ok(x) => x,
             Err(e) => {
                 self.release_run_quota(&owner);
@@ -221,6 +230,8 @@ impl Engine {
             ctx.insert("error".into(), json!({"code": e.code.as_str(), "message": e.message}));
             self.shared.hooks.error(&ctx, &e);
             let ctx = Arc::new(ctx);
+            // Its id is used up: it is in the trail.
+            self.shared.finished.lock().insert(id, self.shared.config.limits.finished_memory);
             let durable = {
                 let mut st = space.lock();
                 if st.events_wanted > 0 {
@@ -238,8 +249,8 @@ impl Engine {
             let mut guard = space.lock();
             let st = &mut *guard;
             if self.shared.finished.lock().set.contains(&id) {
-                self.release_run_quota(&owner);
-                return Err(Error::new(ErrorCode::DuplicateRun, "a run with this id already finished").into());
+                drop(guard);
+                return Err(self.lost_race(id, &owner, reply));
             }
             let parent = parent.filter(|p| st.runs.contains_key(p));
             let run = Run { id, parent, kind, status, started: Instant::now(), ctx, producer: caller.connection };
@@ -247,8 +258,8 @@ impl Engine {
             let cell = Arc::new(RunCell { space: space.clone(), run: Mutex::new(run) });
             match self.shared.registry.entry(id) {
                 Entry::Occupied(_) => {
-                    self.release_run_quota(&owner);
-                    return Err(Error::new(ErrorCode::DuplicateRun, "a run with this id is active").into());
+                    drop(guard);
+                    return Err(self.lost_race(id, &owner, reply));
                 }
                 Entry::Vacant(v) => {
                     v.insert(cell.clone());
@@ -275,7 +286,7 @@ impl Engine {
         }
     }
 
-    fn resolve_space(&self, spec: &RunSpec) -> Result<(Arc<Space>, Option<RunId>)> {
+    fn resolve_space(&self, spec: &RunSpec, caller: &Caller) -> Result<(Arc<Space>, Option<RunId>)> {
         match spec.parent_run {
             Some(p) => {
                 let space = self
@@ -289,7 +300,13 @@ impl Engine {
                 }
                 Ok((space, Some(p)))
             }
-            None => Ok((self.space(spec.space.as_deref().unwrap_or("default"))?, None)),
+            None => {
+                let name = spec.space.as_deref().unwrap_or("default");
+                if !caller.can_write(name) {
+                    return Err(Error::new(ErrorCode::Forbidden, "the token may not write to this space"));
+                }
+                Ok((self.space(name)?, None))
+            }
         }
     }
 
@@ -312,6 +329,34 @@ impl Engine {
             })
             .clone();
         Ok(space)
+    }
+
+    /// Refuses an id that an active run, a remembered finished run or the audit trail already has.
+    async fn check_new_id(&self, id: RunId) -> Result<()> {
+        let taken = Error::new(ErrorCode::DuplicateRun, "a run with this id exists");
+        if self.shared.registry.contains_key(&id) || self.shared.finished.lock().set.contains(&id) {
+            return Err(taken);
+        }
+        let query = crate::store::Query {
+            doctype: "Run".into(),
+            filter: vec![crate::store::Cond { field: "id".into(), cmp: crate::store::Cmp::Eq, value: json!(id.to_string()) }],
+            order: vec![],
+            take: 1,
+            skip: 0,
+        };
+        let found = self.shared.store.call(Request::Select(query)).await?;
+        if found["total"].as_u64().unwrap_or(0) > 0 { Err(taken) } else { Ok(()) }
+    }
+
+    /// Another request took this run's id between the check and the insert (after `before_run` passed): the run
+    /// fails, and `on_error` is called as the hook contract says.
+    fn lost_race(&self, id: RunId, owner: &str, mut ctx: Map<String, Value>) -> RunFailure {
+        self.release_run_quota(owner);
+        let e = Error::new(ErrorCode::DuplicateRun, format!("a run with id {id} exists"));
+        ctx.insert("status".into(), Value::from(Status::Failed.as_str()));
+        ctx.insert("error".into(), json!({"code": e.code.as_str(), "message": e.message}));
+        self.shared.hooks.error(&ctx, &e);
+        RunFailure { error: e, run: None }
     }
 
     /// Refuses a caller that may not change this run exactly as if the run did not exist.
@@ -421,7 +466,8 @@ impl Engine {
             }
             let error = json!({"code": "producer_lost", "message": "the producer's connection was lost"});
             for id in runs {
-                let orphaned = |run: &Run| run.producer == connection;
+                // Only live runs wait for their producer; a pending run's operation runs on the server.
+                let orphaned = |run: &Run| run.producer == connection && run.status == Status::Running;
                 if let Ok(f) = engine.fail_if(id, error.clone(), &Caller::trusted(), orphaned)
                     && let Err(e) = f.durable().await
                 {
@@ -471,6 +517,7 @@ impl Engine {
     /// diff since, and otherwise starts with a snapshot flagged `resync`.
     pub fn subscribe(&self, req: SubscribeRequest<'_>, outbox: &Arc<Outbox>, caller: &Caller) -> Result<Arc<SubSlot>> {
         let SubscribeRequest { space, views, events, since, req_id } = req;
+        // Checked before the space is looked up: a caller may not create spaces it cannot read.
         if !caller.can_read(space) {
             return Err(Error::new(ErrorCode::Forbidden, "the token may not read this space"));
         }

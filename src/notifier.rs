@@ -29,7 +29,15 @@ pub async fn run(space: Arc<Space>, shared: Arc<Shared>) {
         let cap = shared.config.limits.max_pending_bytes;
         // A bug in a flush must not silence the space for good: log it and keep ticking.
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| flush(&space, cap))).is_err() {
-            tracing::error!(space = %space.name.escape_debug(), "a flush panicked; continuing");
+            // The tick's seq may have advanced without its diff: no subscriber can trust its state any more.
+            tracing::error!(space = %space.name.escape_debug(), "a flush panicked; resyncing every subscriber");
+            let mut st = space.lock();
+            let slots: Vec<_> = st.groups.iter().flat_map(|g| g.slots.iter().cloned()).collect();
+            for slot in &slots {
+                slot.force_resync();
+            }
+            st.resync.extend(slots);
+            space.changed(&mut st);
         }
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -146,7 +154,7 @@ fn fan_out(space: &Space, seq: u64, rendered: &Rendered, groups: &[Group], cap: 
             };
             if slot.events && delivery == Delivery::Done {
                 for body in &rendered.events {
-                    delivery = slot.event(body, cap);
+                    delivery = slot.event(seq, body, cap);
                     if delivery == Delivery::Overflow {
                         break;
                     }

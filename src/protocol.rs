@@ -196,6 +196,13 @@ pub fn check_space(name: &str) -> Result<()> {
 
 /// Parses one text frame.
 pub fn parse(text: &str, limits: &ParseLimits) -> std::result::Result<ClientMsg, Rejection> {
+    // serde would also read a struct from a JSON array of its fields in order: a message is an object only.
+    if let Some(first) = text.trim_start().chars().next()
+        && first != '{'
+        && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+    {
+        return Err(Rejection { id: None, error: bad("a message is a JSON object") });
+    }
     let env: Envelope<'_> = match serde_json::from_str(text) {
         Ok(env) => env,
         Err(e) => {

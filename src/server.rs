@@ -155,8 +155,11 @@ fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool 
     let Some(rest) = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) else {
         return false;
     };
-    let origin_host = rest.split(':').next().unwrap_or_default();
-    Some(rest) == host || matches!(origin_host, "localhost" | "127.0.0.1" | "[::1]")
+    let origin_host = match rest.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().map(|h| format!("[{h}]")).unwrap_or_default(),
+        None => rest.split(':').next().unwrap_or_default().to_string(),
+    };
+    Some(rest) == host || matches!(origin_host.as_str(), "localhost" | "127.0.0.1" | "[::1]")
 }
 
 async fn ws_handler(ws: WebSocketUpgrade, headers: HeaderMap, State(state): State<AppState>) -> Response {
@@ -234,4 +237,23 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
         "activeRuns": state.engine.active_runs(),
         "connections": state.sessions.len(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_allowed;
+
+    #[test]
+    fn origins() {
+        assert!(origin_allowed("http://localhost:5173", Some("127.0.0.1:8080"), &[]));
+        assert!(origin_allowed("http://[::1]:5173", None, &[]));
+        assert!(origin_allowed("http://127.0.0.1:8080", Some("127.0.0.1:8080"), &[]));
+        assert!(origin_allowed("https://example.com", Some("example.com"), &[]), "same origin");
+        assert!(!origin_allowed("https://evil.example", Some("example.com"), &[]));
+        assert!(!origin_allowed("null", None, &[]));
+        assert!(!origin_allowed("http://localhost.evil.example", None, &[]));
+        let list = vec!["https://app.example".to_string()];
+        assert!(origin_allowed("https://app.example", None, &list));
+        assert!(!origin_allowed("http://localhost:1", None, &list));
+    }
 }

@@ -56,6 +56,9 @@ enum AuthState {
     Expired,
 }
 
+/// Size of a connection's produced-run set from which runs finished elsewhere are pruned (at each power of two).
+const PRODUCED_PRUNE_AT: usize = 1024;
+
 /// How long the server keeps reading (and dropping) a peer's frames after sending it a close frame.
 const CLOSE_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -163,9 +166,8 @@ async fn serve_connection(
         }
         None => {}
     }
-    // Set when the server sends a close frame: the peer's remaining frames are then read and dropped, so the socket
-    // closes cleanly (a socket closed with unread input is reset, and the peer might never see the close frame).
-    let mut closing = false;
+    // Set when the server closes the connection: the close frame goes out after the acknowledgements still owed.
+    let mut closing: Option<(u16, &'static str)> = None;
     loop {
         let msg = tokio::select! {
             Some(frame) = session.waiting.next(), if !session.waiting.is_empty() => {
@@ -174,8 +176,7 @@ async fn serve_connection(
             }
             m = stream.next(), if session.waiting.len() < limits.reply_queue => m,
             _ = shutdown.cancelled() => {
-                let _ = session.tx.send(Outgoing::Close(close::GOING_AWAY, "server shutting down")).await;
-                closing = true;
+                closing = Some((close::GOING_AWAY, "server shutting down"));
                 break;
             }
             _ = writer_done.cancelled() => break,
@@ -188,20 +189,18 @@ async fn serve_connection(
                         session.send(error_frame(&None, &e, None)).await;
                         continue;
                     }
-                    AuthState::Expired => {
-                        let _ = session.tx.send(Outgoing::Close(close::TOKEN_EXPIRED, "token expired")).await;
+                    AuthState::Off => {
+                        session.auth_timer.as_mut().reset(far_future());
+                        continue;
                     }
-                    AuthState::Waiting | AuthState::Off => {
-                        let _ = session.tx.send(Outgoing::Close(close::UNAUTHENTICATED, "authentication timeout")).await;
-                    }
+                    AuthState::Expired => closing = Some((close::TOKEN_EXPIRED, "token expired")),
+                    AuthState::Waiting => closing = Some((close::UNAUTHENTICATED, "authentication failed")),
                 }
-                closing = true;
                 break;
             }
             _ = &mut idle => {
                 tracing::debug!("closing an idle connection");
-                let _ = session.tx.send(Outgoing::Close(close::IDLE, "no pong")).await;
-                closing = true;
+                closing = Some((close::IDLE, "no pong"));
                 break;
             }
         };
@@ -215,8 +214,7 @@ async fn serve_connection(
                     continue;
                 }
                 Verdict::Close => {
-                    let _ = session.tx.send(Outgoing::Close(close::POLICY, "rate limit")).await;
-                    closing = true;
+                    closing = Some((close::POLICY, "rate limit"));
                     break;
                 }
             }
@@ -230,28 +228,19 @@ async fn serve_connection(
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
             Some(Err(e)) => {
-                if let Some(code) = close_code_for(&e) {
-                    let _ = session.tx.send(Outgoing::Close(code.0, code.1)).await;
-                    closing = true;
-                }
+                closing = close_code_for(&e);
                 tracing::debug!(error = %e, "connection ended");
                 break;
             }
         }
     }
-    if closing {
-        let drain = async {
-            while let Some(Ok(m)) = stream.next().await {
-                if matches!(m, Message::Close(_)) {
-                    break;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
-    }
-    // Acknowledgements already owed are still sent once durable.
+    // Acknowledgements already owed are sent once durable, before any close frame.
     while let Some(frame) = session.waiting.next().await {
         session.send_now(frame).await;
+    }
+    if let Some((code, reason)) = closing {
+        let _ = session.tx.send(Outgoing::Close(code, reason)).await;
+        drain_after_close(&mut stream).await;
     }
     for slot in session.subs.values() {
         session.engine.unsubscribe(slot);
@@ -329,6 +318,15 @@ impl Session {
         }
     }
 
+    /// Remembers a live run this connection changed. Runs finished by others are forgotten now and then, so the
+    /// set stays about as large as the runs this connection really keeps alive.
+    fn note_produced(&mut self, run: RunId) {
+        if self.produced.insert(run) && self.produced.len() >= PRODUCED_PRUNE_AT && self.produced.len().is_power_of_two() {
+            let engine = &self.engine;
+            self.produced.retain(|id| engine.is_live(*id));
+        }
+    }
+
     async fn send_now(&mut self, frame: String) {
         // The writer only goes away with the connection; a failed send means there is no one left to tell.
         let _ = self.tx.send(Outgoing::Frame(frame)).await;
@@ -353,8 +351,8 @@ impl Session {
             Some(t) => auth.verify(&t),
             None => Err(Error::new(ErrorCode::Unauthenticated, "`hello` needs a `token`")),
         };
-        let verified = verified.and_then(|c| match &self.state {
-            AuthState::Valid(old) if old.owner != c.owner => {
+        let verified = verified.and_then(|c| match &self.counted_owner {
+            Some(owner) if c.owner.as_ref() != Some(owner) => {
                 Err(Error::new(ErrorCode::Forbidden, "a refreshed token must have the same subject"))
             }
             _ => Ok(c),
@@ -439,7 +437,7 @@ impl Session {
             }
             ClientMsg::Patch { id, run, ops } => match self.engine.patch(run, ops, &caller) {
                 Ok(()) => {
-                    self.produced.insert(run);
+                    self.note_produced(run);
                     if id.is_some() {
                         self.send(protocol::reply(&id, None)).await;
                     }

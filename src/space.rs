@@ -44,7 +44,8 @@ pub struct Joining {
 pub struct SpaceState {
     /// The seq of the last closed tick; a snapshot taken now is at this seq.
     pub seq: u64,
-    /// `activeRuns`, in creation order.
+    /// `activeRuns` (a snapshot lists them in this map's order, which removals may change: JSON objects are
+    /// unordered, and the view arrays carry creation order).
     pub runs: IndexMap<RunId, Arc<RunCell>>,
     pub views: Views,
     pub journal: Journal,

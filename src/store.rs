@@ -368,7 +368,8 @@ fn execute(conn: &Connection, req: &Request) -> Result<Value> {
         Request::Record(ctx) => {
             let s = |k: &str| ctx.get(k).and_then(Value::as_str).map(str::to_string);
             let text = serde_json::to_string(&**ctx).map_err(storage)?;
-            conn.prepare_cached(
+            let inserted = conn
+                .prepare_cached(
                 "INSERT INTO runs (id, timestamp, owner, operation, status, parent_run, doctype, ctx)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING",
             )
@@ -384,6 +385,10 @@ fn execute(conn: &Connection, req: &Request) -> Result<Value> {
                 text
             ])
             .map_err(storage)?;
+            if inserted == 0 {
+                // Never acknowledge a run whose record is not the one written.
+                return Err(Error::new(ErrorCode::Conflict, "the audit trail already has a run with this id"));
+            }
             Ok(Value::Null)
         }
         Request::Select(q) => {

@@ -73,6 +73,11 @@ struct Pending {
     diff: Option<PendingDiff>,
     events: Vec<Arc<str>>,
     bytes: usize,
+    /// The request id of a first snapshot (or resume reply) that was dropped unsent by an overflow: the resync
+    /// snapshot answers that request instead.
+    owed_id: ReqId,
+    /// The seq of the last snapshot or resume: events of ticks up to it are already reflected there.
+    joined_at: u64,
 }
 
 /// What happened to a diff handed to a slot.
@@ -114,6 +119,8 @@ impl SubSlot {
             return;
         }
         p.bytes = state.len() + p.events.iter().map(|e| e.len()).sum::<usize>();
+        let req_id = req_id.or_else(|| p.owed_id.take());
+        p.joined_at = seq;
         p.head = Some(Head::Snapshot { req_id, epoch, seq, state, resync });
         p.diff = None;
         p.at = seq;
@@ -128,6 +135,7 @@ impl SubSlot {
             return;
         }
         p.head = Some(Head::Resumed { req_id, epoch, seq: base });
+        p.joined_at = seq;
         p.bytes = chunks.iter().map(|c| c.len()).sum();
         if chunks.is_empty() {
             // Nothing changed for these views since `base`: the next diff starts there.
@@ -166,10 +174,10 @@ impl SubSlot {
         Delivery::Done
     }
 
-    /// Adds an event body.
-    pub fn event(self: &Arc<Self>, body: &Arc<str>, cap: usize) -> Delivery {
+    /// Adds an event body of the tick that ends at `seq`.
+    pub fn event(self: &Arc<Self>, seq: u64, body: &Arc<str>, cap: usize) -> Delivery {
         let mut p = self.pending.lock();
-        if p.closed || p.resync {
+        if p.closed || p.resync || seq <= p.joined_at {
             return Delivery::Done;
         }
         p.bytes += body.len();
@@ -184,11 +192,21 @@ impl SubSlot {
     fn overflow(&self, p: &mut Pending) -> Delivery {
         crate::telemetry::RESYNCS.increment(1);
         p.diff = None;
-        p.head = None;
+        if let Some(Head::Snapshot { req_id, .. } | Head::Resumed { req_id, .. }) = p.head.take() {
+            p.owed_id = req_id;
+        }
         p.events.clear();
         p.bytes = 0;
         p.resync = true;
         Delivery::Overflow
+    }
+
+    /// Drops what is pending and asks for a fresh snapshot (after a tick the slot cannot trust).
+    pub fn force_resync(&self) {
+        let mut p = self.pending.lock();
+        if !p.closed {
+            self.overflow(&mut p);
+        }
     }
 
     /// Whether the slot is waiting for a resync snapshot.
