@@ -1,6 +1,6 @@
 //! The wire protocol, and the only place that knows it: parses client frames into the closed [`ClientMsg`] enum
 //! and renders every server frame (`reply`, `error`, `snapshot`, `diff`, `event`) and the state-document ops.
-//! protocol.md documents exactly what this module does; `tests/protocol_doc.rs` keeps the two in step.
+//! protocol.md documents exactly what this module does; `tests/integration/protocol_doc.rs` keeps the two in step.
 
 use crate::context::RunId;
 use crate::error::{Error, ErrorCode, Result};

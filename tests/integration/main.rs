@@ -10,6 +10,7 @@ mod hooks;
 mod limits;
 mod messages;
 mod producer;
+mod protocol_doc;
 mod resume;
 mod slow;
 mod support;
