@@ -219,3 +219,55 @@ async fn every_finished_run_is_in_the_run_doctype() {
     assert_eq!(failed_creates["output"]["data"].as_array().unwrap().len(), 1);
     drop(still_live);
 }
+
+/// A full disk: writes fail with `storage_failed` and are never acknowledged; what was acknowledged stays readable
+/// and the server keeps serving. The data directory is a 1 MB tmpfs (the test mounts it, as root).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_writes_clearly_and_acknowledges_nothing_it_did_not_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().to_str().unwrap().to_string();
+    let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs", &mnt]).status();
+    assert!(mounted.is_ok_and(|s| s.success()), "this test mounts a 1 MB tmpfs and needs root");
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let server = Process::start(&["--data-dir", &mnt]);
+    let c = Client::connect(&server.url).await.unwrap();
+    let blob = "x".repeat(30_000);
+    let mut acked = 0;
+    let failure = loop {
+        match run(&c, "create", "Blob", json!({"data": {"name": format!("b{acked}"), "blob": blob}})).await {
+            Ok(_) => acked += 1,
+            Err(e) => break e,
+        }
+        assert!(acked < 100, "1 MB never filled up");
+    };
+    // The document could not be written; then the failed run's own record may not fit either. Either way the
+    // client is told it is the storage.
+    let ClientError::Server { code: failed_code, run: failed, .. } = &failure else { panic!("{failure:?}") };
+    let storage = failed_code == "storage_failed"
+        || (failed_code == "operation_failed"
+            && failed.as_ref().is_some_and(|r| r["error"]["code"] == "storage_failed"));
+    assert!(storage, "{failure:?}");
+    // A live run's completion cannot be recorded either: it is not acknowledged.
+    let live = c.run(json!({"operation": "interpret", "input": {"pad": "y".repeat(30_000)}})).await.unwrap();
+    let e = c.complete(live["id"].as_str().unwrap(), Some(json!({"big": "z".repeat(60_000)}))).await.unwrap_err();
+    assert_eq!(code(&e), "storage_failed", "{e:?}");
+    // The server still answers (a select is a run too, whose own record may not fit: a clear error as well).
+    match run(&c, "select", "Blob", json!({"take": 1000})).await {
+        Ok(sel) => assert_eq!(sel["output"]["meta"]["total"], acked),
+        Err(e) => assert_eq!(code(&e), "storage_failed", "{e:?}"),
+    }
+    assert!(acked > 0);
+    // Every acknowledged document is in the file, read directly.
+    drop(server);
+    let db = rusqlite::Connection::open(coworker::store::db_path(dir.path())).unwrap();
+    let n: i64 = db.query_row("SELECT COUNT(*) FROM docs WHERE doctype = 'Blob'", [], |r| r.get(0)).unwrap();
+    // The failing create may have written its document before its run's record failed (they are two commits):
+    // the client was told it failed, but the document is there. Nothing acknowledged is missing.
+    assert!(n == acked || n == acked + 1, "{n} documents on disk, {acked} acknowledged");
+}

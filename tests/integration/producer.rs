@@ -46,3 +46,46 @@ async fn runs_of_a_lost_producer_fail_after_the_grace_unless_it_comes_back() {
     assert_eq!(state["activeRuns"][&resumed]["status"], "running", "its producer came back");
     back.complete(&resumed, None).await.unwrap();
 }
+
+/// A producer in another process (a shell holding a raw WebSocket) is killed with SIGKILL: its run fails with
+/// `producer_lost` once the grace has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_producer_process_loses_its_runs() {
+    use coworker::config::{Config, EngineConfig, Limits};
+    let limits = Limits { producer_grace: std::time::Duration::from_millis(300), ..Limits::default() };
+    let config = Config { engine: EngineConfig { limits, ..EngineConfig::default() }, ..Config::default() };
+    let server = start_config(config, coworker::hooks::Hooks::default()).await;
+    let watcher = Client::connect(&server.url()).await.unwrap();
+    let mut sub = watcher.subscribe("default", Some(&["activeAI"]), false).await.unwrap();
+    let id = "0190f5c2-7a4e-7c1a-9a3e-2f4b5c6d7e8f";
+    // The run frame, masked with a zero key (so the payload goes as is).
+    let payload = format!(r#"{{"type":"run","run":{{"id":"{id}","operation":"interpret"}}}}"#);
+    let mut frame = format!("\\x81\\x{:02x}\\x00\\x00\\x00\\x00", 0x80 | payload.len());
+    frame.push_str(&payload.replace('"', "\\x22"));
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/{port}; \
+         printf 'GET /ws HTTP/1.1\\r\\nHost: x\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n' >&3; \
+         sleep 0.2; printf '{frame}' >&3; exec sleep 600",
+        port = server.addr.port()
+    );
+    let mut child = std::process::Command::new("bash").args(["-c", &script]).spawn().unwrap();
+    let appeared = tokio::time::timeout(WAIT, async {
+        while sub.state()["activeAI"] != json!([id]) {
+            sub.next().await.unwrap().unwrap();
+        }
+    })
+    .await;
+    assert!(appeared.is_ok(), "the other process's run never started");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let lost = tokio::time::timeout(WAIT, async {
+        while sub.state()["activeAI"] != json!([]) {
+            sub.next().await.unwrap().unwrap();
+        }
+    })
+    .await;
+    assert!(lost.is_ok(), "the run of the killed producer never failed");
+    let trail =
+        watcher.run(json!({"operation": "select", "doctype": "Run", "input": {"where": {"id": id}}})).await.unwrap();
+    assert_eq!(trail["output"]["data"][0]["error"]["code"], "producer_lost");
+}

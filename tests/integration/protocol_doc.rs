@@ -20,10 +20,35 @@ fn every_error_code_is_documented() {
 fn every_close_code_and_message_type_is_documented() {
     use coworker::session::close;
     let doc = doc();
-    for code in [close::GOING_AWAY, close::INVALID_DATA, close::POLICY, close::TOO_BIG, close::IDLE, close::UNAUTHENTICATED, close::TOKEN_EXPIRED, close::QUOTA] {
-        assert!(doc.contains(&format!("**{code}**")) || doc.contains(&format!("| {code} ")), "close code {code} is not in protocol.md");
+    for code in [
+        close::GOING_AWAY,
+        close::INVALID_DATA,
+        close::POLICY,
+        close::TOO_BIG,
+        close::IDLE,
+        close::UNAUTHENTICATED,
+        close::TOKEN_EXPIRED,
+        close::QUOTA,
+    ] {
+        assert!(
+            doc.contains(&format!("**{code}**")) || doc.contains(&format!("| {code} ")),
+            "close code {code} is not in protocol.md"
+        );
     }
-    for ty in ["hello", "run", "patch", "complete", "fail", "subscribe", "unsubscribe", "reply", "error", "snapshot", "diff", "event"] {
+    for ty in [
+        "hello",
+        "run",
+        "patch",
+        "complete",
+        "fail",
+        "subscribe",
+        "unsubscribe",
+        "reply",
+        "error",
+        "snapshot",
+        "diff",
+        "event",
+    ] {
         assert!(doc.contains(&format!("\"type\":\"{ty}\"")), "no example of a `{ty}` frame in protocol.md");
     }
 }
