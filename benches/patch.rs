@@ -49,6 +49,17 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 
 static TRUSTED: std::sync::LazyLock<Caller> = std::sync::LazyLock::new(Caller::trusted);
+/// The engine's defaults, without the per-owner run quotas (the setup starts 100,000 runs at once).
+fn unlimited() -> EngineConfig {
+    let limits = coworker::config::Limits {
+        runs_per_second_per_owner: u32::MAX,
+        run_burst_per_owner: u32::MAX,
+        max_active_runs_per_owner: usize::MAX,
+        ..Default::default()
+    };
+    EngineConfig { limits, ..EngineConfig::default() }
+}
+
 const LIMITS: PathLimits = PathLimits { max_bytes: 1024, max_depth: 32 };
 /// Patches per timed batch; the runtime is driven between batches.
 const BATCH: u64 = 256;
@@ -85,7 +96,7 @@ impl Fixture {
         let engine = {
             let _guard = rt.enter();
             let store = SqliteStore::open(None, StoreOptions::default()).expect("an in-memory store");
-            Engine::new(EngineConfig::default(), Hooks::default(), Arc::new(store))
+            Engine::new(unlimited(), Hooks::default(), Arc::new(store))
         };
         Fixture { rt, engine }
     }

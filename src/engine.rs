@@ -382,6 +382,9 @@ impl Engine {
 
     /// Applies a patch atomically and journals its changes.
     pub fn patch(&self, id: RunId, ops: Vec<PatchOp>, caller: &Caller) -> Result<()> {
+        if !crate::telemetry::sample_patch() {
+            return self.patch_timed(id, ops, caller);
+        }
         let started = std::time::Instant::now();
         let result = self.patch_timed(id, ops, caller);
         crate::telemetry::PATCH_SECONDS.record(started.elapsed().as_secs_f64());

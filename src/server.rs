@@ -73,6 +73,7 @@ pub async fn serve(
         app = app.fallback_service(ServeDir::new(root));
     }
     let app = app.with_state(state.clone());
+    tokio::spawn(crate::telemetry::upkeep(state.shutdown.clone()));
     let limits = config.engine.limits.clone();
     accept_loop(listener, app, &state, &limits, shutdown).await;
     state.sessions.close();

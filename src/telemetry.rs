@@ -36,9 +36,35 @@ pub static SLOW_CLOSES: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_
 pub static PATCH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| histogram!("coworker_patch_seconds"));
 pub static FLUSH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| histogram!("coworker_flush_seconds"));
 
+/// Patches timed for `coworker_patch_seconds`: one in this many, per thread (timing every one would cost more
+/// than a tenth of the patch itself).
+pub const PATCH_SAMPLE: u32 = 64;
+
+/// Whether to time this patch.
+pub fn sample_patch() -> bool {
+    thread_local!(static N: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
+    N.with(|n| {
+        let v = n.get().wrapping_add(1);
+        n.set(v);
+        v % PATCH_SAMPLE == 0
+    })
+}
+
 /// Counts an error sent to a client, by code.
 pub fn error(code: crate::error::ErrorCode) {
     counter!("coworker_errors_total", "code" => code.as_str()).increment(1);
+}
+
+/// Drains histogram samples into their buckets every few seconds. The exporter keeps raw samples until then, so
+/// without this a server that is never scraped would hold every patch's sample in memory.
+pub async fn upkeep(stop: tokio_util::sync::CancellationToken) {
+    let handle = install();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => handle.run_upkeep(),
+        }
+    }
 }
 
 /// Sets the gauges computed at scrape time and renders the text format.

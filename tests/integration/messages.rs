@@ -195,12 +195,14 @@ async fn metrics_are_exposed_in_prometheus_format() {
     let mut c = Raw::connect(&server).await;
     let id = c.start(json!({"operation": "interpret"})).await;
     c.request(json!({"type": "subscribe", "id": 1})).await;
-    c.request(
-        json!({"type": "patch", "id": 2, "run": id, "ops": [{"op": "append", "path": "output.t", "value": "x"}]}),
-    )
-    .await;
-    c.recv().await; // the diff
-    c.request(json!({"type": "patch", "id": 3, "run": id, "ops": [{"op": "set", "path": "status", "value": 1}]})).await;
+    // Patch latency is sampled (one patch in 64 per thread): send enough.
+    for _ in 0..200 {
+        c.send(json!({"type": "patch", "run": id, "ops": [{"op": "append", "path": "output.t", "value": "x"}]})).await;
+    }
+    c.send(json!({"type": "patch", "id": 2, "run": id, "ops": [{"op": "set", "path": "output.n", "value": 1}]})).await;
+    while c.recv().await["id"] != 2 {} // diffs may come first
+    c.send(json!({"type": "patch", "id": 3, "run": id, "ops": [{"op": "set", "path": "status", "value": 1}]})).await;
+    while c.recv().await["id"] != 3 {}
     let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
