@@ -15,6 +15,8 @@ pub struct Limits {
     pub max_path_bytes: usize,
     /// Segments in one patch path.
     pub max_path_depth: usize,
+    /// Nesting of arrays and objects in one message.
+    pub max_json_depth: usize,
     /// Bytes a subscription may have waiting (merged diffs and events) before it is resynced with a snapshot.
     pub max_pending_bytes: usize,
     /// Replies and errors queued for one connection's writer before its reader waits.
@@ -63,6 +65,7 @@ impl Default for Limits {
             max_ops_per_patch: 256,
             max_path_bytes: 1024,
             max_path_depth: 32,
+            max_json_depth: 64,
             max_pending_bytes: 1024 * 1024,
             reply_queue: 256,
             max_spaces: 10_000,

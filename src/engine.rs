@@ -339,7 +339,11 @@ impl Engine {
         }
         let query = crate::store::Query {
             doctype: "Run".into(),
-            filter: vec![crate::store::Cond { field: "id".into(), cmp: crate::store::Cmp::Eq, value: json!(id.to_string()) }],
+            filter: vec![crate::store::Cond {
+                field: "id".into(),
+                cmp: crate::store::Cmp::Eq,
+                value: json!(id.to_string()),
+            }],
             order: vec![],
             take: 1,
             skip: 0,

@@ -60,6 +60,8 @@ pub enum ErrorCode {
     QuotaSubscriptions,
     /// The owner has as many connections as allowed (the connection is then closed with 4003).
     QuotaConnections,
+    /// The server holds as many connections as allowed: the HTTP request is answered 503 with this code.
+    ServerFull,
     /// A data operation named a document that does not exist.
     NotFound,
     /// A document with that name already exists.
@@ -101,6 +103,7 @@ impl ErrorCode {
             ErrorCode::QuotaActiveRuns => "quota_active_runs",
             ErrorCode::QuotaSubscriptions => "quota_subscriptions",
             ErrorCode::QuotaConnections => "quota_connections",
+            ErrorCode::ServerFull => "server_full",
             ErrorCode::NotFound => "not_found",
             ErrorCode::Conflict => "conflict",
             ErrorCode::StorageFailed => "storage_failed",
@@ -109,7 +112,7 @@ impl ErrorCode {
     }
 
     /// Every code, for the protocol-doc test.
-    pub const ALL: [ErrorCode; 31] = [
+    pub const ALL: [ErrorCode; 32] = [
         ErrorCode::BadJson,
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
@@ -137,6 +140,7 @@ impl ErrorCode {
         ErrorCode::QuotaActiveRuns,
         ErrorCode::QuotaSubscriptions,
         ErrorCode::QuotaConnections,
+        ErrorCode::ServerFull,
         ErrorCode::NotFound,
         ErrorCode::Conflict,
         ErrorCode::StorageFailed,

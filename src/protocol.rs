@@ -96,6 +96,36 @@ impl ClientMsg {
 pub struct ParseLimits {
     pub path: PathLimits,
     pub max_ops_per_patch: usize,
+    /// Deepest nesting of arrays and objects in a frame.
+    pub max_json_depth: usize,
+}
+
+/// The deepest nesting of arrays and objects in `text` (strings skipped), stopping once past `limit`.
+fn json_depth_exceeds(text: &str, limit: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// A frame that could not be parsed: the error, and the request id when it could be read.
@@ -196,6 +226,10 @@ pub fn check_space(name: &str) -> Result<()> {
 
 /// Parses one text frame.
 pub fn parse(text: &str, limits: &ParseLimits) -> std::result::Result<ClientMsg, Rejection> {
+    if json_depth_exceeds(text, limits.max_json_depth) {
+        let error = Error::new(ErrorCode::LimitExceeded, format!("JSON nested deeper than {}", limits.max_json_depth));
+        return Err(Rejection { id: None, error });
+    }
     // serde would also read a struct from a JSON array of its fields in order: a message is an object only.
     if let Some(first) = text.trim_start().chars().next()
         && first != '{'
@@ -704,7 +738,7 @@ mod tests {
     use serde_json::json;
 
     const LIMITS: ParseLimits =
-        ParseLimits { path: PathLimits { max_bytes: 1024, max_depth: 32 }, max_ops_per_patch: 4 };
+        ParseLimits { path: PathLimits { max_bytes: 1024, max_depth: 32 }, max_ops_per_patch: 4, max_json_depth: 8 };
 
     fn rej(text: &str) -> (ReqId, ErrorCode) {
         let r = parse(text, &LIMITS).unwrap_err();
@@ -752,6 +786,15 @@ mod tests {
             ErrorCode::ReadOnlyPath
         );
         assert_eq!(rej(&format!(r#"{{"type":"fail","run":"{id}","error":"x"}}"#)).1, ErrorCode::BadMessage);
+    }
+
+    #[test]
+    fn nesting_is_limited_outside_strings_only() {
+        let deep = format!(r#"{{"type":"run","run":{{"operation":"x","input":{}1{}}}}}"#, "[".repeat(8), "]".repeat(8));
+        assert_eq!(rej(&deep).1, ErrorCode::LimitExceeded);
+        let shallow =
+            format!(r#"{{"type":"run","run":{{"operation":"x","input":"{}\"{}"}}}}"#, "[".repeat(50), "{".repeat(50));
+        assert!(parse(&shallow, &LIMITS).is_ok(), "brackets inside strings do not count");
     }
 
     #[test]

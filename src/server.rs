@@ -117,6 +117,7 @@ async fn accept_loop(
         };
         if open.load(std::sync::atomic::Ordering::Relaxed) + state.sessions.len() >= limits.max_connections {
             tracing::warn!("connection limit reached; refusing a connection");
+            tokio::spawn(refuse_full(tcp));
             continue;
         }
         let _ = tcp.set_nodelay(true);
@@ -145,6 +146,18 @@ async fn accept_loop(
     conns.close();
     // Requests in flight finish; a client still sending its request head is cut off by the handshake deadline.
     let _ = tokio::time::timeout(limits.handshake_timeout, conns.wait()).await;
+}
+
+/// Answers a connection past the cap with 503 and the `server_full` code, then closes it (bounded: a peer that does
+/// not read gets nothing).
+async fn refuse_full(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = r#"{"code":"server_full","message":"too many connections"}"#;
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), tcp.write_all(response.as_bytes())).await;
 }
 
 /// Whether a browser page from `origin` may connect: an exact match of the allowlist, or (with no allowlist) the
@@ -182,15 +195,13 @@ async fn ws_handler(ws: WebSocketUpgrade, headers: HeaderMap, State(state): Stat
     };
     // Counted as a session from the upgrade request on, so that shutdown also waits for sessions still starting.
     let tracked = state.sessions.token();
-    configure(ws, &state.engine.config().limits)
-        .protocols([SUBPROTOCOL])
-        .on_upgrade(move |socket| {
-            let AppState { engine, shutdown, auth, .. } = state;
-            async move {
-                session::serve(socket, engine, shutdown.child_token(), auth, caller).await;
-                drop(tracked);
-            }
-        })
+    configure(ws, &state.engine.config().limits).protocols([SUBPROTOCOL]).on_upgrade(move |socket| {
+        let AppState { engine, shutdown, auth, .. } = state;
+        async move {
+            session::serve(socket, engine, shutdown.child_token(), auth, caller).await;
+            drop(tracked);
+        }
+    })
 }
 
 /// The WebSocket settings every endpoint uses: small buffers, the message size limit.

@@ -146,6 +146,7 @@ async fn serve_connection(
         parse_limits: ParseLimits {
             path: PathLimits { max_bytes: limits.max_path_bytes, max_depth: limits.max_path_depth },
             max_ops_per_patch: limits.max_ops_per_patch,
+            max_json_depth: limits.max_json_depth,
         },
         state: if auth.is_none() { AuthState::Off } else { AuthState::Waiting },
         auth,
@@ -321,7 +322,10 @@ impl Session {
     /// Remembers a live run this connection changed. Runs finished by others are forgotten now and then, so the
     /// set stays about as large as the runs this connection really keeps alive.
     fn note_produced(&mut self, run: RunId) {
-        if self.produced.insert(run) && self.produced.len() >= PRODUCED_PRUNE_AT && self.produced.len().is_power_of_two() {
+        if self.produced.insert(run)
+            && self.produced.len() >= PRODUCED_PRUNE_AT
+            && self.produced.len().is_power_of_two()
+        {
             let engine = &self.engine;
             self.produced.retain(|id| engine.is_live(*id));
         }

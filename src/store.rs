@@ -370,21 +370,21 @@ fn execute(conn: &Connection, req: &Request) -> Result<Value> {
             let text = serde_json::to_string(&**ctx).map_err(storage)?;
             let inserted = conn
                 .prepare_cached(
-                "INSERT INTO runs (id, timestamp, owner, operation, status, parent_run, doctype, ctx)
+                    "INSERT INTO runs (id, timestamp, owner, operation, status, parent_run, doctype, ctx)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING",
-            )
-            .map_err(storage)?
-            .execute(rusqlite::params![
-                s("id").unwrap_or_default(),
-                ctx.get("timestamp").and_then(Value::as_i64).unwrap_or(0),
-                s("owner"),
-                s("operation"),
-                s("status"),
-                s("parentRun"),
-                s("doctype"),
-                text
-            ])
-            .map_err(storage)?;
+                )
+                .map_err(storage)?
+                .execute(rusqlite::params![
+                    s("id").unwrap_or_default(),
+                    ctx.get("timestamp").and_then(Value::as_i64).unwrap_or(0),
+                    s("owner"),
+                    s("operation"),
+                    s("status"),
+                    s("parentRun"),
+                    s("doctype"),
+                    text
+                ])
+                .map_err(storage)?;
             if inserted == 0 {
                 // Never acknowledge a run whose record is not the one written.
                 return Err(Error::new(ErrorCode::Conflict, "the audit trail already has a run with this id"));

@@ -162,3 +162,15 @@ async fn an_oversized_message_closes_with_1009_and_invalid_utf8_with_1007() {
     let mut ok = Raw::connect(&server).await;
     ok.start(json!({"operation": "dialog"})).await;
 }
+
+#[tokio::test]
+async fn deeply_nested_json_is_refused_before_parsing() {
+    let server = start_server().await;
+    let mut c = Raw::connect(&server).await;
+    let deep =
+        format!(r#"{{"type":"run","id":1,"run":{{"operation":"x","input":{}1{}}}}}"#, "[".repeat(100), "]".repeat(100));
+    c.send_text(&deep).await;
+    let r = c.recv().await;
+    assert_eq!(r["code"], "limit_exceeded", "{r}");
+    c.start(json!({"operation": "dialog"})).await;
+}
