@@ -255,3 +255,42 @@ async fn an_owner_past_its_connection_quota_is_refused_with_4003() {
     assert!(admitted);
     drop(a2);
 }
+
+/// Logs at debug level never show a token or the secret, and user-supplied strings cannot forge log lines.
+#[tokio::test]
+async fn logs_hold_no_tokens_or_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "log-test-secret-0123456789";
+    let server = Process::start_with_env(
+        &["--data-dir", dir.path().to_str().unwrap()],
+        &[("COWORKER_JWT_SECRET", secret), ("RUST_LOG", "debug")],
+    );
+    let good = token_with(json!({"sub": "ann", "read": ["*"], "write": ["*"], "exp": now() + 60}), secret.as_bytes());
+    let bad = token_with(json!({"sub": "eve", "exp": now() + 60}), b"wrong");
+    for t in [&good, &bad] {
+        let (ws, _) = tokio_tungstenite::connect_async(&server.url).await.unwrap();
+        let mut c = Raw { ws };
+        let r = c.request(json!({"type": "hello", "id": 1, "token": t})).await;
+        if r["type"] == "reply" {
+            c.send_text("{\"type\":\"nope\\n2026-11-24T00:00:00Z ERROR forged\",\"id\":2}").await;
+            assert_eq!(c.recv().await["code"], "unknown_type");
+        }
+    }
+    // Origins are logged when refused: one with a newline escape cannot break the line.
+    let mut req = server.url.clone().into_client_request().unwrap();
+    req.headers_mut().insert("Origin", "https://evil.example/\\nERROR forged".parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(req).await.is_err());
+    // Wait (bounded) until the refusal has reached the log pipe.
+    for _ in 0..500 {
+        if server.log.lock().iter().any(|l| l.contains("foreign origin")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let log = server.log.lock().join("\n");
+    assert!(log.contains("foreign origin"), "the refusal was logged: {log}");
+    for s in [good.as_str(), bad.as_str(), secret] {
+        assert!(!log.contains(s), "the log holds a token or the secret");
+    }
+    assert!(!log.lines().any(|l| l.starts_with("ERROR forged") || l.starts_with("2026-11-24T00:00:00Z ERROR forged")));
+}

@@ -214,30 +214,40 @@ impl Drop for Heartbeat {
 pub struct Process {
     pub child: std::process::Child,
     pub url: String,
+    /// Every line the server logged so far.
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Process {
     /// Starts the binary with `args` plus `--listen 127.0.0.1:0`, and waits for the address it logs.
     pub fn start(args: &[&str]) -> Process {
+        Self::start_with_env(args, &[])
+    }
+
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Process {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_coworker"))
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .spawn()
             .expect("the binary starts");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("WebSocket at ").nth(1) {
                     let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
                 }
+                lines.lock().push(line);
             }
         });
         let url = rx.recv_timeout(Duration::from_secs(30)).expect("the bound address is logged");
-        Process { child, url }
+        Process { child, url, log }
     }
 
     pub fn signal(&self, sig: &str) {
