@@ -265,9 +265,13 @@ where
     let deadline = tokio::time::Instant::now() + CLOSE_DRAIN;
     loop {
         match tokio::time::timeout_at(deadline, stream.next()).await {
-            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Err(_) => return,
-            Ok(Some(Ok(_))) => continue,
-            Ok(Some(Err(_))) => {
+            Ok(Some(Ok(Message::Close(_)))) | Err(_) => return,
+            // After an oversized message the rest of it no longer parses: keep reading (and dropping) anyway, so
+            // the socket does not close with unread input.
+            Ok(Some(_)) => continue,
+            Ok(None) => {
+                // Nothing more can be read through the WebSocket: hold the socket until the deadline, so the peer
+                // has time to read the close frame before the socket goes.
                 tokio::time::sleep_until(deadline).await;
                 return;
             }
