@@ -39,6 +39,8 @@ pub mod close {
     pub const UNAUTHENTICATED: u16 = 4001;
     /// The owner already has as many connections as allowed.
     pub const QUOTA: u16 = 4003;
+    /// The peer stopped reading: nothing could be written for the write timeout (sent only if it still gets through).
+    pub const SLOW: u16 = 4008;
     /// The token expired and no fresh `hello` came within the grace period.
     pub const TOKEN_EXPIRED: u16 = 4002;
 }
@@ -542,10 +544,12 @@ async fn write_loop(
             }
             Ok(Err(_)) => return,
             Err(_) => {
-                // The peer stopped reading: its socket took nothing for the whole deadline. Dropping the socket
-                // ends the session; nothing else waited on it.
+                // The peer stopped reading: its socket took nothing for the whole deadline. Try a close frame
+                // briefly (it only gets through if the peer's buffers freed up), then drop the socket.
                 tracing::debug!("closing a connection that stopped reading");
                 crate::telemetry::SLOW_CLOSES.increment(1);
+                let close = Message::Close(Some(CloseFrame { code: close::SLOW, reason: "slow consumer".into() }));
+                let _ = tokio::time::timeout(std::time::Duration::from_millis(100), sink.send(close)).await;
                 return;
             }
         }
