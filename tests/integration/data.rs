@@ -271,3 +271,29 @@ async fn a_full_disk_fails_writes_clearly_and_acknowledges_nothing_it_did_not_wr
     // the client was told it failed, but the document is there. Nothing acknowledged is missing.
     assert!(n == acked || n == acked + 1, "{n} documents on disk, {acked} acknowledged");
 }
+
+/// A database on a read-only file system is a clear error at start, before anything is served.
+#[test]
+fn a_read_only_database_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().to_str().unwrap().to_string();
+    let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs", &mnt]).status();
+    assert!(mounted.is_ok_and(|s| s.success()), "this test mounts a tmpfs and needs root");
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    drop(Process::start(&["--data-dir", &mnt])); // creates the database, then is killed
+    let ro = std::process::Command::new("mount").args(["-o", "remount,ro", &mnt]).status().unwrap();
+    assert!(ro.success());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coworker"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir", &mnt])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("storage") && (err.contains("cannot open") || err.contains("not writable")), "stderr: {err}");
+}
