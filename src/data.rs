@@ -6,6 +6,7 @@
 use crate::engine::Engine;
 use crate::error::{Error, ErrorCode, Result};
 use crate::hooks::{Hooks, Operation, Plugin, RunContext};
+use crate::patch::type_name;
 use crate::protocol::RunSpec;
 use crate::store::{self, Cmp, Cond, Query, Request, Store};
 use dashmap::DashMap;
@@ -98,17 +99,6 @@ impl Schema {
     }
 }
 
-fn describe(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 fn check_type(f: &Field, v: &Value) -> std::result::Result<(), String> {
     let ok = match f.fieldtype.as_str() {
         "Data" | "Text" | "Small Text" | "Long Text" | "Link" | "Datetime" | "Time" => v.is_string(),
@@ -122,7 +112,7 @@ fn check_type(f: &Field, v: &Value) -> std::result::Result<(), String> {
                 && s.chars().filter(char::is_ascii_digit).count() == 8
         }),
         "Select" => {
-            let Some(s) = v.as_str() else { return Err(format!("must be a string, got {}", describe(v))) };
+            let Some(s) = v.as_str() else { return Err(format!("must be a string, got {}", type_name(v))) };
             if let Some(opts) = &f.options
                 && !opts.lines().any(|o| o == s)
             {
@@ -132,7 +122,7 @@ fn check_type(f: &Field, v: &Value) -> std::result::Result<(), String> {
         }
         _ => true,
     };
-    if ok { Ok(()) } else { Err(format!("must be of type {}, got {}", f.fieldtype, describe(v))) }
+    if ok { Ok(()) } else { Err(format!("must be of type {}, got {}", f.fieldtype, type_name(v))) }
 }
 
 /// Schemas by doctype, kept equal to the stored `Schema` documents.

@@ -363,14 +363,17 @@ impl Engine {
         RunFailure { error: e, run: None }
     }
 
-    /// Refuses a caller that may not change this run exactly as if the run did not exist.
+    /// Whether `caller` may change `run` now: a caller without the right gets exactly the error of a run that does
+    /// not exist; a finished run gets `run_finished`.
     fn check_change(caller: &Caller, run: &Run, space: &Space) -> Result<()> {
         let owner = run.ctx.get("owner").and_then(Value::as_str).unwrap_or_default();
-        if caller.can_change(owner, &space.name) {
-            Ok(())
-        } else {
-            Err(Error::new(ErrorCode::UnknownRun, "no active run has this id"))
+        if !caller.can_change(owner, &space.name) {
+            return Err(Error::new(ErrorCode::UnknownRun, "no active run has this id"));
         }
+        if run.status.is_finished() {
+            return Err(Error::new(ErrorCode::RunFinished, "the run has finished"));
+        }
+        Ok(())
     }
 
     fn lookup(&self, id: RunId) -> Result<Arc<RunCell>> {
@@ -401,9 +404,6 @@ impl Engine {
         let mut st = space.lock();
         let mut run = cell.run.lock();
         Self::check_change(caller, &run, space)?;
-        if run.status.is_finished() {
-            return Err(Error::new(ErrorCode::RunFinished, "the run has finished"));
-        }
         let before = run.class();
         let changes = patch::apply(&mut run.ctx, ops)?;
         if caller.connection != 0 {
@@ -424,9 +424,6 @@ impl Engine {
             let mut st = space.lock();
             let mut run = cell.run.lock();
             Self::check_change(caller, &run, space)?;
-            if run.status.is_finished() {
-                return Err(Error::new(ErrorCode::RunFinished, "the run has finished"));
-            }
             let before = run.class();
             run.finish(Status::Completed, output, None);
             let kind = run.kind;
@@ -492,9 +489,6 @@ impl Engine {
             let st = &mut *guard;
             let mut run = cell.run.lock();
             Self::check_change(caller, &run, space)?;
-            if run.status.is_finished() {
-                return Err(Error::new(ErrorCode::RunFinished, "the run has finished"));
-            }
             if !only_if(&run) {
                 return Err(Error::new(ErrorCode::Conflict, "the run's producer came back"));
             }

@@ -115,7 +115,8 @@ struct Target<'a> {
     rest: Vec<RawSeg>,
 }
 
-fn type_name(v: &Value) -> &'static str {
+/// "a string", "an array", ... for error messages.
+pub fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

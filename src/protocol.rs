@@ -642,6 +642,20 @@ fn push_id_list(out: &mut String, ids: impl Iterator<Item = RunId>) {
     out.push(']');
 }
 
+/// Appends a JSON object keyed by run ids, each value written by `value`.
+fn push_object<T>(out: &mut String, entries: impl Iterator<Item = (RunId, T)>, mut value: impl FnMut(&mut String, T)) {
+    out.push('{');
+    for (i, (id, v)) in entries.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_uuid(out, id);
+        out.push(':');
+        value(out, v);
+    }
+    out.push('}');
+}
+
 /// What the state document is made of, for one view set.
 pub struct StateParts<'a, R, D, A, P, G>
 where
@@ -685,16 +699,7 @@ where
     }
     if v.has_runs() {
         sep(&mut out, View::ActiveRuns.key());
-        out.push('{');
-        for (i, (id, json)) in parts.runs.enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            push_uuid(&mut out, id);
-            out.push(':');
-            out.push_str(&json);
-        }
-        out.push('}');
+        push_object(&mut out, parts.runs, |out, json| out.push_str(&json));
     }
     if v.has(View::IsLoading) {
         sep(&mut out, View::IsLoading.key());
@@ -710,16 +715,7 @@ where
     }
     if v.has(View::ActivePipelines) {
         sep(&mut out, View::ActivePipelines.key());
-        out.push('{');
-        for (i, (root, members)) in parts.pipelines.enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            push_uuid(&mut out, root);
-            out.push(':');
-            push_id_list(&mut out, members);
-        }
-        out.push('}');
+        push_object(&mut out, parts.pipelines, push_id_list);
     }
     out.push('}');
     out
