@@ -8,6 +8,7 @@ mod data;
 mod diff_invariant;
 mod hooks;
 mod limits;
+mod load;
 mod messages;
 mod producer;
 mod protocol_doc;
