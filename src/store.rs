@@ -162,13 +162,14 @@ impl SqliteStore {
             }
             None => Connection::open_in_memory().map_err(storage)?,
         };
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(storage)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(storage)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(storage)?;
-        conn.execute_batch(SCHEMA).map_err(|e| storage(format!("cannot write the database: {e}")))?;
+        let where_ = data_dir.map_or_else(|| "the in-memory database".to_string(), |d| db_path(d).display().to_string());
+        let setup = |e: rusqlite::Error| storage(format!("cannot open {where_}: {e}"));
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(setup)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(setup)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(setup)?;
+        conn.execute_batch(SCHEMA).map_err(setup)?;
         // Prove it is writable now rather than on the first completion.
-        conn.execute_batch("BEGIN IMMEDIATE; COMMIT;")
-            .map_err(|e| storage(format!("database is not writable: {e}")))?;
+        conn.execute_batch("BEGIN IMMEDIATE; COMMIT;").map_err(setup)?;
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("coworker-store".into())

@@ -295,5 +295,5 @@ fn a_read_only_database_is_refused_at_start() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("storage") && (err.contains("cannot open") || err.contains("not writable")), "stderr: {err}");
+    assert!(err.contains("storage: cannot open") && err.contains("coworker.db"), "stderr: {err}");
 }
