@@ -162,7 +162,8 @@ impl SqliteStore {
             }
             None => Connection::open_in_memory().map_err(storage)?,
         };
-        let where_ = data_dir.map_or_else(|| "the in-memory database".to_string(), |d| db_path(d).display().to_string());
+        let where_ =
+            data_dir.map_or_else(|| "the in-memory database".to_string(), |d| db_path(d).display().to_string());
         let setup = |e: rusqlite::Error| storage(format!("cannot open {where_}: {e}"));
         conn.pragma_update(None, "journal_mode", "WAL").map_err(setup)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(setup)?;
