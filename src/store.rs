@@ -141,6 +141,7 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_by_time ON runs (timestamp DESC, id DESC);
 CREATE INDEX IF NOT EXISTS runs_by_owner ON runs (owner, timestamp DESC);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 ";
 
 /// The database file inside a data directory.
@@ -169,8 +170,19 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL").map_err(setup)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(setup)?;
         conn.execute_batch(SCHEMA).map_err(setup)?;
-        // Prove it is writable now rather than on the first completion.
-        conn.execute_batch("BEGIN IMMEDIATE; COMMIT;").map_err(setup)?;
+        // Prove it is writable now rather than on the first completion: SQLite silently opens a write-protected file
+        // read-only, and an empty transaction writes nothing.
+        if conn.is_readonly(rusqlite::MAIN_DB).map_err(setup)? {
+            return Err(storage(format!("cannot open {where_}: the database is read-only")));
+        }
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('last_start', ?1) ON CONFLICT (key) DO UPDATE SET value = ?1",
+            [std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0)],
+        )
+        .map_err(setup)?;
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("coworker-store".into())

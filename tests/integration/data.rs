@@ -220,21 +220,38 @@ async fn every_finished_run_is_in_the_run_doctype() {
     drop(still_live);
 }
 
+/// A tmpfs of a given size mounted on a temporary directory (the tests that use it need root), unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", dir.path().to_str().unwrap()])
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "mounting a tmpfs needs root");
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> String {
+        self.dir.path().to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
 /// A full disk: writes fail with `storage_failed` and are never acknowledged; what was acknowledged stays readable
 /// and the server keeps serving. The data directory is a 1 MB tmpfs (the test mounts it, as root).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_fails_writes_clearly_and_acknowledges_nothing_it_did_not_write() {
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().to_str().unwrap().to_string();
-    let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs", &mnt]).status();
-    assert!(mounted.is_ok_and(|s| s.success()), "this test mounts a 1 MB tmpfs and needs root");
-    struct Unmount(String);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mnt.clone());
+    let disk = Tmpfs::mount("1m");
+    let (dir, mnt) = (disk.dir.path(), disk.path());
     let server = Process::start(&["--data-dir", &mnt]);
     let c = Client::connect(&server.url).await.unwrap();
     let blob = "x".repeat(30_000);
@@ -265,7 +282,7 @@ async fn a_full_disk_fails_writes_clearly_and_acknowledges_nothing_it_did_not_wr
     assert!(acked > 0);
     // Every acknowledged document is in the file, read directly.
     drop(server);
-    let db = rusqlite::Connection::open(coworker::store::db_path(dir.path())).unwrap();
+    let db = rusqlite::Connection::open(coworker::store::db_path(dir)).unwrap();
     let n: i64 = db.query_row("SELECT COUNT(*) FROM docs WHERE doctype = 'Blob'", [], |r| r.get(0)).unwrap();
     // The failing create may have written its document before its run's record failed (they are two commits):
     // the client was told it failed, but the document is there. Nothing acknowledged is missing.
@@ -275,25 +292,31 @@ async fn a_full_disk_fails_writes_clearly_and_acknowledges_nothing_it_did_not_wr
 /// A database on a read-only file system is a clear error at start, before anything is served.
 #[test]
 fn a_read_only_database_is_refused_at_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().to_str().unwrap().to_string();
-    let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs", &mnt]).status();
-    assert!(mounted.is_ok_and(|s| s.success()), "this test mounts a tmpfs and needs root");
-    struct Unmount(String);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mnt.clone());
+    let disk = Tmpfs::mount("4m");
+    let mnt = disk.path();
     drop(Process::start(&["--data-dir", &mnt])); // creates the database, then is killed
     let ro = std::process::Command::new("mount").args(["-o", "remount,ro", &mnt]).status().unwrap();
     assert!(ro.success());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coworker"))
+    // Bounded: a server that wrongly starts would otherwise run forever.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_coworker"))
         .args(["--listen", "127.0.0.1:0", "--data-dir", &mnt])
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started on a read-only database");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20)); // polling a child process, bounded
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert!(err.contains("storage: cannot open") && err.contains("coworker.db"), "stderr: {err}");
 }
