@@ -41,6 +41,8 @@ struct Inner {
     /// Errors that answer no request (a fire-and-forget patch that failed).
     unsolicited: Mutex<Option<mpsc::UnboundedSender<Value>>>,
     next_id: AtomicU64,
+    /// Payload bytes of the text frames received so far.
+    received_bytes: AtomicU64,
 }
 
 /// A connection to a coworker server. Cheap to clone; all clones share the socket.
@@ -61,6 +63,7 @@ impl Client {
             joining: Mutex::new(HashMap::new()),
             unsolicited: Mutex::new(None),
             next_id: AtomicU64::new(1),
+            received_bytes: AtomicU64::new(0),
         });
         tokio::spawn(read_loop(stream, Arc::downgrade(&inner)));
         Ok(Client { inner })
@@ -77,6 +80,20 @@ impl Client {
     pub async fn send_raw(&self, text: String) -> Result<(), ClientError> {
         let mut sink = self.inner.sink.lock().await;
         sink.send(Message::Text(text.into())).await.map_err(|e| ClientError::Transport(e.to_string()))
+    }
+
+    /// Payload bytes of the text frames received on this connection so far.
+    pub fn received_bytes(&self) -> u64 {
+        self.inner.received_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Sends several frames as they are and flushes once: one write for the lot where the socket allows.
+    pub async fn send_batch(&self, frames: impl IntoIterator<Item = String>) -> Result<(), ClientError> {
+        let mut sink = self.inner.sink.lock().await;
+        for text in frames {
+            sink.feed(Message::Text(text.into())).await.map_err(|e| ClientError::Transport(e.to_string()))?;
+        }
+        sink.flush().await.map_err(|e| ClientError::Transport(e.to_string()))
     }
 
     /// Sends `msg` without an id (no reply on success).
@@ -192,8 +209,9 @@ impl Client {
 async fn read_loop(mut stream: futures::stream::SplitStream<Ws>, inner: std::sync::Weak<Inner>) {
     while let Some(Ok(msg)) = stream.next().await {
         let Message::Text(text) = msg else { continue };
-        let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) else { continue };
         let Some(inner) = inner.upgrade() else { return };
+        inner.received_bytes.fetch_add(text.len() as u64, Ordering::Relaxed);
+        let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) else { continue };
         let req = frame.get("id").and_then(Value::as_u64);
         match (frame["type"].as_str(), req) {
             (Some("snapshot"), Some(id)) => {
@@ -248,8 +266,8 @@ async fn read_loop(mut stream: futures::stream::SplitStream<Ws>, inner: std::syn
 /// What a subscription received.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Update {
-    /// A diff was applied; the state is now at `seq`.
-    Diff { base: u64, seq: u64, ops: usize },
+    /// A diff was applied; the state is now at `seq`. `runs`: the ids under `/activeRuns` it touched, each once.
+    Diff { base: u64, seq: u64, ops: usize, runs: Vec<String> },
     /// A fresh snapshot replaced the state (after the subscriber fell too far behind).
     Resync { seq: u64 },
     /// A lifecycle event.
@@ -302,7 +320,16 @@ impl Subscription {
                 let ops = frame["ops"].as_array().cloned().unwrap_or_default();
                 apply_ops(&mut self.state, &ops).map_err(ClientError::Protocol)?;
                 self.seq = seq;
-                Ok(Update::Diff { base, seq, ops: ops.len() })
+                let mut runs: Vec<String> = Vec::new();
+                for op in &ops {
+                    let run = op["path"].as_str().and_then(|p| p.strip_prefix("/activeRuns/"));
+                    if let Some(id) = run.map(|r| r.split('/').next().unwrap_or(r))
+                        && !runs.iter().any(|r| r == id)
+                    {
+                        runs.push(id.to_string());
+                    }
+                }
+                Ok(Update::Diff { base, seq, ops: ops.len(), runs })
             }
             Some("snapshot") => {
                 self.seq = frame["seq"].as_u64().unwrap_or(0);

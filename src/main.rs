@@ -108,6 +108,16 @@ async fn main() -> ExitCode {
         data_dir: Some(args.data_dir),
         ..Config::default()
     };
+    // Each connection is a file descriptor: lift the soft limit to the hard one, and say what it allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if (n as usize) < config.engine.limits.max_connections + 64 => tracing::warn!(
+            open_files = n,
+            max_connections = config.engine.limits.max_connections,
+            "the open-file limit allows fewer connections than max_connections; raise it (ulimit -Hn)"
+        ),
+        Ok(n) => tracing::debug!(open_files = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let listener = match TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {

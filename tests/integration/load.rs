@@ -24,6 +24,71 @@ fn a_short_load_run_loses_nothing() {
     assert!(summary["server_cpu_us"].as_u64().is_some(), "CPU time read from /proc");
 }
 
+/// Runs `coworker-load` with `args` and returns its `--json` summary, failing the test on a non-zero exit.
+fn load(args: &[&str]) -> serde_json::Value {
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_coworker-load")).args(args).arg("--json").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "coworker-load {args:?} failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.trim()).expect("--json prints one object")
+}
+
+#[test]
+fn keystrokes_fanout_and_pipelines_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Process::start(&["--data-dir", dir.path().to_str().unwrap(), "--linger-ms", "300"]);
+    let small = ["--url", &server.url, "--subscribers", "4", "--duration", "1.5"];
+    for (scenario, runs, rate) in [("keys", "6", "40"), ("fanout", "2", "200"), ("pipeline", "4", "40")] {
+        let s = load(&[&small[..], &["--scenario", scenario, "--runs", runs, "--rate", rate]].concat());
+        assert_eq!(s["ok"], true, "{s}");
+        assert_eq!((s["state_mismatches"].as_u64(), s["out_of_order"].as_u64()), (Some(0), Some(0)), "{s}");
+        let produced = s["tokens_produced"].as_u64().unwrap();
+        assert!(produced > 0, "{s}");
+        if scenario == "pipeline" {
+            // Finished roots leave the views; a subscriber sees at least the steps of every root still running.
+            assert!(s["tokens_delivered"].as_u64().unwrap() > 0, "{s}");
+        } else {
+            assert_eq!(s["tokens_delivered"].as_u64(), Some(produced * 4), "{scenario}: {s}");
+        }
+    }
+}
+
+#[test]
+fn the_naive_baseline_driver_measures_the_same_way() {
+    let example = std::path::Path::new(env!("CARGO_BIN_EXE_coworker-load")).with_file_name("examples/naive_broadcast");
+    let mut child = std::process::Command::new(&example)
+        .arg("127.0.0.1:0")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e} (built by cargo test --all-targets)", example.display()));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on ").expect("the example prints its address").to_string();
+    let url = format!("ws://{addr}");
+    let pid = child.id().to_string();
+    let s = load(
+        &["--target", "naive", "--url", &url, "--runs", "5", "--rate", "50", "--subscribers", "3"]
+            .into_iter()
+            .chain(["--duration", "1", "--server-pid", &pid])
+            .collect::<Vec<_>>(),
+    );
+    let _ = child.kill();
+    assert_eq!(s["ok"], true, "{s}");
+    let produced = s["tokens_produced"].as_u64().unwrap();
+    assert_eq!(s["tokens_delivered"].as_u64(), Some(produced * 3), "{s}");
+    assert_eq!(s["frames_received"], s["tokens_delivered"], "one frame per token per subscriber: {s}");
+}
+
+#[test]
+fn a_peer_target_takes_only_the_ai_scenario() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coworker-load"))
+        .args(["--target", "nats", "--scenario", "keys"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "coworker-load: --target nats runs only --scenario ai");
+}
+
 #[test]
 fn an_unreachable_server_is_a_one_line_error() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_coworker-load"))
