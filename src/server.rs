@@ -208,7 +208,10 @@ async fn ws_handler(ws: WebSocketUpgrade, headers: HeaderMap, State(state): Stat
 fn configure(ws: WebSocketUpgrade, limits: &crate::config::Limits) -> WebSocketUpgrade {
     ws.read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
-        .max_write_buffer_size(limits.max_pending_bytes * 4 + WRITE_BUFFER_BYTES)
+        // No cap of tungstenite's own: a snapshot is one frame as large as the space's state, and a frame over
+        // the cap would be refused and the connection dropped. What one connection may have waiting is bounded
+        // before this buffer, by its reply queue and its subscriptions' pending slots.
+        .max_write_buffer_size(usize::MAX)
         .max_message_size(limits.max_message_bytes)
         .max_frame_size(limits.max_message_bytes)
 }

@@ -222,3 +222,22 @@ async fn metrics_are_exposed_in_prometheus_format() {
         assert!(body.contains(name), "/metrics lacks {name}:\n{body}");
     }
 }
+
+#[tokio::test]
+async fn a_snapshot_larger_than_any_write_buffer_is_delivered() {
+    // 100 runs of 60 KB each: a 6 MB snapshot, one frame. It used to exceed tungstenite's write-buffer cap (then
+    // 4 MiB + 64 KiB), and the subscriber's connection was dropped without a word.
+    let server = start_server().await;
+    let c = Client::connect(&server.url()).await.unwrap();
+    let text = "x".repeat(60_000);
+    for _ in 0..100 {
+        let run = c.run(json!({"operation": "interpret"})).await.unwrap();
+        let id = run["id"].as_str().unwrap();
+        c.patch(id, json!([{"op": "set", "path": "output.text", "value": text}])).await.unwrap();
+    }
+    let watcher = Client::connect(&server.url()).await.unwrap();
+    let sub = watcher.subscribe("default", None, false).await.expect("the snapshot arrives");
+    let runs = sub.state()["activeRuns"].as_object().unwrap();
+    assert_eq!(runs.len(), 100);
+    assert!(runs.values().all(|r| r["output"]["text"] == text.as_str()));
+}

@@ -242,7 +242,7 @@ async fn stream_tokens(p: &Producer, runs: &[String], rate: u64, until: Instant,
                 )
             })
             .collect();
-        p.client.send_batch(frames).await.map_err(|e| e.to_string())?;
+        p.client.send_batch(frames).await.map_err(|e| format!("producer: {e}"))?;
         Live::add(&live.produced, runs.len() as u64);
         i += 1;
     }
@@ -398,7 +398,7 @@ pub async fn run(args: &Args, live: Arc<Live>) -> Result<Outcome, String> {
                 run["parentRun"] = json!(roots.last());
             }
             let p = &producers[(r % conns) as usize];
-            let ctx = p.client.run(run).await.map_err(|e| e.to_string())?;
+            let ctx = p.client.run(run).await.map_err(|e| format!("starting run {r}: {e}"))?;
             owned[(r % conns) as usize].push(ctx["id"].as_str().unwrap_or_default().to_string());
         }
     }
