@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -54,7 +55,11 @@ pub struct Client {
 impl Client {
     /// Connects to `url` (for example `ws://127.0.0.1:8080/ws`).
     pub async fn connect(url: &str) -> Result<Client, ClientError> {
-        let (ws, _) = connect_async(url).await.map_err(|e| ClientError::Transport(e.to_string()))?;
+        // The server sends each snapshot as one frame as large as the state: lift tungstenite's 16 MiB frame cap.
+        let config = WebSocketConfig::default().max_frame_size(None).max_message_size(Some(1 << 30));
+        let (ws, _) = connect_async_with_config(url, Some(config), true)
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
         let (sink, stream) = ws.split();
         let inner = Arc::new(Inner {
             sink: tokio::sync::Mutex::new(sink),
