@@ -241,8 +241,7 @@ pub fn parse(text: &str, limits: &ParseLimits) -> std::result::Result<ClientMsg,
         Ok(env) => env,
         Err(e) => {
             let code = if e.is_data() { ErrorCode::BadMessage } else { ErrorCode::BadJson };
-            let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|i| i.id).filter(valid_id);
-            return Err(Rejection { id, error: Error::new(code, e.to_string()) });
+            return Err(Rejection { id: request_id(text), error: Error::new(code, e.to_string()) });
         }
     };
     let id = env.id.clone().filter(|v| !v.is_null());
@@ -252,6 +251,12 @@ pub fn parse(text: &str, limits: &ParseLimits) -> std::result::Result<ClientMsg,
         return Err(Rejection { id: None, error: bad("`id` must be a number or a string") });
     }
     decode(env, id.clone(), limits).map_err(|error| Rejection { id, error })
+}
+
+/// The `id` of a message that will not be handled (refused by the rate limiter), so that its error still answers
+/// the request: the message's valid `id` when it is a JSON object that has one, else none.
+pub fn request_id(text: &str) -> ReqId {
+    serde_json::from_str::<IdOnly>(text).ok().and_then(|i| i.id).filter(valid_id)
 }
 
 fn valid_id(v: &Value) -> bool {
