@@ -10,6 +10,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+/// glibc's malloc spent a quarter of the ingress path in `_int_malloc`, `unlink_chunk` and `malloc_consolidate`
+/// (perf, BENCHMARKS.md); mimalloc's per-thread free lists cut that.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Coworker: a WebSocket server for live run state. Serves /ws, /healthz and the web demo at /.
 #[derive(Debug, Parser)]
 #[command(version, about)]

@@ -48,12 +48,12 @@ pub mod close {
 /// Where a connection stands with authentication.
 #[derive(Debug)]
 enum AuthState {
-    /// Development mode: every caller is trusted.
-    Off,
+    /// Development mode: every caller is trusted. The caller is built once per connection, not per message.
+    Off(Arc<Caller>),
     /// Waiting for a valid `hello` until the deadline.
     Waiting,
-    /// Authenticated until the token's `exp`.
-    Valid(Caller),
+    /// Authenticated until the token's `exp` (the caller already carries this connection's id).
+    Valid(Arc<Caller>),
     /// The token expired; a fresh `hello` is due before the grace deadline.
     Expired,
 }
@@ -138,7 +138,9 @@ async fn serve_connection(
     });
     let mut bucket = TokenBucket::new(limits.messages_per_second, limits.message_burst);
     let idle = tokio::time::sleep(limits.idle_timeout);
+    let mut last_heard = tokio::time::Instant::now();
     tokio::pin!(idle);
+    let connection = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
     let mut session = Session {
         engine,
         outbox,
@@ -150,10 +152,14 @@ async fn serve_connection(
             max_ops_per_patch: limits.max_ops_per_patch,
             max_json_depth: limits.max_json_depth,
         },
-        state: if auth.is_none() { AuthState::Off } else { AuthState::Waiting },
+        state: if auth.is_none() {
+            AuthState::Off(Arc::new(Caller::trusted().on_connection(connection)))
+        } else {
+            AuthState::Waiting
+        },
         auth,
         auth_timer: Box::pin(tokio::time::sleep_until(far_future())),
-        connection: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
+        connection,
         produced: HashSet::new(),
         counted_owner: None,
     };
@@ -192,7 +198,7 @@ async fn serve_connection(
                         session.send(error_frame(&None, &e, None)).await;
                         continue;
                     }
-                    AuthState::Off => {
+                    AuthState::Off(_) => {
                         session.auth_timer.as_mut().reset(far_future());
                         continue;
                     }
@@ -202,18 +208,29 @@ async fn serve_connection(
                 break;
             }
             _ = &mut idle => {
+                // The deadline is moved lazily: a message only stamps `last_heard`, and the timer is re-armed
+                // here (resetting a timer on every message cost a timer-wheel update per token).
+                if last_heard.elapsed() < limits.idle_timeout {
+                    idle.as_mut().reset(last_heard + limits.idle_timeout);
+                    continue;
+                }
                 tracing::debug!("closing an idle connection");
                 closing = Some((close::IDLE, "no pong"));
                 break;
             }
         };
-        idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
+        last_heard = tokio::time::Instant::now();
         if matches!(msg, Some(Ok(Message::Text(_) | Message::Binary(_)))) {
             match bucket.check() {
                 Verdict::Allow => {}
                 Verdict::Refuse => {
+                    // The message is dropped unhandled, but a request still gets its answer (its `id`).
+                    let id = match &msg {
+                        Some(Ok(Message::Text(text))) => protocol::request_id(text.as_str()),
+                        _ => None,
+                    };
                     let e = Error::new(ErrorCode::RateLimited, "message rate limit exceeded; message dropped");
-                    session.send(error_frame(&None, &e, None)).await;
+                    session.send(error_frame(&id, &e, None)).await;
                     continue;
                 }
                 Verdict::Close => {
@@ -311,15 +328,14 @@ impl Session {
             None => far_future(),
         };
         self.auth_timer.as_mut().reset(deadline);
-        self.state = AuthState::Valid(caller);
+        self.state = AuthState::Valid(Arc::new(caller.on_connection(self.connection)));
         Ok(())
     }
 
     /// The caller for a request, or the error that refuses it.
-    fn caller(&self) -> Result<Caller, Error> {
+    fn caller(&self) -> Result<Arc<Caller>, Error> {
         match &self.state {
-            AuthState::Off => Ok(Caller::trusted().on_connection(self.connection)),
-            AuthState::Valid(c) => Ok(c.on_connection(self.connection)),
+            AuthState::Off(c) | AuthState::Valid(c) => Ok(c.clone()),
             AuthState::Waiting => Err(Error::new(ErrorCode::Unauthenticated, "send `hello` with a token first")),
             AuthState::Expired => Err(Error::new(ErrorCode::TokenExpired, "token expired: send a fresh hello")),
         }
