@@ -73,6 +73,7 @@ fn the_naive_baseline_driver_measures_the_same_way() {
             .collect::<Vec<_>>(),
     );
     let _ = child.kill();
+    let _ = child.wait();
     assert_eq!(s["ok"], true, "{s}");
     let produced = s["tokens_produced"].as_u64().unwrap();
     assert_eq!(s["tokens_delivered"].as_u64(), Some(produced * 3), "{s}");
