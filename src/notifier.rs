@@ -67,6 +67,7 @@ fn flush_timed(space: &Space, cap: usize) {
     if let Some(cut) = cut {
         let seq = cut.seq;
         let rendered = cut.render(&sets, events_wanted);
+        crate::telemetry::DIFFS_RENDERED.increment(rendered.diffs.iter().filter(|(_, d)| d.is_some()).count() as u64);
         fan_out(space, seq, &rendered, &groups, cap);
         space.lock().history.push(seq, rendered.diffs);
     }

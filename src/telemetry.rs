@@ -30,6 +30,8 @@ pub static CONNECTIONS: LazyLock<Gauge> = LazyLock::new(|| gauge!("coworker_conn
 pub static SUBSCRIPTIONS: LazyLock<Gauge> = LazyLock::new(|| gauge!("coworker_subscriptions"));
 pub static FRAMES_SENT: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_frames_sent_total"));
 pub static BYTES_SENT: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_bytes_sent_total"));
+/// Diff payloads serialized: one per view set with changes per tick, however many subscribers share it.
+pub static DIFFS_RENDERED: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_diffs_rendered_total"));
 pub static DIFFS_MERGED: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_diffs_merged_total"));
 pub static RESYNCS: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_resyncs_total"));
 pub static SLOW_CLOSES: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_slow_subscriber_closes_total"));
