@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test: WebSocket conformance (Autobahn), then unit, integration (real server on 127.0.0.1:0), property
-# tests, examples and the benches once each. Ends with one line summing up the Rust tests.
+# tests, examples and the benches once each, then the browser client and the demo page (Node's test runner and
+# headless Chromium; installs chromium and the npm packages when missing). Ends with one line summing them up.
 # Usage: ./scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/autobahn.sh
 mkdir -p target
 cargo test --locked --all-targets 2>&1 | tee target/test-output.txt
+./scripts/browser-test.sh 2>&1 | tee target/browser-test-output.txt
 sum() { grep -E '^test result: ' target/test-output.txt | sed -E "s/.* ([0-9]+) $1.*/\1/" | awk '{s += $1} END {print s + 0}'; }
-echo "total: $(sum passed) passed, $(sum failed) failed"
+node_sum() { grep -E "^# $1 [0-9]+$" target/browser-test-output.txt | awk '{s += $3} END {print s + 0}'; }
+echo "total: $(( $(sum passed) + $(node_sum pass) )) passed, $(( $(sum failed) + $(node_sum fail) )) failed"

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Tests of the browser client and the demo page: Node's test runner against a real server process, and two pages
+# in headless Chromium (Debian's package, driven by playwright-core: no browser download). Installs what it needs:
+# chromium through apt-get when /usr/bin/chromium is missing, the npm packages from package-lock.json.
+# Usage: ./scripts/browser-test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
+  npm ci --no-audit --no-fund
+fi
+cargo build --locked --bin coworker
+node --test tests/browser/
