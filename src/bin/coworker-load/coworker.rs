@@ -9,7 +9,11 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use futures::{StreamExt, TryStreamExt};
 use tokio::sync::watch;
+
+/// Connections opened concurrently while setting up.
+const CONNECTING_AT_ONCE: usize = 64;
 
 /// The text every `keys` typist types, over and over: a subscriber can check any prefix of it.
 const TEXT: &str = "The quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs. ";
@@ -344,8 +348,9 @@ struct Job {
     until: Instant,
 }
 
-/// Runs one producer connection's share of the scenario; returns the errors its fire-and-forget patches got.
-async fn drive(mut p: Producer, job: Job, live: Arc<Live>) -> Result<u64, String> {
+/// Runs one producer connection's share of the scenario; returns the connection, its runs, and the errors its
+/// fire-and-forget patches got.
+async fn drive(mut p: Producer, job: Job, live: Arc<Live>) -> Result<(Producer, Vec<String>, u64), String> {
     let (args, until, live) = (&job.args, job.until, &*live);
     match args.scenario {
         Scenario::Ai | Scenario::Fanout => stream_tokens(&p, &job.runs, args.rate, until, live).await?,
@@ -361,17 +366,20 @@ async fn drive(mut p: Producer, job: Job, live: Arc<Live>) -> Result<u64, String
             futures::future::try_join_all(slots.map(|s| pipelines(&p, args, &job.space, s, until, live))).await?;
         }
     }
-    Ok(p.errors())
+    let errors = p.errors();
+    Ok((p, job.runs, errors))
 }
 
 /// Runs the scenario against a coworker server.
 pub async fn run(args: &Args, live: Arc<Live>) -> Result<Outcome, String> {
     let space = format!("load-{}", uuid::Uuid::now_v7());
     let control = connect(&args.url).await?;
-    let mut watchers = Vec::new();
-    for _ in 0..args.subscribers {
-        watchers.push(Watcher::start(&args.url, &space, args.scenario).await?);
-    }
+    // Many at a time: each subscribe waits for the space's next flush.
+    let watchers: Vec<Watcher> = futures::stream::iter(0..args.subscribers)
+        .map(|_| Watcher::start(&args.url, &space, args.scenario))
+        .buffer_unordered(CONNECTING_AT_ONCE)
+        .try_collect()
+        .await?;
     let conns = match args.scenario {
         Scenario::Fanout => args.runs,
         _ => args.runs.min(32),
@@ -439,9 +447,11 @@ pub async fn run(args: &Args, live: Arc<Live>) -> Result<Outcome, String> {
         })
         .collect();
     crate::progress(args, &live, started, until).await;
-    let mut producer_errors = 0;
+    let (mut producer_errors, mut finished) = (0, Vec::new());
     for p in producing {
-        producer_errors += p.await.map_err(|e| e.to_string())??;
+        let (p, runs, errors) = p.await.map_err(|e| e.to_string())??;
+        producer_errors += errors;
+        finished.push((p, runs));
     }
     let streaming_s = started.elapsed().as_secs_f64();
     let every_item_expected = args.scenario != Scenario::Pipeline;
@@ -453,6 +463,12 @@ pub async fn run(args: &Args, live: Arc<Live>) -> Result<Outcome, String> {
     // Closed once the subscribers have it all, as for the peers: the CPU of delivering the tail counts.
     let (usage, load_cpu_us) = window.close();
     let mismatches = compare(&control, &space, args.scenario, &mut watchers, &live).await?;
+    // Leave the server as found: complete the runs this load started (their records go to the audit trail).
+    let completing = finished.iter().flat_map(|(p, runs)| runs.iter().map(move |r| p.client.complete(r, None)));
+    futures::future::join_all(completing).await;
+    for root in &roots {
+        let _ = control.complete(root, None).await;
+    }
     let mut tally = Tally::default();
     for w in watchers {
         tally.merge(&w.finish());

@@ -4,7 +4,7 @@
 
 use crate::measure::{Live, Sequencer, Tally, now_us};
 use crate::{Args, Outcome, Target, Window};
-use futures::{SinkExt, StreamExt};
+use futures::{SinkExt, StreamExt, TryStreamExt};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -243,10 +243,11 @@ fn parse_nats(buf: &mut Vec<u8>) -> (Vec<Token>, bool, u64) {
 
 /// Runs the `ai` scenario against a peer.
 pub async fn run(target: Target, args: &Args, live: Arc<Live>) -> Result<Outcome, String> {
-    let mut subscribers = Vec::new();
-    for _ in 0..args.subscribers {
-        subscribers.push(connect(target, &args.url, true).await?);
-    }
+    let subscribers: Vec<Ws> = futures::stream::iter(0..args.subscribers)
+        .map(|_| connect(target, &args.url, true))
+        .buffer_unordered(64)
+        .try_collect()
+        .await?;
     let conns = args.runs.min(32);
     let mut producers = Vec::new();
     for c in 0..conns {
