@@ -314,7 +314,7 @@ impl Subscription {
         Ok(out)
     }
 
-    fn apply(&mut self, frame: Value) -> Result<Update, ClientError> {
+    fn apply(&mut self, mut frame: Value) -> Result<Update, ClientError> {
         match frame["type"].as_str() {
             Some("diff") => {
                 let base = frame["base"].as_u64().unwrap_or(u64::MAX);
@@ -322,9 +322,10 @@ impl Subscription {
                 if base != self.seq {
                     return Err(ClientError::Protocol(format!("diff base {base} but local state is at {}", self.seq)));
                 }
-                let ops = frame["ops"].as_array().cloned().unwrap_or_default();
-                apply_ops(&mut self.state, &ops).map_err(ClientError::Protocol)?;
-                self.seq = seq;
+                let ops = match frame.get_mut("ops").map(Value::take) {
+                    Some(Value::Array(ops)) => ops,
+                    _ => Vec::new(),
+                };
                 let mut runs: Vec<String> = Vec::new();
                 for op in &ops {
                     let run = op["path"].as_str().and_then(|p| p.strip_prefix("/activeRuns/"));
@@ -334,11 +335,14 @@ impl Subscription {
                         runs.push(id.to_string());
                     }
                 }
-                Ok(Update::Diff { base, seq, ops: ops.len(), runs })
+                let count = ops.len();
+                apply_owned_ops(&mut self.state, ops).map_err(ClientError::Protocol)?;
+                self.seq = seq;
+                Ok(Update::Diff { base, seq, ops: count, runs })
             }
             Some("snapshot") => {
                 self.seq = frame["seq"].as_u64().unwrap_or(0);
-                self.state = frame["state"].clone();
+                self.state = frame["state"].take();
                 Ok(Update::Resync { seq: self.seq })
             }
             Some("event") => Ok(Update::Event {
@@ -358,17 +362,23 @@ impl Subscription {
 
 /// Applies diff ops to a state document: RFC 6902 `add`/`remove`/`replace` through `json-patch`, plus `append`.
 pub fn apply_ops(doc: &mut Value, ops: &[Value]) -> Result<(), String> {
-    for op in ops {
+    apply_owned_ops(doc, ops.to_vec())
+}
+
+/// [`apply_ops`], consuming the ops so their values move into the document instead of being copied.
+pub fn apply_owned_ops(doc: &mut Value, ops: Vec<Value>) -> Result<(), String> {
+    for mut op in ops {
         if op["op"] == "append" {
+            let value = op["value"].take();
             let path = op["path"].as_str().ok_or("append without path")?;
             let target = doc.pointer_mut(path).ok_or_else(|| format!("append target {path} missing"))?;
-            match (target, &op["value"]) {
-                (Value::Array(a), Value::Array(items)) => a.extend(items.iter().cloned()),
-                (Value::String(s), Value::String(tail)) => s.push_str(tail),
+            match (target, value) {
+                (Value::Array(a), Value::Array(items)) => a.extend(items),
+                (Value::String(s), Value::String(tail)) => s.push_str(&tail),
                 _ => return Err(format!("append type mismatch at {path}")),
             }
         } else {
-            let p: json_patch::PatchOperation = serde_json::from_value(op.clone()).map_err(|e| e.to_string())?;
+            let p: json_patch::PatchOperation = serde_json::from_value(op).map_err(|e| e.to_string())?;
             json_patch::patch(doc, &[p]).map_err(|e| e.to_string())?;
         }
     }
