@@ -91,6 +91,17 @@ fn a_peer_target_takes_only_the_ai_scenario() {
 }
 
 #[test]
+fn a_bad_flag_is_a_one_line_error() {
+    for args in [&["--runs", "0"][..], &["--scenario", "chat"], &["--duration", "-1"], &["--nope"]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_coworker-load")).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("coworker-load: ") && err.trim_end().ends_with("(see --help)"), "{err}");
+    }
+}
+
+#[test]
 fn an_unreachable_server_is_a_one_line_error() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_coworker-load"))
         .args(["--url", "ws://127.0.0.1:1/ws", "--duration", "1"])

@@ -5,11 +5,11 @@
 use crate::measure::{Live, Rng, Sequencer, Tally, now_us};
 use crate::{Args, Outcome, Scenario, Window};
 use coworker::client::{Client, Subscription, Update};
+use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use futures::{StreamExt, TryStreamExt};
 use tokio::sync::watch;
 
 /// Connections opened concurrently while setting up.
