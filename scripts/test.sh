@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 ./scripts/autobahn.sh
 mkdir -p target
 cargo test --locked --all-targets 2>&1 | tee target/test-output.txt
+# The README's first command: `cargo run` must pick the server among the crate's binaries.
+cargo run --locked --quiet -- --version | grep -q '^coworker ' || { echo "cargo run does not start the server" >&2; exit 1; }
 ./scripts/browser-test.sh 2>&1 | tee target/browser-test-output.txt
 sum() { grep -E '^test result: ' target/test-output.txt | sed -E "s/.* ([0-9]+) $1.*/\1/" | awk '{s += $1} END {print s + 0}'; }
 node_sum() { grep -E "^# $1 [0-9]+$" target/browser-test-output.txt | awk '{s += $3} END {print s + 0}'; }
