@@ -58,15 +58,21 @@ async fn serve(stream: TcpStream, rooms: Rooms) {
     let _ = writer.await;
 }
 
-#[tokio::main]
-async fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9001".into());
-    let listener = TcpListener::bind(&addr).await?;
-    println!("listening on {}", listener.local_addr()?);
+/// Serves on `listener` until an accept fails. (The load test includes this file as a module and calls it.)
+pub async fn run(listener: TcpListener) -> std::io::Result<()> {
     let rooms = Rooms::default();
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
         tokio::spawn(serve(stream, rooms.clone()));
     }
+}
+
+#[tokio::main]
+#[allow(dead_code)] // unused where the load test includes this file as a module
+async fn main() -> std::io::Result<()> {
+    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9001".into());
+    let listener = TcpListener::bind(&addr).await?;
+    println!("listening on {}", listener.local_addr()?);
+    run(listener).await
 }
