@@ -59,6 +59,9 @@ export class CoworkerError extends Error {
 }
 
 const OPEN = 1;
+/** Close codes after which reconnecting would fail the same way (protocol.md §8): 1008 flooding, 4001 not
+ * authenticated, 4002 token expired, 4003 too many connections for the owner. */
+const FINAL_CLOSE_CODES = new Set([1008, 4001, 4002, 4003]);
 
 /** Applies one diff op (RFC 6902 add/remove/replace, plus `append`) to `doc` in place; returns the new root. */
 export function applyOp(doc, op) {
@@ -226,12 +229,17 @@ export class CoworkerClient {
       this.flush();
     };
     ws.onmessage = (event) => this.receive(typeof event.data === "string" ? event.data : String(event.data));
-    ws.onclose = () => {
+    ws.onclose = (event) => {
       if (this.ws !== ws) return;
       const lost = new CoworkerError("connection_lost", "the connection closed before the answer");
       for (const { reject } of this.pending.values()) reject(lost);
       this.pending.clear();
       this.subs.clear();
+      if (FINAL_CLOSE_CODES.has(event?.code)) {
+        // Retrying cannot help (bad or expired token, owner's connection quota, flooding): stop and say why.
+        this.stopped = true;
+        this.emit("error", new CoworkerError(`closed_${event.code}`, event.reason || "closed by the server"));
+      }
       if (this.stopped) {
         this.setStatus("closed");
         return;

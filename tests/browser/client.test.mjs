@@ -170,3 +170,25 @@ test("after a dropped connection the client reconnects, resumes, and ends equal 
   producer.close();
   fresh.close();
 });
+
+test("a close that reconnecting cannot fix (4001, bad token) stops the client instead of retrying", async () => {
+  const authed = await startServer(["--jwt-secret", "test-secret-for-the-browser-client"]);
+  try {
+    let opened = 0;
+    class Counting extends WebSocket {
+      constructor(...args) {
+        super(...args);
+        opened += 1;
+      }
+    }
+    const c = await connect(authed.url, { WebSocket: Counting, token: "not-a-jwt", minBackoffMs: 10, maxBackoffMs: 20 });
+    const errors = [];
+    c.on("error", (e) => errors.push(e.code));
+    await until(() => c.status === "closed", 5000, "the client to stop");
+    await new Promise((r) => setTimeout(r, 300)); // would be many retries at 10–20 ms backoff
+    assert.equal(opened, 1, "no reconnection attempt");
+    assert.ok(errors.includes("unauthenticated") && errors.includes("closed_4001"), errors.join(", "));
+  } finally {
+    await authed.stop();
+  }
+});
