@@ -105,11 +105,12 @@ for rep in $(seq 1 "$REPS"); do
   measure ingress coworker --scenario ai --runs 1000 --rate 100 --subscribers 0 --duration "$DURATION"
 done
 
-# 4. The ceiling on one core.
-measure ceiling coworker --scenario ai --runs 1000 --rate 100 --subscribers 10 --duration "$DURATION"
-measure ceiling coworker --scenario ai --runs 100 --rate 100 --subscribers 100 --duration "$DURATION"
-measure ceiling coworker --scenario ai --runs 1000 --rate 100 --subscribers 30 --duration "$DURATION"
-measure ceiling coworker --scenario ai --runs 1000 --rate 100 --subscribers 100 --duration "$DURATION"
+# 4. The ceiling on one core. Two subscribers keep the full state; the others count and check every token without
+#    a state (--verify 2), so that one core of load can drive one core of server.
+for cfg in "100 100 100" "100 100 200" "1000 100 10" "1000 100 30"; do
+  set -- $cfg
+  measure ceiling coworker --scenario ai --runs "$1" --rate "$2" --subscribers "$3" --verify 2 --duration "$DURATION"
+done
 
 # 5. Frames, renders and write syscalls per subscriber per tick (strace counts the server's write calls for 5 s).
 start_server coworker
@@ -145,7 +146,8 @@ measure idle-10000 coworker --scenario fanout --runs 1 --rate 1 --subscribers 10
 # 7. Cost as work grows: 2,000 tokens/s in total, spread over 10 / 100 / 1,000 runs, to 10 / 100 / 1,000 subscribers.
 for subs in 10 100 1000; do
   for runs in 10 100 1000; do
-    measure "grid" coworker --scenario ai --runs "$runs" --rate $((2000 / runs)) --subscribers "$subs" --duration "$DURATION"
+    measure "grid" coworker --scenario ai --runs "$runs" --rate $((2000 / runs)) --subscribers "$subs" --verify 2 \
+      --duration "$DURATION"
   done
 done
 

@@ -44,6 +44,19 @@ struct Inner {
     next_id: AtomicU64,
     /// Payload bytes of the text frames received so far.
     received_bytes: AtomicU64,
+    /// Raw subscriptions (see [`Client::subscribe_raw`]), by subscribe request id until their first frame, then
+    /// by subscription id.
+    raw_joining: Mutex<HashMap<u64, mpsc::UnboundedSender<String>>>,
+    raw_subs: Mutex<HashMap<u64, mpsc::UnboundedSender<String>>>,
+}
+
+/// The routing fields of a server frame, read without building the rest.
+#[derive(serde::Deserialize)]
+struct Head {
+    #[serde(rename = "type")]
+    ty: String,
+    id: Option<Value>,
+    sub: Option<u64>,
 }
 
 /// A connection to a coworker server. Cheap to clone; all clones share the socket.
@@ -69,6 +82,8 @@ impl Client {
             unsolicited: Mutex::new(None),
             next_id: AtomicU64::new(1),
             received_bytes: AtomicU64::new(0),
+            raw_joining: Mutex::new(HashMap::new()),
+            raw_subs: Mutex::new(HashMap::new()),
         });
         tokio::spawn(read_loop(stream, Arc::downgrade(&inner)));
         Ok(Client { inner })
@@ -204,6 +219,31 @@ impl Client {
         Ok(Subscription { client: self.clone(), sub, seq, epoch, state, frames, resynced })
     }
 
+    /// Subscribes without a local state: the subscription's frames (its snapshot first) arrive as text, unparsed,
+    /// for consumers that read only part of each frame (the load tool's counting subscribers). An error answering
+    /// the subscribe is returned as such.
+    pub async fn subscribe_raw(&self, space: &str, views: Option<&[&str]>) -> Result<RawSubscription, ClientError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut msg = json!({"type": "subscribe", "id": id, "space": space});
+        if let Some(views) = views {
+            msg["views"] = json!(views);
+        }
+        let (tx, mut frames) = mpsc::unbounded_channel();
+        self.inner.raw_joining.lock().insert(id, tx);
+        self.send(msg).await?;
+        let first = frames.recv().await.ok_or(ClientError::Closed)?;
+        let head: Head = serde_json::from_str(&first).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if head.ty == "error" {
+            let frame: Value = serde_json::from_str(&first).unwrap_or_default();
+            return Err(ClientError::Server {
+                code: frame["code"].as_str().unwrap_or_default().to_string(),
+                message: frame["message"].as_str().unwrap_or_default().to_string(),
+                run: None,
+            });
+        }
+        Ok(RawSubscription { first: Some(first), frames })
+    }
+
     /// Closes the connection politely.
     pub async fn close(&self) {
         let mut sink = self.inner.sink.lock().await;
@@ -216,6 +256,9 @@ async fn read_loop(mut stream: futures::stream::SplitStream<Ws>, inner: std::syn
         let Message::Text(text) = msg else { continue };
         let Some(inner) = inner.upgrade() else { return };
         inner.received_bytes.fetch_add(text.len() as u64, Ordering::Relaxed);
+        if route_raw(&inner, text.as_str()) {
+            continue;
+        }
         let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) else { continue };
         let req = frame.get("id").and_then(Value::as_u64);
         match (frame["type"].as_str(), req) {
@@ -265,6 +308,50 @@ async fn read_loop(mut stream: futures::stream::SplitStream<Ws>, inner: std::syn
     if let Some(inner) = inner.upgrade() {
         inner.waiters.lock().clear();
         inner.subs.lock().clear();
+    }
+}
+
+/// Hands a frame of a raw subscription to it, unparsed beyond its routing fields. `false` when it is not one.
+fn route_raw(inner: &Inner, text: &str) -> bool {
+    if inner.raw_joining.lock().is_empty() && inner.raw_subs.lock().is_empty() {
+        return false;
+    }
+    let Ok(head) = serde_json::from_str::<Head>(text) else { return false };
+    if let Some(id) = head.id.as_ref().and_then(Value::as_u64)
+        && let Some(tx) = inner.raw_joining.lock().remove(&id)
+    {
+        if let (Some(sub), true) = (head.sub, head.ty == "snapshot") {
+            inner.raw_subs.lock().insert(sub, tx.clone());
+        }
+        let _ = tx.send(text.to_string());
+        return true;
+    }
+    if !matches!(head.ty.as_str(), "diff" | "snapshot" | "event") {
+        return false;
+    }
+    match head.sub.and_then(|sub| inner.raw_subs.lock().get(&sub).cloned()) {
+        Some(tx) => {
+            let _ = tx.send(text.to_string());
+            true
+        }
+        None => false,
+    }
+}
+
+/// A subscription whose frames are handed over as text (see [`Client::subscribe_raw`]).
+pub struct RawSubscription {
+    first: Option<String>,
+    frames: mpsc::UnboundedReceiver<String>,
+}
+
+impl RawSubscription {
+    /// The next frame: the snapshot first, then diffs, resync snapshots and events. `None` when the connection is
+    /// gone.
+    pub async fn next(&mut self) -> Option<String> {
+        match self.first.take() {
+            Some(first) => Some(first),
+            None => self.frames.recv().await,
+        }
     }
 }
 

@@ -78,6 +78,30 @@ fn the_naive_baseline_driver_measures_the_same_way() {
 }
 
 #[test]
+fn counting_subscribers_check_every_token_without_a_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Process::start(&["--data-dir", dir.path().to_str().unwrap()]);
+    // One full subscriber (compared with a fresh snapshot), three counting ones; one run nested to exercise the
+    // pipeline grouping as well.
+    let s = load(
+        &["--url", &server.url, "--runs", "12", "--rate", "80", "--subscribers", "4", "--verify", "1"]
+            .into_iter()
+            .chain(["--duration", "1.5", "--nested"])
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(s["ok"], true, "{s}");
+    let produced = s["tokens_produced"].as_u64().unwrap();
+    assert!(produced > 0, "{s}");
+    assert_eq!(s["tokens_delivered"].as_u64(), Some(produced * 4), "{s}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coworker-load"))
+        .args(["--scenario", "keys", "--verify", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--verify applies to --scenario ai and fanout only"));
+}
+
+#[test]
 fn a_peer_target_takes_only_the_ai_scenario() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_coworker-load"))
         .args(["--target", "nats", "--scenario", "keys"])

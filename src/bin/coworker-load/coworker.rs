@@ -4,9 +4,12 @@
 
 use crate::measure::{Live, Rng, Sequencer, Tally, now_us};
 use crate::{Args, Outcome, Scenario, Window};
-use coworker::client::{Client, Subscription, Update};
+use coworker::client::{Client, RawSubscription, Subscription, Update};
 use futures::{StreamExt, TryStreamExt};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -208,6 +211,183 @@ impl Watcher {
     }
 }
 
+/// A counting subscriber (`--verify K`: all subscribers past the first K): it keeps no state and reads of each
+/// frame only what carries tokens, with a typed, borrowing parse. It still checks every token's number per run,
+/// and that each diff starts where the last one ended; only the final comparison with a fresh snapshot is left to
+/// the full subscribers.
+struct Counting {
+    client: Client,
+    sub: RawSubscription,
+    tally: Tally,
+    seq: Sequencer,
+    /// Tokens seen per run (its position in `output.tokens`).
+    pos: HashMap<String, usize>,
+    at: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct FrameLite<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Cow<'a, str>,
+    base: Option<u64>,
+    seq: Option<u64>,
+    #[serde(borrow, default)]
+    ops: Vec<OpLite<'a>>,
+    #[serde(borrow)]
+    state: Option<StateLite<'a>>,
+}
+
+#[derive(Deserialize)]
+struct OpLite<'a> {
+    #[serde(borrow)]
+    op: Cow<'a, str>,
+    #[serde(borrow)]
+    path: Cow<'a, str>,
+    #[serde(borrow)]
+    value: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct StateLite<'a> {
+    #[serde(rename = "activeRuns", borrow, default)]
+    active_runs: HashMap<Cow<'a, str>, &'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RunLite<'a> {
+    #[serde(borrow)]
+    output: Option<OutputLite<'a>>,
+}
+
+#[derive(Deserialize)]
+struct OutputLite<'a> {
+    #[serde(borrow)]
+    tokens: Option<Vec<Cow<'a, str>>>,
+}
+
+impl Counting {
+    async fn start(url: &str, space: &str, scenario: Scenario) -> Result<Counting, String> {
+        let client = connect(url).await?;
+        let sub = client.subscribe_raw(space, views(scenario)).await.map_err(|e| e.to_string())?;
+        let (tally, seq, pos) = (Tally::default(), Sequencer::default(), HashMap::new());
+        Ok(Counting { client, sub, tally, seq, pos, at: None })
+    }
+
+    async fn step(&mut self, live: &Live, wait: Duration) -> bool {
+        let text = match tokio::time::timeout(wait, self.sub.next()).await {
+            Err(_) => return false,
+            Ok(Some(text)) => text,
+            Ok(None) => {
+                // Counting subscribers do not resume: a lost connection is an error.
+                self.tally.errors += 1;
+                Live::add(&live.errors, 1);
+                tokio::time::sleep(wait).await;
+                return false;
+            }
+        };
+        self.tally.frames += 1;
+        Live::add(&live.frames, 1);
+        if self.read(&text, live).is_err() {
+            self.tally.errors += 1;
+            Live::add(&live.errors, 1);
+        }
+        true
+    }
+
+    fn read(&mut self, text: &str, live: &Live) -> Result<(), serde_json::Error> {
+        let frame: FrameLite<'_> = serde_json::from_str(text)?;
+        let now = now_us();
+        match frame.ty.as_ref() {
+            "snapshot" => {
+                self.at = frame.seq;
+                for (id, run) in frame.state.map(|s| s.active_runs).unwrap_or_default() {
+                    let run: RunLite<'_> = serde_json::from_str(run.get())?;
+                    self.whole(&id, run.output.and_then(|o| o.tokens), now, live);
+                }
+            }
+            "diff" => {
+                if frame.base != self.at {
+                    self.tally.errors += 1; // a diff must start where the last frame ended
+                }
+                self.at = frame.seq;
+                for op in frame.ops {
+                    let Some(rest) = op.path.strip_prefix("/activeRuns/") else { continue };
+                    let (id, field) = rest.split_once('/').unwrap_or((rest, ""));
+                    let Some(value) = op.value else { continue };
+                    match (op.op.as_ref(), field) {
+                        ("append", "output/tokens") => {
+                            let items: Vec<Cow<'_, str>> = serde_json::from_str(value.get())?;
+                            let from = self.pos.get(id).copied().unwrap_or(0);
+                            self.feed(id, &items, now, live);
+                            self.pos.insert(id.to_string(), from + items.len());
+                        }
+                        ("add" | "replace", "") => {
+                            let run: RunLite<'_> = serde_json::from_str(value.get())?;
+                            self.whole(id, run.output.and_then(|o| o.tokens), now, live);
+                        }
+                        ("add" | "replace", "output") => {
+                            let out: Option<OutputLite<'_>> = serde_json::from_str(value.get())?;
+                            self.whole(id, out.and_then(|o| o.tokens), now, live);
+                        }
+                        ("add" | "replace", "output/tokens") => {
+                            let items: Option<Vec<Cow<'_, str>>> = serde_json::from_str(value.get())?;
+                            self.whole(id, items, now, live);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A run's whole token list: the items past those already seen are new.
+    fn whole(&mut self, id: &str, tokens: Option<Vec<Cow<'_, str>>>, now: u64, live: &Live) {
+        let tokens = tokens.unwrap_or_default();
+        let from = self.pos.get(id).copied().unwrap_or(0);
+        if tokens.len() > from {
+            self.feed(id, &tokens[from..], now, live);
+            self.pos.insert(id.to_string(), tokens.len());
+        }
+    }
+
+    fn feed(&mut self, id: &str, items: &[Cow<'_, str>], now: u64, live: &Live) {
+        for t in items {
+            match t.split_once(':').map(|(i, sent)| (i.parse::<u64>(), sent.parse::<u64>())) {
+                Some((Ok(i), Ok(sent))) => self.seq.see(id, i, sent, now, &mut self.tally, live),
+                _ => self.tally.errors += 1,
+            }
+        }
+    }
+
+    fn finish(mut self) -> Tally {
+        self.tally.bytes = self.client.received_bytes();
+        self.tally
+    }
+}
+
+/// A subscriber of either kind.
+enum Subscriber {
+    Full(Box<Watcher>),
+    Counting(Box<Counting>),
+}
+
+impl Subscriber {
+    async fn step(&mut self, live: &Live, wait: Duration) -> bool {
+        match self {
+            Subscriber::Full(w) => w.step(live, wait).await,
+            Subscriber::Counting(c) => c.step(live, wait).await,
+        }
+    }
+    fn tally(&self) -> &Tally {
+        match self {
+            Subscriber::Full(w) => &w.tally,
+            Subscriber::Counting(c) => &c.tally,
+        }
+    }
+}
+
 /// Counts the errors a producer connection got for its fire-and-forget patches.
 struct Producer {
     client: Client,
@@ -375,8 +555,17 @@ pub async fn run(args: &Args, live: Arc<Live>) -> Result<Outcome, String> {
     let space = format!("load-{}", uuid::Uuid::now_v7());
     let control = connect(&args.url).await?;
     // Many at a time: each subscribe waits for the space's next flush.
-    let watchers: Vec<Watcher> = futures::stream::iter(0..args.subscribers)
-        .map(|_| Watcher::start(&args.url, &space, args.scenario))
+    let full = args.verify.unwrap_or(args.subscribers).min(args.subscribers);
+    let space_ref = space.as_str();
+    let watchers: Vec<Subscriber> = futures::stream::iter(0..args.subscribers)
+        .map(|n| async move {
+            let space = space_ref;
+            Ok::<_, String>(if n < full {
+                Subscriber::Full(Box::new(Watcher::start(&args.url, space, args.scenario).await?))
+            } else {
+                Subscriber::Counting(Box::new(Counting::start(&args.url, space, args.scenario).await?))
+            })
+        })
         .buffer_unordered(CONNECTING_AT_ONCE)
         .try_collect()
         .await?;
@@ -425,7 +614,8 @@ pub async fn run(args: &Args, live: Arc<Live>) -> Result<Outcome, String> {
                 loop {
                     if let Some(expected) = *total.borrow() {
                         let quiet = quiet_since.elapsed() > Duration::from_secs(if expected.is_some() { 3 } else { 1 });
-                        if quiet || expected.is_some_and(|n| w.tally.delivered + w.tally.lost >= n) {
+                        let t = w.tally();
+                        if quiet || expected.is_some_and(|n| t.delivered + t.lost >= n) {
                             break;
                         }
                     }
@@ -456,9 +646,12 @@ pub async fn run(args: &Args, live: Arc<Live>) -> Result<Outcome, String> {
     let streaming_s = started.elapsed().as_secs_f64();
     let every_item_expected = args.scenario != Scenario::Pipeline;
     let _ = total_tx.send(Some(every_item_expected.then(|| Live::get(&live.produced))));
-    let mut watchers = Vec::new();
+    let (mut watchers, mut counting) = (Vec::new(), Vec::new());
     for w in watching {
-        watchers.push(w.await.map_err(|e| e.to_string())?);
+        match w.await.map_err(|e| e.to_string())? {
+            Subscriber::Full(w) => watchers.push(*w),
+            Subscriber::Counting(c) => counting.push(*c),
+        }
     }
     // Closed once the subscribers have it all, as for the peers: the CPU of delivering the tail counts.
     let (usage, load_cpu_us) = window.close();
@@ -472,6 +665,9 @@ pub async fn run(args: &Args, live: Arc<Live>) -> Result<Outcome, String> {
     let mut tally = Tally::default();
     for w in watchers {
         tally.merge(&w.finish());
+    }
+    for c in counting {
+        tally.merge(&c.finish());
     }
     tally.errors += producer_errors;
     Ok(Outcome {

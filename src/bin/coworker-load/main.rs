@@ -81,6 +81,10 @@ pub struct Args {
     /// `pipeline`: steps (and child runs) per pipeline.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=100))]
     children: u64,
+    /// Only the first K subscribers keep the full state and are compared with a fresh snapshot at the end; the
+    /// others count and check every token without keeping state (cheaper for the tool; `ai` and `fanout` only).
+    #[arg(long, value_name = "K")]
+    verify: Option<u64>,
     /// Print one JSON object (field names in the README) instead of the table.
     #[arg(long)]
     json: bool,
@@ -155,6 +159,9 @@ pub async fn progress(args: &Args, live: &Live, started: Instant, until: Instant
 }
 
 async fn run(args: Args) -> Result<bool, String> {
+    if args.verify.is_some() && !matches!(args.scenario, Scenario::Ai | Scenario::Fanout) {
+        return Err("--verify applies to --scenario ai and fanout only".into());
+    }
     if args.target != Target::Coworker && args.scenario != Scenario::Ai {
         return Err(format!("--target {:?} runs only --scenario ai", args.target).to_lowercase());
     }
