@@ -14,4 +14,4 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
   npm ci --no-audit --no-fund
 fi
 cargo build --locked --bin coworker
-node --test tests/browser/
+node --test --test-timeout=120000 tests/browser/

@@ -159,8 +159,12 @@ class Subscription {
       this.state = frame.state;
       this.seq = frame.seq;
     } else if (frame.type === "diff") {
+      if (this.state === null) return; // a fresh subscription is on its way
       if (frame.base !== this.seq) {
-        // Cannot happen with a correct server; start over from a fresh snapshot rather than show a wrong state.
+        // Cannot happen with a correct server; start over from a fresh snapshot rather than show a wrong state,
+        // and drop the old subscription so that none of its frames reach the new state.
+        this.client.subs.delete(this.sub);
+        this.client.request({ type: "unsubscribe", sub: this.sub }).catch(() => {});
         this.state = null;
         this.client.resubscribe(this);
         return;
@@ -269,8 +273,14 @@ export class CoworkerClient {
     if (frame.id !== undefined && frame.id !== null && this.pending.has(frame.id)) {
       const waiter = this.pending.get(frame.id);
       this.pending.delete(frame.id);
-      if (frame.type === "error") waiter.reject(new CoworkerError(frame.code, frame.message, frame.run));
-      else waiter.resolve(frame);
+      if (frame.type === "error") {
+        waiter.reject(new CoworkerError(frame.code, frame.message, frame.run));
+      } else {
+        // Synchronously, not in a promise callback: Node's `ws` may deliver the next frames (a subscription's
+        // first diff) in the same task, before any promise callback runs.
+        waiter.onAnswer?.(frame);
+        waiter.resolve(frame);
+      }
       return;
     }
     if (frame.type === "event") {
@@ -289,15 +299,18 @@ export class CoworkerClient {
     if (this.ws.readyState === OPEN) this.ws.send(JSON.stringify(msg));
   }
 
-  /** Sends `msg` with a fresh id; resolves with the answering frame, rejects with a {@link CoworkerError}. */
-  request(msg) {
+  /**
+   * Sends `msg` with a fresh id; resolves with the answering frame, rejects with a {@link CoworkerError}.
+   * `onAnswer`, if given, is called with a successful answer as it is received, before any later frame.
+   */
+  request(msg, onAnswer) {
     return new Promise((resolve, reject) => {
       if (this.ws.readyState !== OPEN) {
         reject(new CoworkerError("not_connected", `the connection is ${this.status}`));
         return;
       }
       const id = this.nextId++;
-      this.pending.set(id, { resolve, reject });
+      this.pending.set(id, { resolve, reject, onAnswer });
       this.ws.send(JSON.stringify({ ...msg, id }));
     });
   }
@@ -409,14 +422,15 @@ export class CoworkerClient {
   }
 
   resubscribe(s) {
-    this.request(s.request()).then(
-      (frame) => {
-        if (s.closed) return;
-        this.subs.set(frame.sub, s);
-        s.started(frame);
-      },
-      (e) => this.emit("error", e),
-    );
+    const started = (frame) => {
+      if (s.closed) {
+        this.request({ type: "unsubscribe", sub: frame.sub }).catch(() => {});
+        return;
+      }
+      this.subs.set(frame.sub, s);
+      s.started(frame);
+    };
+    this.request(s.request(), started).catch((e) => this.emit("error", e));
   }
 
   /** The latest snapshot shape of the most recently updated subscription. @returns {Snapshot|null} */

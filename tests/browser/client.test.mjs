@@ -10,7 +10,16 @@ let server;
 before(async () => {
   server = await startServer();
 });
+// Every client is closed at the end, also when a test failed half-way: a client left open keeps reconnecting to
+// the stopped server, and the test process would never exit.
+const clients = [];
+async function open(url, options) {
+  const c = await connect(url, options);
+  clients.push(c);
+  return c;
+}
 after(async () => {
+  for (const c of clients) c.close();
   await server?.stop();
 });
 
@@ -31,7 +40,7 @@ let spaceN = 0;
 const freshSpace = () => `client-test-${process.pid}-${++spaceN}`;
 
 test("run, field writes, steps, complete and fail answer with contexts", async () => {
-  const c = await connect(server.url, opts);
+  const c = await open(server.url, opts);
   const space = freshSpace();
   const run = await c.run({ operation: "interpret", space, agent: "node", input: { q: "hi" } });
   assert.equal(run.status, "running");
@@ -57,7 +66,7 @@ test("run, field writes, steps, complete and fail answer with contexts", async (
 });
 
 test("server errors reject with their code", async () => {
-  const c = await connect(server.url, opts);
+  const c = await open(server.url, opts);
   await assert.rejects(c.updateRunField("0190f5c2-7a4e-7c1a-9a3e-2f4b5c6d7e8f", "output.x", 1), { code: "unknown_run" });
   const run = await c.run({ operation: "interpret", space: freshSpace() });
   await assert.rejects(c.updateRunField(run.id, "status", "done"), { code: "read_only_path" });
@@ -69,8 +78,8 @@ test("server errors reject with their code", async () => {
 
 test("subscribe gives the seed's snapshot shape, rebuilt once per frame, and lifecycle events", async () => {
   const space = freshSpace();
-  const watcher = await connect(server.url, opts);
-  const producer = await connect(server.url, opts);
+  const watcher = await open(server.url, opts);
+  const producer = await open(server.url, opts);
   const shapes = [];
   const events = [];
   for (const name of ["before:run", "after:run", "error:run"]) watcher.on(name, (run) => events.push([name, run.id]));
@@ -124,7 +133,7 @@ test("pendingRuns holds the runs whose status is pending", () => {
 
 test("local writes are coalesced: one patch frame per run per animation frame", async () => {
   const rec = recording();
-  const c = await connect(server.url, { WebSocket: rec.WebSocket });
+  const c = await open(server.url, { WebSocket: rec.WebSocket });
   const run = await c.run({ operation: "interpret", space: freshSpace() });
   const writes = [];
   for (let i = 0; i < 200; i++) writes.push(c.append(run.id, "output.tokens", `t${i}`));
@@ -142,10 +151,10 @@ test("local writes are coalesced: one patch frame per run per animation frame", 
 test("after a dropped connection the client reconnects, resumes, and ends equal to the server", async () => {
   const space = freshSpace();
   const statuses = [];
-  const c = await connect(server.url, { WebSocket, minBackoffMs: 50, maxBackoffMs: 200 });
+  const c = await open(server.url, { WebSocket, minBackoffMs: 50, maxBackoffMs: 200 });
   c.on("status", (s) => statuses.push(s));
   c.subscribe(() => {}, { space });
-  const producer = await connect(server.url, opts);
+  const producer = await open(server.url, opts);
   const run = await producer.run({ operation: "interpret", space });
   await until(() => c.getActiveRun(run.id), 5000, "the run");
   for (let i = 0; i < 300; i++) {
@@ -154,7 +163,7 @@ test("after a dropped connection the client reconnects, resumes, and ends equal 
     if (i % 20 === 0) await new Promise((r) => setTimeout(r, 5));
   }
   await producer.updateRunField(run.id, "output.done", true);
-  const fresh = await connect(server.url, opts);
+  const fresh = await open(server.url, opts);
   const shapes = [];
   fresh.subscribe((s) => shapes.push(s), { space });
   await until(() => shapes.length && c.status === "open", 10000, "reconnection and a fresh snapshot");
@@ -181,7 +190,7 @@ test("a close that reconnecting cannot fix (4001, bad token) stops the client in
         opened += 1;
       }
     }
-    const c = await connect(authed.url, { WebSocket: Counting, token: "not-a-jwt", minBackoffMs: 10, maxBackoffMs: 20 });
+    const c = await open(authed.url, { WebSocket: Counting, token: "not-a-jwt", minBackoffMs: 10, maxBackoffMs: 20 });
     const errors = [];
     c.on("error", (e) => errors.push(e.code));
     await until(() => c.status === "closed", 5000, "the client to stop");
@@ -191,4 +200,29 @@ test("a close that reconnecting cannot fix (4001, bad token) stops the client in
   } finally {
     await authed.stop();
   }
+});
+
+test("frames delivered in the same task as a subscribe answer are applied, not dropped", async () => {
+  // Node's `ws` may hand several frames to onmessage within one task (one TCP read); this socket always does,
+  // holding every message for 30 ms and then delivering the lot synchronously.
+  class Batching extends WebSocket {
+    set onmessage(fn) {
+      const held = [];
+      super.onmessage = (event) => {
+        if (held.push(event) === 1) setTimeout(() => held.splice(0).forEach((e) => fn(e)), 30);
+      };
+    }
+  }
+  const space = freshSpace();
+  const producer = await open(server.url, opts);
+  const run = await producer.run({ operation: "interpret", space });
+  const c = await open(server.url, { WebSocket: Batching });
+  c.subscribe(() => {}, { space });
+  for (let i = 0; i < 40; i++) {
+    await producer.append(run.id, "output.tokens", `${i}`); // one tick apart or less: snapshot and diffs pile up
+  }
+  await until(() => c.getActiveRun(run.id)?.output?.tokens?.length === 40, 5000, "all 40 tokens");
+  assert.deepEqual(c.getActiveRun(run.id).output.tokens, Array.from({ length: 40 }, (_, i) => `${i}`));
+  c.close();
+  producer.close();
 });
