@@ -7,39 +7,72 @@ import { fileURLToPath } from "node:url";
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 
-/** Starts `target/debug/coworker` (or COWORKER_BIN); resolves with {url, http, pid, stop()}. */
+// Servers still running when the test process ends (a crash, an interrupt) are killed with it.
+const running = new Set();
+process.on("exit", () => {
+  for (const child of running) child.kill("SIGKILL");
+});
+for (const signal of ["SIGINT", "SIGTERM"]) {
+  process.once(signal, () => {
+    for (const child of running) child.kill("SIGKILL");
+    process.exit(128 + (signal === "SIGINT" ? 2 : 15));
+  });
+}
+
+/**
+ * Starts `target/debug/coworker` (or $COWORKER_BIN) with `--linger-ms 1500`; resolves with
+ * {url: "ws://127.0.0.1:PORT/ws", http: "http://127.0.0.1:PORT", pid, log(), stop()}.
+ */
 export async function startServer(extraArgs = []) {
   const bin = process.env.COWORKER_BIN ?? join(ROOT, "target", "debug", "coworker");
   if (!existsSync(bin)) throw new Error(`${bin} is missing: run cargo build --bin coworker first`);
   const data = mkdtempSync(join(tmpdir(), "coworker-browser-"));
   const child = spawn(bin, ["--listen", "127.0.0.1:0", "--web-root", join(ROOT, "web-demo"), "--linger-ms", "1500",
-    "--data-dir", data, ...extraArgs], { stdio: ["ignore", "pipe", "pipe"] });
+    "--data-dir", data, ...extraArgs], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, NO_COLOR: "1" } });
+  running.add(child);
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  exited.then(() => running.delete(child));
   let log = "";
-  const url = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`the server did not start:\n${log}`)), 20000);
-    const onData = (chunk) => {
-      log += chunk;
-      const m = /WebSocket at (ws:\/\/[0-9.:]+\/ws)/.exec(log);
-      if (m) {
+  try {
+    const url = await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`the server did not start within 20 s:\n${log}`)), 20000);
+      const onData = (chunk) => {
+        log += chunk;
+        // The log line (stdout, through tracing): "… listening; WebSocket at ws://127.0.0.1:PORT/ws"
+        const m = /listening; WebSocket at (ws:\/\/[0-9.:]+\/ws)/.exec(log);
+        if (m) {
+          clearTimeout(timer);
+          resolve(m[1]);
+        }
+      };
+      child.stdout.on("data", onData);
+      child.stderr.on("data", onData);
+      exited.then((code) => {
         clearTimeout(timer);
-        resolve(m[1]);
-      }
+        reject(new Error(`the server exited (${code}) before listening:\n${log}`));
+      });
+    });
+    return {
+      url,
+      http: url.replace(/^ws/, "http").replace(/\/ws$/, ""),
+      pid: child.pid,
+      log: () => log,
+      async stop() {
+        if (child.exitCode === null && child.signalCode === null) {
+          child.kill("SIGTERM");
+          // It closes its sessions with 1001 and waits up to 3 s for them; do not wait longer than that.
+          const killer = setTimeout(() => child.kill("SIGKILL"), 5000);
+          await exited;
+          clearTimeout(killer);
+        }
+        rmSync(data, { recursive: true, force: true });
+      },
     };
-    child.stdout.on("data", onData);
-    child.stderr.on("data", onData);
-    child.on("exit", (code) => reject(new Error(`the server exited (${code}):\n${log}`)));
-  });
-  return {
-    url,
-    http: url.replace(/^ws/, "http").replace(/\/ws$/, ""),
-    pid: child.pid,
-    log: () => log,
-    async stop() {
-      child.kill("SIGTERM");
-      await new Promise((r) => (child.exitCode !== null ? r() : child.on("exit", r)));
-      rmSync(data, { recursive: true, force: true });
-    },
-  };
+  } catch (e) {
+    child.kill("SIGKILL");
+    rmSync(data, { recursive: true, force: true });
+    throw e;
+  }
 }
 
 /** Polls `check` until it returns a truthy value (or throws after `ms`). */
