@@ -75,11 +75,7 @@ impl Check {
                 let tokens = run["output"]["tokens"].as_array().map(Vec::as_slice).unwrap_or_default();
                 let from = pos.get(id).copied().unwrap_or(0);
                 for t in tokens.iter().skip(from) {
-                    let parsed = t.as_str().and_then(|s| s.split_once(':'));
-                    match parsed.map(|(i, sent)| (i.parse::<u64>(), sent.parse::<u64>())) {
-                        Some((Ok(i), Ok(sent))) => seq.see(id, i, sent, now, tally, live),
-                        _ => tally.errors += 1,
-                    }
+                    seq.see_token(id, t.as_str(), now, tally, live);
                 }
                 if tokens.len() > from {
                     pos.insert(id.to_string(), tokens.len());
@@ -354,10 +350,7 @@ impl Counting {
 
     fn feed(&mut self, id: &str, items: &[Cow<'_, str>], now: u64, live: &Live) {
         for t in items {
-            match t.split_once(':').map(|(i, sent)| (i.parse::<u64>(), sent.parse::<u64>())) {
-                Some((Ok(i), Ok(sent))) => self.seq.see(id, i, sent, now, &mut self.tally, live),
-                _ => self.tally.errors += 1,
-            }
+            self.seq.see_token(id, Some(t), now, &mut self.tally, live);
         }
     }
 

@@ -110,6 +110,15 @@ impl Sequencer {
         *want = i + 1;
         tally.record(live, sent, now);
     }
+
+    /// A token `"<n>:<sent µs>"` (the coworker scenarios' format) of `stream`; anything else is an error.
+    pub fn see_token(&mut self, stream: &str, token: Option<&str>, now: u64, tally: &mut Tally, live: &Live) {
+        let parsed = token.and_then(|t| t.split_once(':')).map(|(i, sent)| (i.parse::<u64>(), sent.parse::<u64>()));
+        match parsed {
+            Some((Ok(i), Ok(sent))) => self.see(stream, i, sent, now, tally, live),
+            _ => tally.errors += 1,
+        }
+    }
 }
 
 /// A small deterministic generator (xorshift64*) for human-like timings; the same seed gives the same load.
