@@ -37,7 +37,7 @@ use coworker::auth::Caller;
 use coworker::context::RunId;
 use coworker::patch::PatchOp;
 use coworker::path::{Path, PathLimits};
-use coworker::protocol::RunSpec;
+use coworker::protocol::{self, ClientMsg, ParseLimits, RunSpec};
 use coworker::store::{SqliteStore, StoreOptions};
 use coworker::{Engine, EngineConfig, Hooks};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -47,6 +47,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
+
+/// The server's allocator (see `src/main.rs`), so that allocation costs here are the server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 static TRUSTED: std::sync::LazyLock<Caller> = std::sync::LazyLock::new(Caller::trusted);
 /// The engine's defaults, without the per-owner run quotas (the setup starts 100,000 runs at once).
@@ -180,6 +184,44 @@ impl Fixture {
         total
     }
 
+    /// Like [`Fixture::time_patches`], but from the wire: `text(i)` builds the `i`th `patch` message (untimed), and
+    /// what is timed is the server's handling of it: `protocol::parse`, then `Engine::patch`.
+    fn time_messages(
+        &self,
+        iters: u64,
+        targets: &[RunId],
+        text: &mut dyn FnMut(u64, RunId) -> String,
+        after: &mut dyn FnMut(&[usize]),
+    ) -> Duration {
+        let limits = ParseLimits { path: LIMITS, max_ops_per_patch: MAX_OPS, max_json_depth: 64 };
+        let mut total = Duration::ZERO;
+        let mut done = 0;
+        let mut counts = vec![0; targets.len()];
+        while done < iters {
+            let n = (iters - done).min(BATCH);
+            counts.iter_mut().for_each(|c| *c = 0);
+            let batch: Vec<String> = (done..done + n)
+                .map(|i| {
+                    let t = i as usize % targets.len();
+                    counts[t] += 1;
+                    text(i, targets[t])
+                })
+                .collect();
+            let start = Instant::now();
+            for text in &batch {
+                let Ok(ClientMsg::Patch { run, ops, .. }) = protocol::parse(text, &limits) else {
+                    panic!("not a valid patch: {text}");
+                };
+                black_box(self.engine.patch(run, ops, &TRUSTED)).expect("patch");
+            }
+            total += start.elapsed();
+            after(&counts);
+            self.drive();
+            done += n;
+        }
+        total
+    }
+
     /// Completes `id` and returns its final `output`.
     fn finish(&self, id: RunId) -> Value {
         let finished = self.engine.complete(id, None, &TRUSTED).expect("complete");
@@ -304,5 +346,45 @@ fn by_run_size(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, by_active_runs, by_run_size);
+/// Ingress from the wire text: one `append` token message, parsed and applied, spread round robin over every one of
+/// N live runs (so that, as in a server streaming into many runs, each patch finds its run cold in the cache).
+fn ingress(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ingress_parse_and_patch");
+    group_settings(&mut group);
+    for n in [10, 1_000] {
+        let fixture = OnceCell::new();
+        group.bench_with_input(BenchmarkId::new("append", n), &n, |b, &n| {
+            let (fx, ids) = fixture.get_or_init(|| {
+                let fx = Fixture::new();
+                let ids = fx.start_runs(n);
+                for &id in &ids {
+                    fx.fill(id, BASE_TOKENS);
+                }
+                fx.settle();
+                (fx, ids)
+            });
+            b.iter_custom(|iters| {
+                fx.time_messages(
+                    iters,
+                    ids,
+                    &mut |i, run| {
+                        format!(
+                            r#"{{"type":"patch","run":"{run}","ops":[{{"op":"append","path":"output.tokens","value":"{i}:1764500000000000"}}]}}"#
+                        )
+                    },
+                    &mut |counts| {
+                        for (&id, &m) in ids.iter().zip(counts) {
+                            if m > 0 {
+                                fx.truncate(id, BASE_TOKENS, m);
+                            }
+                        }
+                    },
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, by_active_runs, by_run_size, ingress);
 criterion_main!(benches);

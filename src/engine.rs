@@ -5,7 +5,7 @@
 
 use crate::auth::Caller;
 use crate::config::EngineConfig;
-use crate::context::{Class, Kind, Run, RunId, Status};
+use crate::context::{Class, Kind, Run, RunHasher, RunId, Status};
 use crate::error::{Error, ErrorCode, Result};
 use crate::hooks::Hooks;
 use crate::notifier;
@@ -99,7 +99,7 @@ struct OwnerQuota {
 #[derive(Debug)]
 pub struct Shared {
     /// Every run in any space's `activeRuns`, by id: O(1) lookup for patches from any connection.
-    registry: DashMap<RunId, Arc<RunCell>>,
+    registry: DashMap<RunId, Arc<RunCell>, RunHasher>,
     finished: Mutex<FinishedIds>,
     spaces: DashMap<Arc<str>, Arc<Space>>,
     hooks: Hooks,
@@ -132,7 +132,7 @@ impl Engine {
         crate::telemetry::install();
         Engine {
             shared: Arc::new(Shared {
-                registry: DashMap::new(),
+                registry: DashMap::with_hasher(RunHasher::default()),
                 finished: Mutex::new(FinishedIds::default()),
                 spaces: DashMap::new(),
                 hooks,

@@ -3,7 +3,7 @@
 //! the last written subtree fold into it). At the tick the journal is cut into a [`Cut`], which is rendered once:
 //! each run's ops, each view op and each scalar op are serialized one time, then assembled per view set.
 
-use crate::context::{Class, RunId};
+use crate::context::{Class, RunHasher, RunId};
 use crate::patch::{Change, ChangeKind};
 use crate::path::Seg;
 use crate::protocol::{self, EventName};
@@ -35,7 +35,7 @@ pub struct Event {
 #[derive(Debug, Default)]
 pub struct Journal {
     /// Runs touched this tick, in first-touch order.
-    pub runs: IndexMap<RunId, Touched>,
+    pub runs: IndexMap<RunId, Touched, RunHasher>,
     /// View ops, in the order they happened (their indexes are valid in that order).
     pub views: Vec<ViewOp>,
     /// `isLoading` when the tick began, if it may have changed.

@@ -6,6 +6,7 @@
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::path::{Path, RawSeg, Seg};
+use compact_str::CompactString;
 use serde_json::{Map, Value};
 
 /// One patch op, already validated for shape (see `protocol`).
@@ -75,7 +76,7 @@ pub fn apply(ctx: &mut Map<String, Value>, ops: Vec<PatchOp>) -> Result<Vec<Chan
 
 /// The place a path's last segment names: an object member or an array slot.
 enum Slot<'a> {
-    Obj(&'a mut Map<String, Value>, Box<str>),
+    Obj(&'a mut Map<String, Value>, CompactString),
     Arr(&'a mut Vec<Value>, usize),
 }
 
@@ -136,9 +137,10 @@ fn out_of_range(i: usize, len: usize) -> Error {
 }
 
 fn navigate(root: &mut Map<String, Value>, path: Path, create: bool) -> Result<Target<'_>> {
+    let mut resolved = Vec::with_capacity(path.segs.len());
     let mut iter = path.segs.into_iter();
     let first = iter.next().expect("a parsed path has a segment");
-    let mut resolved = vec![Seg::Key(first.text.clone())];
+    resolved.push(Seg::Key(first.text.clone()));
     let mut slot = Slot::Obj(root, first.text);
     while let Some(next) = iter.next() {
         let last = iter.len() == 0;

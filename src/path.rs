@@ -3,6 +3,7 @@
 //! It knows nothing about runs beyond the names of their top-level fields.
 
 use crate::error::{Error, ErrorCode, Result};
+use compact_str::CompactString;
 use std::fmt::Write;
 
 /// Top-level context fields a patch may not touch: the engine owns them.
@@ -16,7 +17,8 @@ pub const CORE_FIELDS: [&str; 7] = ["doctype", "flow", "input", "options", "agen
 /// value it lands on; `bracket` records the seed's `[n]` form, which can only be an array index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawSeg {
-    pub text: Box<str>,
+    /// Inline up to 24 bytes (no allocation for the usual field names; cloned by copy).
+    pub text: CompactString,
     pub index: Option<usize>,
     pub bracket: bool,
 }
@@ -30,7 +32,7 @@ pub struct Path {
 /// A segment resolved against the run: an object key or an array index.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Seg {
-    Key(Box<str>),
+    Key(CompactString),
     Index(usize),
 }
 
@@ -88,7 +90,7 @@ fn parse_pointer(input: &str) -> Result<Vec<RawSeg>> {
         if part.is_empty() {
             return Err(bad("empty segment in JSON Pointer"));
         }
-        let text = if part.contains('~') {
+        let text: CompactString = if part.contains('~') {
             let mut out = String::with_capacity(part.len());
             let mut chars = part.chars();
             while let Some(c) = chars.next() {
@@ -102,7 +104,7 @@ fn parse_pointer(input: &str) -> Result<Vec<RawSeg>> {
                     out.push(c);
                 }
             }
-            out.into_boxed_str()
+            out.into()
         } else {
             part.into()
         };
@@ -112,24 +114,29 @@ fn parse_pointer(input: &str) -> Result<Vec<RawSeg>> {
     Ok(segs)
 }
 
+/// Byte loops, not `str::find`: paths are a few short segments, where memchr's set-up costs more than the scan.
+fn find_byte(s: &str, b: u8) -> Option<usize> {
+    s.bytes().position(|c| c == b)
+}
+
 fn parse_dotted(input: &str) -> Result<Vec<RawSeg>> {
-    let mut segs = Vec::new();
+    let mut segs = Vec::with_capacity(4);
     for part in input.split('.') {
-        let (name, mut rest) = match part.find('[') {
+        let (name, mut rest) = match find_byte(part, b'[') {
             Some(i) => (&part[..i], &part[i..]),
             None => (part, ""),
         };
         if name.is_empty() && (rest.is_empty() || segs.is_empty()) {
             return Err(bad("empty segment in path"));
         }
-        if name.contains(']') {
+        if find_byte(name, b']').is_some() {
             return Err(bad("unbalanced `]` in path"));
         }
         if !name.is_empty() {
             segs.push(RawSeg { text: name.into(), index: parse_index(name), bracket: false });
         }
         while !rest.is_empty() {
-            let close = rest.find(']').ok_or_else(|| bad("unclosed `[` in path"))?;
+            let close = find_byte(rest, b']').ok_or_else(|| bad("unclosed `[` in path"))?;
             let inner = &rest[1..close];
             let index = parse_index(inner).ok_or_else(|| bad(format!("`[{inner}]` is not an array index")))?;
             segs.push(RawSeg { text: inner.into(), index: Some(index), bracket: true });

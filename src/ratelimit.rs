@@ -35,7 +35,11 @@ impl TokenBucket {
     }
 
     pub fn check(&mut self) -> Verdict {
-        let now = Instant::now();
+        self.check_at(Instant::now())
+    }
+
+    /// [`TokenBucket::check`] at `now` (a clock the caller already read).
+    pub fn check_at(&mut self, now: Instant) -> Verdict {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);

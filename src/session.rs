@@ -5,7 +5,7 @@
 
 use crate::auth::{Auth, Caller};
 use crate::config::Limits;
-use crate::context::RunId;
+use crate::context::{RunHasher, RunId};
 use crate::engine::{Engine, SubscribeRequest};
 use crate::error::{Error, ErrorCode};
 use crate::path::PathLimits;
@@ -84,7 +84,7 @@ struct Session {
     /// This connection's id (a run's producer).
     connection: u64,
     /// Live runs this connection started or changed: if it drops, they wait for their producer's return.
-    produced: HashSet<RunId>,
+    produced: HashSet<RunId, RunHasher>,
     /// The owner whose connection quota this connection holds.
     counted_owner: Option<String>,
 }
@@ -160,7 +160,7 @@ async fn serve_connection(
         auth,
         auth_timer: Box::pin(tokio::time::sleep_until(far_future())),
         connection,
-        produced: HashSet::new(),
+        produced: HashSet::default(),
         counted_owner: None,
     };
     match caller {
@@ -178,7 +178,11 @@ async fn serve_connection(
     // Set when the server closes the connection: the close frame goes out after the acknowledgements still owed.
     let mut closing: Option<(u16, &'static str)> = None;
     loop {
+        // Biased: while frames keep arriving, the other branches are not polled (and their wakers not registered
+        // and dropped again) once per frame; tokio's cooperative budget still makes the stream yield after a burst,
+        // so shutdown and the timers are seen under any load.
         let msg = tokio::select! {
+            biased;
             Some(frame) = session.waiting.next(), if !session.waiting.is_empty() => {
                 session.send_now(frame).await;
                 continue;
@@ -221,7 +225,7 @@ async fn serve_connection(
         };
         last_heard = tokio::time::Instant::now();
         if matches!(msg, Some(Ok(Message::Text(_) | Message::Binary(_)))) {
-            match bucket.check() {
+            match bucket.check_at(last_heard) {
                 Verdict::Allow => {}
                 Verdict::Refuse => {
                     // The message is dropped unhandled, but a request still gets its answer (its `id`).

@@ -2,7 +2,7 @@
 //! the journal of the tick in progress, its sequence number, the failed runs waiting out their linger, and its
 //! subscribers grouped by view set. Lock order everywhere: space, then a run, then a registry shard.
 
-use crate::context::{Class, Run, RunId};
+use crate::context::{Class, Run, RunHasher, RunId};
 use crate::history::History;
 use crate::journal::Journal;
 use crate::protocol::{self, ReqId, StateParts};
@@ -46,7 +46,7 @@ pub struct SpaceState {
     pub seq: u64,
     /// `activeRuns` (a snapshot lists them in this map's order, which removals may change: JSON objects are
     /// unordered, and the view arrays carry creation order).
-    pub runs: IndexMap<RunId, Arc<RunCell>>,
+    pub runs: IndexMap<RunId, Arc<RunCell>, RunHasher>,
     pub views: Views,
     pub journal: Journal,
     /// Failed runs waiting out their linger, oldest first (the linger is one constant, so this is sorted).
