@@ -250,17 +250,22 @@ impl Cut {
         }
         struct Pieces {
             add: Option<String>,
-            remove: String,
-            ops: String,
+            /// This run's ops, in `all_ops`.
+            ops: std::ops::Range<usize>,
         }
+        // Every run's ops go into one buffer (one growing allocation per tick, not one per run).
+        let mut all_ops = String::new();
         let pieces: Vec<Pieces> = self
             .runs
             .iter()
             .map(|d| {
-                let mut ops = String::new();
+                let start = all_ops.len();
                 if d.before.has(Class::PRESENT) && d.after.has(Class::PRESENT) {
-                    for c in &d.changes {
-                        protocol::push_run_op(&mut ops, d.id, c.kind, &c.path, &c.value);
+                    for (i, c) in d.changes.iter().enumerate() {
+                        if i > 0 {
+                            all_ops.push(',');
+                        }
+                        protocol::push_run_op(&mut all_ops, d.id, c.kind, &c.path, &c.value);
                     }
                 }
                 let add = d.full.as_ref().map(|full| {
@@ -268,9 +273,7 @@ impl Cut {
                     protocol::push_run_add(&mut s, d.id, full);
                     s
                 });
-                let mut remove = String::new();
-                protocol::push_run_remove(&mut remove, d.id);
-                Pieces { add, remove, ops }
+                Pieces { add, ops: start..all_ops.len() }
             })
             .collect();
         let views: Vec<(View, String)> = self.views.iter().map(|op| (op.view(), protocol::view_op(op))).collect();
@@ -280,7 +283,7 @@ impl Cut {
         let diffs = sets
             .iter()
             .map(|&set| {
-                let mut out = String::new();
+                let mut out = String::with_capacity(all_ops.len() + self.runs.len());
                 let mut push = |s: &str| {
                     if !s.is_empty() {
                         if !out.is_empty() {
@@ -292,8 +295,13 @@ impl Cut {
                 for (d, p) in self.runs.iter().zip(&pieces) {
                     match (set.shows(d.before), set.shows(d.after)) {
                         (false, true) => push(p.add.as_deref().expect("full context serialized for an entering run")),
-                        (true, false) => push(&p.remove),
-                        (true, true) => push(&p.ops),
+                        (true, false) => {
+                            // Rare (a run leaving the set): rendered when needed, not for every run every tick.
+                            let mut remove = String::new();
+                            protocol::push_run_remove(&mut remove, d.id);
+                            push(&remove);
+                        }
+                        (true, true) => push(&all_ops[p.ops.clone()]),
                         (false, false) => {}
                     }
                 }

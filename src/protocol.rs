@@ -394,6 +394,11 @@ fn patch_op(op: WireOp<'_>, limits: &ParseLimits) -> Result<PatchOp> {
 // ---------------------------------------------------------------------------------------------------------------
 // Server → client frames.
 
+/// Serializes a value straight into `out` (`Value`'s `Display` is its compact JSON), without a temporary string.
+fn push_value(out: &mut String, v: &Value) {
+    write!(out, "{v}").expect("writing to a String cannot fail");
+}
+
 fn push_json<T: serde::Serialize + ?Sized>(out: &mut String, v: &T) {
     // Serializing a `Value`, a `Map` or a string into a String cannot fail.
     out.push_str(&serde_json::to_string(v).expect("JSON values serialize"));
@@ -545,11 +550,9 @@ fn push_uuid(out: &mut String, id: RunId) {
     out.push('"');
 }
 
-/// Appends one op on a run's context, `{"op":..,"path":"/activeRuns/<id>/..","value":..}`, to a comma-separated list.
+/// Appends one op on a run's context, `{"op":..,"path":"/activeRuns/<id>/..","value":..}` (the caller separates
+/// ops with commas).
 pub fn push_run_op(out: &mut String, run: RunId, kind: ChangeKind, path: &[Seg], value: &Value) {
-    if !out.is_empty() {
-        out.push(',');
-    }
     out.push_str(match kind {
         ChangeKind::Add => "{\"op\":\"add\",\"path\":\"",
         ChangeKind::Replace => "{\"op\":\"replace\",\"path\":\"",
@@ -557,15 +560,24 @@ pub fn push_run_op(out: &mut String, run: RunId, kind: ChangeKind, path: &[Seg],
         ChangeKind::Append => "{\"op\":\"append\",\"path\":\"",
     });
     push_run_pointer(out, run);
-    let mut p = String::new();
-    write_pointer(&mut p, path);
-    // A pointer is JSON-string-escaped: keys may hold quotes, backslashes or control characters.
-    let escaped = serde_json::to_string(&p).expect("strings serialize");
-    out.push_str(&escaped[1..escaped.len() - 1]);
+    // A pointer is JSON-string-escaped: keys may hold quotes, backslashes or control characters. The usual keys
+    // hold none, and their pointer is written in place.
+    let plain = |s: &Seg| match s {
+        Seg::Key(k) => k.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\'),
+        Seg::Index(_) => true,
+    };
+    if path.iter().all(plain) {
+        write_pointer(out, path);
+    } else {
+        let mut p = String::new();
+        write_pointer(&mut p, path);
+        let escaped = serde_json::to_string(&p).expect("strings serialize");
+        out.push_str(&escaped[1..escaped.len() - 1]);
+    }
     out.push('"');
     if kind != ChangeKind::Remove {
         out.push_str(",\"value\":");
-        push_json(out, value);
+        push_value(out, value);
     }
     out.push('}');
 }
