@@ -177,6 +177,10 @@ async fn serve_connection(
     }
     // Set when the server closes the connection: the close frame goes out after the acknowledgements still owed.
     let mut closing: Option<(u16, &'static str)> = None;
+    // Created once: a cancellation future made inside the loop would join and leave the token's waiter list at
+    // every wake-up of the connection.
+    let (server_stopping, writer_stopped) = (shutdown.cancelled(), writer_done.cancelled());
+    tokio::pin!(server_stopping, writer_stopped);
     loop {
         // Biased: while frames keep arriving, the other branches are not polled (and their wakers not registered
         // and dropped again) once per frame; tokio's cooperative budget still makes the stream yield after a burst,
@@ -188,11 +192,11 @@ async fn serve_connection(
                 continue;
             }
             m = stream.next(), if session.waiting.len() < limits.reply_queue => m,
-            _ = shutdown.cancelled() => {
+            _ = &mut server_stopping => {
                 closing = Some((close::GOING_AWAY, "server shutting down"));
                 break;
             }
-            _ = writer_done.cancelled() => break,
+            _ = &mut writer_stopped => break,
             _ = &mut session.auth_timer => {
                 match session.state {
                     AuthState::Valid(_) => {
