@@ -2,7 +2,7 @@
 //! and `pipeline`, subscribers that check every item they see, and the final comparison of every subscriber's
 //! state with a fresh snapshot taken at the same `seq`.
 
-use crate::measure::{Live, Rng, Sequencer, Tally, now_us};
+use crate::measure::{Live, Rng, RunMap, Sequencer, Tally, advance, now_us};
 use crate::{Args, Outcome, Scenario, Window};
 use coworker::client::{Client, RawSubscription, Subscription, Update};
 use futures::{StreamExt, TryStreamExt};
@@ -42,7 +42,7 @@ async fn connect(url: &str) -> Result<Client, String> {
 /// What a subscriber checks in the runs a frame touched.
 enum Check {
     /// `output.tokens` items `"<n>:<sent µs>"`, numbered from 0 per run.
-    Tokens { seq: Sequencer, pos: HashMap<String, usize> },
+    Tokens { seq: Sequencer, pos: RunMap<usize> },
     /// `output.value` must be a prefix of the typed text that only grows; `output.t` is the last keystroke's time.
     Keys { len: HashMap<String, usize> },
     /// `steps[k].status == "done"` must grow as a prefix; `steps[k].t` is when step k was done.
@@ -52,7 +52,7 @@ enum Check {
 impl Check {
     fn new(scenario: Scenario) -> Check {
         match scenario {
-            Scenario::Ai | Scenario::Fanout => Check::Tokens { seq: Sequencer::default(), pos: HashMap::new() },
+            Scenario::Ai | Scenario::Fanout => Check::Tokens { seq: Sequencer::default(), pos: RunMap::default() },
             Scenario::Keys => Check::Keys { len: HashMap::new() },
             Scenario::Pipeline => Check::Steps { done: HashMap::new() },
         }
@@ -74,11 +74,9 @@ impl Check {
             Check::Tokens { seq, pos } => {
                 let tokens = run["output"]["tokens"].as_array().map(Vec::as_slice).unwrap_or_default();
                 let from = pos.get(id).copied().unwrap_or(0);
-                for t in tokens.iter().skip(from) {
-                    seq.see_token(id, t.as_str(), now, tally, live);
-                }
                 if tokens.len() > from {
-                    pos.insert(id.to_string(), tokens.len());
+                    seq.see_tokens(id, tokens[from..].iter().map(Value::as_str), now, tally, live);
+                    advance(pos, id, tokens.len() - from);
                 }
             }
             Check::Keys { len } => {
@@ -217,7 +215,7 @@ struct Counting {
     tally: Tally,
     seq: Sequencer,
     /// Tokens seen per run (its position in `output.tokens`).
-    pos: HashMap<String, usize>,
+    pos: RunMap<usize>,
     at: Option<u64>,
 }
 
@@ -265,7 +263,7 @@ impl Counting {
     async fn start(url: &str, space: &str, scenario: Scenario) -> Result<Counting, String> {
         let client = connect(url).await?;
         let sub = client.subscribe_raw(space, views(scenario)).await.map_err(|e| e.to_string())?;
-        let (tally, seq, pos) = (Tally::default(), Sequencer::default(), HashMap::new());
+        let (tally, seq, pos) = (Tally::default(), Sequencer::default(), RunMap::default());
         Ok(Counting { client, sub, tally, seq, pos, at: None })
     }
 
@@ -313,9 +311,8 @@ impl Counting {
                     match (op.op.as_ref(), field) {
                         ("append", "output/tokens") => {
                             let items: Vec<Cow<'_, str>> = serde_json::from_str(value.get())?;
-                            let from = self.pos.get(id).copied().unwrap_or(0);
                             self.feed(id, &items, now, live);
-                            self.pos.insert(id.to_string(), from + items.len());
+                            advance(&mut self.pos, id, items.len());
                         }
                         ("add" | "replace", "") => {
                             let run: RunLite<'_> = serde_json::from_str(value.get())?;
@@ -344,14 +341,12 @@ impl Counting {
         let from = self.pos.get(id).copied().unwrap_or(0);
         if tokens.len() > from {
             self.feed(id, &tokens[from..], now, live);
-            self.pos.insert(id.to_string(), tokens.len());
+            advance(&mut self.pos, id, tokens.len() - from);
         }
     }
 
     fn feed(&mut self, id: &str, items: &[Cow<'_, str>], now: u64, live: &Live) {
-        for t in items {
-            self.seq.see_token(id, Some(t), now, &mut self.tally, live);
-        }
+        self.seq.see_tokens(id, items.iter().map(|t| Some(t.as_ref())), now, &mut self.tally, live);
     }
 
     fn finish(mut self) -> Tally {

@@ -89,10 +89,25 @@ impl Tally {
     }
 }
 
+/// A map keyed by run (stream) id. The checkers look one up per frame and run, up to millions of times a second
+/// at the ceiling: foldhash, as in the server, not SipHash.
+pub type RunMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 /// Checks that each stream's items arrive numbered 0, 1, 2, … with no gap and no step back.
 #[derive(Default)]
 pub struct Sequencer {
-    next: HashMap<String, u64>,
+    next: RunMap<u64>,
+}
+
+/// Item `i`, sent at `sent` µs and seen at `now`, of a stream whose next item should be `want`.
+fn check(want: &mut u64, i: u64, sent: u64, now: u64, tally: &mut Tally, live: &Live) {
+    match i.cmp(want) {
+        std::cmp::Ordering::Equal => {}
+        std::cmp::Ordering::Greater => tally.lost += i - *want,
+        std::cmp::Ordering::Less => tally.out_of_order += 1,
+    }
+    *want = i + 1;
+    tally.record(live, sent, now);
 }
 
 impl Sequencer {
@@ -102,21 +117,38 @@ impl Sequencer {
             Some(want) => want,
             None => self.next.entry(stream.to_string()).or_insert(0),
         };
-        match i.cmp(want) {
-            std::cmp::Ordering::Equal => {}
-            std::cmp::Ordering::Greater => tally.lost += i - *want,
-            std::cmp::Ordering::Less => tally.out_of_order += 1,
-        }
-        *want = i + 1;
-        tally.record(live, sent, now);
+        check(want, i, sent, now, tally, live);
     }
 
-    /// A token `"<n>:<sent µs>"` (the coworker scenarios' format) of `stream`; anything else is an error.
-    pub fn see_token(&mut self, stream: &str, token: Option<&str>, now: u64, tally: &mut Tally, live: &Live) {
-        let parsed = token.and_then(|t| t.split_once(':')).map(|(i, sent)| (i.parse::<u64>(), sent.parse::<u64>()));
-        match parsed {
-            Some((Ok(i), Ok(sent))) => self.see(stream, i, sent, now, tally, live),
-            _ => tally.errors += 1,
+    /// Tokens `"<n>:<sent µs>"` (the coworker scenarios' format) of `stream`, in order; anything else is an error.
+    pub fn see_tokens<'t>(
+        &mut self,
+        stream: &str,
+        tokens: impl IntoIterator<Item = Option<&'t str>>,
+        now: u64,
+        tally: &mut Tally,
+        live: &Live,
+    ) {
+        let want = match self.next.get_mut(stream) {
+            Some(want) => want,
+            None => self.next.entry(stream.to_string()).or_insert(0),
+        };
+        for token in tokens {
+            let parsed = token.and_then(|t| t.split_once(':')).map(|(i, sent)| (i.parse::<u64>(), sent.parse::<u64>()));
+            match parsed {
+                Some((Ok(i), Ok(sent))) => check(want, i, sent, now, tally, live),
+                _ => tally.errors += 1,
+            }
+        }
+    }
+}
+
+/// Counts `by` more items seen of `run` (the key is only allocated the first time).
+pub fn advance(seen: &mut RunMap<usize>, run: &str, by: usize) {
+    match seen.get_mut(run) {
+        Some(c) => *c += by,
+        None => {
+            seen.insert(run.to_string(), by);
         }
     }
 }
