@@ -10,7 +10,8 @@
 #
 # Usage: ./scripts/bench.sh            (about 10 minutes)
 #        REPS=1 DURATION=4 ./scripts/bench.sh   (a quick look)
-# Needs: Linux with 2+ cores, taskset, strace; installs nats-server (apt-get) and socket.io (npm) when missing.
+# Needs: Linux with 2+ cores, taskset, strace; installs nats-server and valgrind (apt-get) and socket.io (npm) when
+# missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${REPS:-3}
@@ -150,6 +151,18 @@ for subs in 10 100 1000; do
       --duration "$DURATION"
   done
 done
+
+# 8. User-space instructions per produced token (callgrind): a count that barely moves between runs on this noisy
+#    machine, for comparing builds (see scripts/instructions.sh).
+./scripts/instructions.sh target/release/coworker >"$OUT/instructions.txt"
+python3 - "$OUT/instructions.txt" >>"$RESULTS" <<'EOF'
+import json, re, sys
+text = open(sys.argv[1]).read()
+ir = re.search(r"instructions per produced token: ([\d,]+)", text)
+load = re.search(r"load: (.*) \(ok: (\w+)\)", text)
+print(json.dumps({"label": "instructions", "system": "coworker", "ir_per_token": int(ir.group(1).replace(",", "")),
+                  "load_flags": load.group(1), "ok": load.group(2) == "True"}))
+EOF
 
 python3 scripts/bench_report.py "$RESULTS" BENCHMARKS.md
 echo "bench: BENCHMARKS.md updated from $RESULTS" >&2

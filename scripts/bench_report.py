@@ -190,6 +190,17 @@ def main(results_path, doc_path):
                 cells.append(f"{fmt(cpu_delivered(r), 3)} µs ({fmt(p99(r), 0)} ms; {100 * r.get('load_cpu_share', 0):.0f} %{bad})")
             w(f"| {subs:,} | " + " | ".join(cells) + " |")
         w("")
+
+    instr = by("instructions")
+    if instr:
+        r = instr[0]
+        w("### 8. User-space instructions per produced token (callgrind)")
+        w("")
+        w(f"**{r['ir_per_token']:,}** instructions per token at `{r['load_flags']}` "
+          f"(correct: {'yes' if r.get('ok') else 'NO'}): everything the server runs in user space (read, parse, "
+          "apply, journal, render, fan-out, writes), over a 6 s window. `./scripts/instructions.sh [binary]` "
+          "gives the same count for any build, to compare two builds on this noisy machine.")
+        w("")
     w(END)
 
     doc = open(doc_path).read()
