@@ -159,29 +159,13 @@ impl Fixture {
         op: &mut dyn FnMut(u64) -> PatchOp,
         after: &mut dyn FnMut(&[usize]),
     ) -> Duration {
-        let mut total = Duration::ZERO;
-        let mut done = 0;
-        let mut counts = vec![0; targets.len()];
-        while done < iters {
-            let n = (iters - done).min(BATCH);
-            counts.iter_mut().for_each(|c| *c = 0);
-            let batch: Vec<(RunId, Vec<PatchOp>)> = (done..done + n)
-                .map(|i| {
-                    let t = i as usize % targets.len();
-                    counts[t] += 1;
-                    (targets[t], vec![op(i)])
-                })
-                .collect();
-            let start = Instant::now();
-            for (id, ops) in batch {
-                black_box(self.engine.patch(id, ops, &TRUSTED)).expect("patch");
-            }
-            total += start.elapsed();
-            after(&counts);
-            self.drive();
-            done += n;
-        }
-        total
+        self.time_batches(
+            iters,
+            targets,
+            |i, id| (id, vec![op(i)]),
+            |engine, (id, ops)| black_box(engine.patch(id, ops, &TRUSTED)).expect("patch"),
+            after,
+        )
     }
 
     /// Like [`Fixture::time_patches`], but from the wire: `text(i)` builds the `i`th `patch` message (untimed), and
@@ -194,25 +178,46 @@ impl Fixture {
         after: &mut dyn FnMut(&[usize]),
     ) -> Duration {
         let limits = ParseLimits { path: LIMITS, max_ops_per_patch: MAX_OPS, max_json_depth: 64 };
+        self.time_batches(
+            iters,
+            targets,
+            text,
+            |engine, text| {
+                let Ok(ClientMsg::Patch { run, ops, .. }) = protocol::parse(&text, &limits) else {
+                    panic!("not a valid patch: {text}");
+                };
+                black_box(engine.patch(run, ops, &TRUSTED)).expect("patch");
+            },
+            after,
+        )
+    }
+
+    /// The batching both share: item `i` goes to `targets[i % len]` and is built by `build` (untimed); only
+    /// `handle` is timed; the runtime is driven between batches.
+    fn time_batches<T>(
+        &self,
+        iters: u64,
+        targets: &[RunId],
+        mut build: impl FnMut(u64, RunId) -> T,
+        mut handle: impl FnMut(&Engine, T),
+        after: &mut dyn FnMut(&[usize]),
+    ) -> Duration {
         let mut total = Duration::ZERO;
         let mut done = 0;
         let mut counts = vec![0; targets.len()];
         while done < iters {
             let n = (iters - done).min(BATCH);
             counts.iter_mut().for_each(|c| *c = 0);
-            let batch: Vec<String> = (done..done + n)
+            let batch: Vec<T> = (done..done + n)
                 .map(|i| {
                     let t = i as usize % targets.len();
                     counts[t] += 1;
-                    text(i, targets[t])
+                    build(i, targets[t])
                 })
                 .collect();
             let start = Instant::now();
-            for text in &batch {
-                let Ok(ClientMsg::Patch { run, ops, .. }) = protocol::parse(text, &limits) else {
-                    panic!("not a valid patch: {text}");
-                };
-                black_box(self.engine.patch(run, ops, &TRUSTED)).expect("patch");
+            for item in batch {
+                handle(&self.engine, item);
             }
             total += start.elapsed();
             after(&counts);
