@@ -8,7 +8,7 @@
 # for every measurement; the side-by-side configuration runs REPS times, alternating the systems, and the report
 # gives medians. Raw results: target/bench/results.jsonl.
 #
-# Usage: ./scripts/bench.sh            (about 10 minutes)
+# Usage: ./scripts/bench.sh            (about 13 minutes)
 #        REPS=1 DURATION=4 ./scripts/bench.sh   (a quick look)
 # Needs: Linux with 2+ cores, taskset, strace; installs nats-server and valgrind (apt-get) and socket.io (npm) when
 # missing.
