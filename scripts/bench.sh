@@ -152,7 +152,7 @@ for subs in 10 100 1000; do
   done
 done
 
-# 8. User-space instructions per produced token (callgrind): a count that barely moves between runs on this noisy
+# 8. User-space instructions per produced token (callgrind): a count that moves about ±2 % between runs on this noisy
 #    machine, for comparing builds (see scripts/instructions.sh).
 ./scripts/instructions.sh target/release/coworker >"$OUT/instructions.txt"
 python3 - "$OUT/instructions.txt" >>"$RESULTS" <<'EOF'

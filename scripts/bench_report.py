@@ -199,7 +199,8 @@ def main(results_path, doc_path):
         w(f"**{r['ir_per_token']:,}** instructions per token at `{r['load_flags']}` "
           f"(correct: {'yes' if r.get('ok') else 'NO'}): everything the server runs in user space (read, parse, "
           "apply, journal, render, fan-out, writes), over a 6 s window. `./scripts/instructions.sh [binary]` "
-          "gives the same count for any build, to compare two builds on this noisy machine.")
+          "gives the count for any build (it moves about ±2 % between runs), to compare two builds on this noisy "
+          "machine.")
         w("")
     w(END)
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Counts the server's user-space instructions per produced token under a fixed load, with callgrind. Unlike CPU
-# time on this shared machine (±20 % between runs), the count barely moves between runs (±1 %), so two builds can be
+# time on this shared machine (±20 % between runs), the count moves about ±2 % between runs, so two builds can be
 # compared one after the other: run it on each and compare the last line. It does not see the kernel (syscalls,
 # TCP), cache misses or memory stalls, so it complements `scripts/bench.sh`, it does not replace it.
 #
