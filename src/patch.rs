@@ -88,6 +88,13 @@ impl<'a> Slot<'a> {
         }
     }
 
+    fn get_mut(&mut self) -> Option<&mut Value> {
+        match self {
+            Slot::Obj(m, k) => m.get_mut(k.as_str()),
+            Slot::Arr(a, i) => a.get_mut(*i),
+        }
+    }
+
     fn into_value(self) -> Option<&'a mut Value> {
         match self {
             Slot::Obj(m, k) => m.get_mut(&*k),
@@ -98,7 +105,11 @@ impl<'a> Slot<'a> {
     /// Stores `value`, returning what was there (`None` when absent or pushed at the end of an array).
     fn put(self, value: Value) -> Option<Value> {
         match self {
-            Slot::Obj(m, k) => m.insert(k.into_string(), value),
+            // Replacing looks the key up once and allocates nothing; only a new key is turned into a `String`.
+            Slot::Obj(m, k) => match m.get_mut(k.as_str()) {
+                Some(v) => Some(std::mem::replace(v, value)),
+                None => m.insert(k.into_string(), value),
+            },
             Slot::Arr(a, i) if i == a.len() => {
                 a.push(value);
                 None
@@ -192,12 +203,11 @@ fn build(rest: Vec<RawSeg>, leaf: Value) -> Value {
 /// Stores `value` in the target slot (building intermediates), recording the change and its undo.
 fn put_target(t: Target<'_>, value: Value, changes: &mut Vec<Change>, undo: Option<&mut Vec<Undo>>) {
     let value = if t.rest.is_empty() { value } else { build(t.rest, value) };
-    let existed = t.slot.get().is_some();
     let old = t.slot.put(value.clone());
+    let kind = if old.is_some() { ChangeKind::Replace } else { ChangeKind::Add };
     if let Some(log) = undo {
         log.push(Undo::Put { path: t.path.clone(), old });
     }
-    let kind = if existed { ChangeKind::Replace } else { ChangeKind::Add };
     changes.push(Change { kind, path: t.path, value });
 }
 
@@ -213,37 +223,37 @@ fn apply_one(
             put_target(t, value, changes, undo);
         }
         PatchOp::Append { path, value } => {
-            let t = navigate(ctx, path, true)?;
-            if !t.rest.is_empty() || matches!(t.slot.get(), None | Some(Value::Null)) {
-                put_target(t, Value::Array(vec![value]), changes, undo);
-                return Ok(());
-            }
-            let Target { slot, path, .. } = t;
-            let len = match (slot.into_value(), &value) {
+            let mut t = navigate(ctx, path, true)?;
+            // The target is looked up once; the usual case, an existing array or string, grows in place.
+            let target = if t.rest.is_empty() { t.slot.get_mut() } else { None };
+            let (len, appended) = match (target, &value) {
+                (None | Some(Value::Null), _) => {
+                    put_target(t, Value::Array(vec![value]), changes, undo);
+                    return Ok(());
+                }
                 (Some(Value::Array(a)), _) => {
                     a.push(value.clone());
-                    changes.push(Change {
-                        kind: ChangeKind::Append,
-                        path: path.clone(),
-                        value: Value::Array(vec![value]),
-                    });
-                    a.len() - 1
+                    (a.len() - 1, Value::Array(vec![value]))
                 }
                 (Some(Value::String(s)), Value::String(tail)) => {
                     let len = s.len();
                     s.push_str(tail);
-                    changes.push(Change { kind: ChangeKind::Append, path: path.clone(), value });
-                    len
+                    (len, value)
                 }
                 (Some(Value::String(_)), other) => {
                     return Err(mismatch(format!("cannot append {} to a string", type_name(other))));
                 }
                 (Some(other), _) => return Err(mismatch(format!("cannot append to {}", type_name(other)))),
-                (None, _) => unreachable!("absent targets were handled above"),
             };
-            if let Some(log) = undo {
-                log.push(Undo::Truncate { path, len });
-            }
+            // The path is copied only when the undo log needs it too (patches of more than one op).
+            let path = match undo {
+                Some(log) => {
+                    log.push(Undo::Truncate { path: t.path.clone(), len });
+                    t.path
+                }
+                None => t.path,
+            };
+            changes.push(Change { kind: ChangeKind::Append, path, value: appended });
         }
         PatchOp::Remove { path } => {
             if path.is_core_field() {
@@ -534,5 +544,10 @@ mod tests {
             ErrorCode::IndexOutOfRange,
         );
         check_err(vec![set("input", json!([1])), set("input.key", json!(1))], ErrorCode::TypeMismatch);
+        // Appends in place (to the run's existing `steps` array and `input.q` string) are truncated back.
+        check_err(
+            vec![append("steps", json!({"n": 1})), append("input.q", json!("!")), remove("output.nope")],
+            ErrorCode::PathNotFound,
+        );
     }
 }
