@@ -582,11 +582,8 @@ pub fn push_run_op(out: &mut String, run: RunId, kind: ChangeKind, path: &[Seg],
     out.push('}');
 }
 
-/// Appends `add /activeRuns/<id>` with the run's serialized context.
+/// Appends `add /activeRuns/<id>` with the run's serialized context (the caller separates ops with commas).
 pub fn push_run_add(out: &mut String, run: RunId, ctx_json: &str) {
-    if !out.is_empty() {
-        out.push(',');
-    }
     out.push_str("{\"op\":\"add\",\"path\":\"");
     push_run_pointer(out, run);
     out.push_str("\",\"value\":");
@@ -594,11 +591,8 @@ pub fn push_run_add(out: &mut String, run: RunId, ctx_json: &str) {
     out.push('}');
 }
 
-/// Appends `remove /activeRuns/<id>`.
+/// Appends `remove /activeRuns/<id>` (the caller separates ops with commas).
 pub fn push_run_remove(out: &mut String, run: RunId) {
-    if !out.is_empty() {
-        out.push(',');
-    }
     out.push_str("{\"op\":\"remove\",\"path\":\"");
     push_run_pointer(out, run);
     out.push_str("\"}");

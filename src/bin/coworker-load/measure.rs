@@ -90,8 +90,8 @@ impl Tally {
 }
 
 /// A map keyed by run (stream) id. The checkers look one up per frame and run, up to millions of times a second
-/// at the ceiling: foldhash, as in the server, not SipHash.
-pub type RunMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
+/// at the ceiling: the server's hasher for run ids, not SipHash.
+pub type RunMap<V> = HashMap<String, V, coworker::context::RunHasher>;
 
 /// Checks that each stream's items arrive numbered 0, 1, 2, … with no gap and no step back.
 #[derive(Default)]
@@ -113,11 +113,7 @@ fn check(want: &mut u64, i: u64, sent: u64, now: u64, tally: &mut Tally, live: &
 impl Sequencer {
     /// Item `i` of `stream`, sent at `sent` µs, seen at `now`.
     pub fn see(&mut self, stream: &str, i: u64, sent: u64, now: u64, tally: &mut Tally, live: &Live) {
-        let want = match self.next.get_mut(stream) {
-            Some(want) => want,
-            None => self.next.entry(stream.to_string()).or_insert(0),
-        };
-        check(want, i, sent, now, tally, live);
+        self.see_all(stream, [Some((i, sent))], now, tally, live);
     }
 
     /// Tokens `"<n>:<sent µs>"` (the coworker scenarios' format) of `stream`, in order; anything else is an error.
@@ -129,15 +125,31 @@ impl Sequencer {
         tally: &mut Tally,
         live: &Live,
     ) {
+        let parse = |token: Option<&str>| {
+            let (i, sent) = token?.split_once(':')?;
+            Some((i.parse().ok()?, sent.parse().ok()?))
+        };
+        self.see_all(stream, tokens.into_iter().map(parse), now, tally, live);
+    }
+
+    /// Items `(number, sent µs)` of `stream` in order (`None`: an item that could not be read), with one lookup of
+    /// the stream for all of them.
+    fn see_all(
+        &mut self,
+        stream: &str,
+        items: impl IntoIterator<Item = Option<(u64, u64)>>,
+        now: u64,
+        tally: &mut Tally,
+        live: &Live,
+    ) {
         let want = match self.next.get_mut(stream) {
             Some(want) => want,
             None => self.next.entry(stream.to_string()).or_insert(0),
         };
-        for token in tokens {
-            let parsed = token.and_then(|t| t.split_once(':')).map(|(i, sent)| (i.parse::<u64>(), sent.parse::<u64>()));
-            match parsed {
-                Some((Ok(i), Ok(sent))) => check(want, i, sent, now, tally, live),
-                _ => tally.errors += 1,
+        for item in items {
+            match item {
+                Some((i, sent)) => check(want, i, sent, now, tally, live),
+                None => tally.errors += 1,
             }
         }
     }
