@@ -246,14 +246,10 @@ fn apply_one(
                 (Some(other), _) => return Err(mismatch(format!("cannot append to {}", type_name(other)))),
             };
             // The path is copied only when the undo log needs it too (patches of more than one op).
-            let path = match undo {
-                Some(log) => {
-                    log.push(Undo::Truncate { path: t.path.clone(), len });
-                    t.path
-                }
-                None => t.path,
-            };
-            changes.push(Change { kind: ChangeKind::Append, path, value: appended });
+            if let Some(log) = undo {
+                log.push(Undo::Truncate { path: t.path.clone(), len });
+            }
+            changes.push(Change { kind: ChangeKind::Append, path: t.path, value: appended });
         }
         PatchOp::Remove { path } => {
             if path.is_core_field() {
