@@ -13,6 +13,8 @@ use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::fmt::Write;
 
+mod fast;
+
 /// Protocol version, reported by `/healthz`. Bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -231,6 +233,11 @@ pub fn check_space(name: &str) -> Result<()> {
 
 /// Parses one text frame.
 pub fn parse(text: &str, limits: &ParseLimits) -> std::result::Result<ClientMsg, Rejection> {
+    fast::patch(text, limits).map_or_else(|| parse_general(text, limits), Ok)
+}
+
+/// Parses one text frame, whatever its type and its layout.
+fn parse_general(text: &str, limits: &ParseLimits) -> std::result::Result<ClientMsg, Rejection> {
     if json_depth_exceeds(text, limits.max_json_depth) {
         let error = Error::new(ErrorCode::LimitExceeded, format!("JSON nested deeper than {}", limits.max_json_depth));
         return Err(Rejection { id: None, error });

@@ -1,0 +1,331 @@
+//! The fast path for the hottest frame: a `patch` as producers send it (`{"type":"patch","run":"<uuid>","ops":[…]}`,
+//! keys in any order, an optional `id`). It reads the envelope with a few byte comparisons instead of serde's
+//! derive, leaves every value (`id`, an op's `value` and `index`) to serde_json itself, and turns each op into a
+//! [`PatchOp`] with the general path's own `patch_op`.
+//!
+//! It checks the depth limit on the values it reads (the only part of such a frame that can nest), so a frame it
+//! takes is never scanned twice. It never decides an error: anything it does not recognise exactly (an escape in a key or a plain string, an
+//! unknown or repeated key, an invalid value, a failing op, trailing text) makes it answer `None`, and the general
+//! parser reads the frame from the start, so every message and every error is the general parser's.
+//! `tests::fast_path_agrees_with_the_general_parser` checks that whatever it accepts, the general parser accepts
+//! the same way.
+
+use super::{ClientMsg, ParseLimits, WireOp, json_depth_exceeds, parse_uuid, patch_op, valid_id};
+use serde_json::Value;
+use std::borrow::Cow;
+
+/// Parses `text` when it is a `patch` the fast path recognises and the general parser would accept; else `None`.
+pub(super) fn patch(text: &str, limits: &ParseLimits) -> Option<ClientMsg> {
+    // The frame's own object, `ops` array and op objects nest three deep.
+    let value_depth = limits.max_json_depth.checked_sub(3)?;
+    let mut s = Scan(text);
+    s.byte(b'{')?;
+    let (mut ty, mut id, mut run, mut ops) = (false, None, None, None);
+    loop {
+        let key = s.plain_string()?;
+        s.byte(b':')?;
+        match key {
+            "type" if !ty => {
+                (s.plain_string()? == "patch").then_some(())?;
+                ty = true;
+            }
+            "id" if id.is_none() => id = Some(s.value(value_depth + 2)?),
+            "run" if run.is_none() => run = Some(parse_uuid(s.plain_string()?, "run").ok()?),
+            "ops" if ops.is_none() => ops = Some(s.ops(limits, value_depth)?),
+            _ => return None,
+        }
+        if !s.comma_or(b'}')? {
+            break;
+        }
+    }
+    s.end()?;
+    let id = id.filter(|v: &Value| !v.is_null());
+    if !ty || !id.as_ref().is_none_or(valid_id) {
+        return None;
+    }
+    Some(ClientMsg::Patch { id, run: run?, ops: ops? })
+}
+
+/// What is left of the frame. Every method consumes what it read, skipping JSON whitespace before it.
+struct Scan<'a>(&'a str);
+
+impl<'a> Scan<'a> {
+    fn skip_ws(&mut self) {
+        let gap = self.0.bytes().take_while(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')).count();
+        self.0 = &self.0[gap..];
+    }
+
+    fn byte(&mut self, b: u8) -> Option<()> {
+        self.skip_ws();
+        (self.0.as_bytes().first() == Some(&b)).then(|| self.0 = &self.0[1..])
+    }
+
+    /// After an item: `true` on `,`, `false` on `close`.
+    fn comma_or(&mut self, close: u8) -> Option<bool> {
+        self.skip_ws();
+        let more = match self.0.as_bytes().first()? {
+            b',' => true,
+            b if *b == close => false,
+            _ => return None,
+        };
+        self.0 = &self.0[1..];
+        Some(more)
+    }
+
+    /// A string without escapes or control characters, borrowed from the frame.
+    fn plain_string(&mut self) -> Option<&'a str> {
+        self.byte(b'"')?;
+        // One byte loop, not `str::find`: these strings are short, where memchr's set-up costs more than the scan.
+        let len = self.0.bytes().position(|b| b == b'"' || b == b'\\' || b < 0x20)?;
+        (self.0.as_bytes()[len] == b'"').then_some(())?;
+        let (text, rest) = self.0.split_at(len);
+        self.0 = &rest[1..];
+        Some(text)
+    }
+
+    /// Any JSON value, read by serde_json, if it nests at most `depth` deep (the frame's limit, less the levels
+    /// around the value).
+    fn value(&mut self, depth: usize) -> Option<Value> {
+        let mut values = serde_json::Deserializer::from_str(self.0).into_iter::<Value>();
+        let value = values.next()?.ok()?;
+        let (text, rest) = self.0.split_at(values.byte_offset());
+        if (value.is_array() || value.is_object()) && json_depth_exceeds(text, depth) {
+            return None;
+        }
+        self.0 = rest;
+        Some(value)
+    }
+
+    /// `[op, …]`: at least one op and at most the limit, each one a valid patch op.
+    fn ops(&mut self, limits: &ParseLimits, value_depth: usize) -> Option<Vec<crate::patch::PatchOp>> {
+        self.byte(b'[')?;
+        let mut ops = Vec::new();
+        loop {
+            ops.push(patch_op(self.op(value_depth)?, limits).ok()?);
+            if ops.len() > limits.max_ops_per_patch {
+                return None;
+            }
+            if !self.comma_or(b']')? {
+                return Some(ops);
+            }
+        }
+    }
+
+    /// `{"op":…,"path":…,"value":…,"index":…}`, keys in any order, each at most once.
+    fn op(&mut self, value_depth: usize) -> Option<WireOp<'a>> {
+        self.byte(b'{')?;
+        let mut op = WireOp { op: Cow::Borrowed(""), path: None, value: None, index: None };
+        let mut named = false;
+        loop {
+            let key = self.plain_string()?;
+            self.byte(b':')?;
+            match key {
+                "op" if !named => {
+                    op.op = Cow::Borrowed(self.plain_string()?);
+                    named = true;
+                }
+                "path" if op.path.is_none() => op.path = Some(Cow::Borrowed(self.plain_string()?)),
+                "value" if op.value.is_none() => op.value = Some(self.value(value_depth)?),
+                "index" if op.index.is_none() => op.index = Some(self.value(value_depth)?.as_u64()?),
+                _ => return None,
+            }
+            if !self.comma_or(b'}')? {
+                return named.then_some(op);
+            }
+        }
+    }
+
+    /// Nothing but whitespace left.
+    fn end(&mut self) -> Option<()> {
+        self.skip_ws();
+        self.0.is_empty().then_some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse_general;
+    use super::*;
+    use crate::path::PathLimits;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    const LIMITS: ParseLimits =
+        ParseLimits { path: PathLimits { max_bytes: 64, max_depth: 4 }, max_ops_per_patch: 3, max_json_depth: 6 };
+    const RUN: &str = "0190f5c2-0000-7000-8000-000000000001";
+
+    /// JSON whitespace, or none, or (rarely) a form feed, which JSON does not allow.
+    fn ws() -> impl Strategy<Value = &'static str> {
+        prop_oneof![200 => Just(""), 10 => Just(" "), 5 => Just("\n\t"), 2 => Just("\r"), 1 => Just("\u{c}")]
+    }
+
+    /// Any JSON value, as valid JSON text, sometimes deep; or a few texts that are not JSON.
+    fn value() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-1e9f64..1e9).prop_map(Value::from),
+            "[a-z0-9 \"\\\\\u{e9}\u{1F600}\n]{0,12}".prop_map(Value::from),
+        ];
+        let json = leaf.prop_recursive(8, 32, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::vec(("[a-z]{1,3}", inner), 0..4)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        });
+        prop_oneof![
+            20 => json.prop_map(|v| v.to_string()),
+            1 => prop::sample::select(vec!["tru", "01", "1.", "-", "\"a", "[1,]", "{\"a\":1,}", "1e", "\"\\x\"", ""])
+                .prop_map(String::from),
+        ]
+    }
+
+    /// A JSON string literal: plain, with an escape, or with a raw control character (not JSON).
+    fn string_of(plain: Vec<&'static str>) -> impl Strategy<Value = String> {
+        prop_oneof![
+            60 => prop::sample::select(plain).prop_map(|s| format!("\"{s}\"")),
+            1 => Just(r#""p\u0061tch""#.to_string()),
+            1 => Just("\"a\tb\"".to_string()),
+            1 => Just("null".to_string()),
+            1 => Just("7".to_string()),
+        ]
+    }
+
+    /// `{"key":value,…}` from the given members in the given order, with whitespace between the tokens.
+    fn object(members: Vec<(String, String)>, gaps: Vec<&'static str>) -> String {
+        let gap = |i: usize| gaps[i % gaps.len()];
+        let mut out = format!("{{{}", gap(0));
+        for (i, (k, v)) in members.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&format!("{}{k}{}:{}{v}{}", gap(i + 1), gap(i + 2), gap(i + 3), gap(i + 4)));
+        }
+        out.push('}');
+        out
+    }
+
+    /// Members kept each with its own probability, shuffled, and maybe one repeated or one unknown key.
+    fn members(
+        candidates: Vec<(f64, BoxedStrategy<(String, String)>)>,
+    ) -> impl Strategy<Value = Vec<(String, String)>> {
+        let (odds, members): (Vec<f64>, Vec<_>) = candidates.into_iter().unzip();
+        let keep: Vec<_> = odds.into_iter().map(prop::bool::weighted).collect();
+        (members, keep, 0..30usize, any::<prop::sample::Index>()).prop_flat_map(|(members, keep, extra, which)| {
+            let mut kept: Vec<(String, String)> =
+                members.into_iter().zip(keep).filter(|(_, k)| *k).map(|(m, _)| m).collect();
+            match extra {
+                0 | 2 if !kept.is_empty() => kept.push(kept[which.index(kept.len())].clone()),
+                1 => kept.push(("\"extra\"".into(), "1".into())),
+                _ => {}
+            }
+            Just(kept).prop_shuffle()
+        })
+    }
+
+    fn member(key: &'static str, value: impl Strategy<Value = String> + 'static) -> BoxedStrategy<(String, String)> {
+        value.prop_map(move |v| (format!("\"{key}\""), v)).boxed()
+    }
+
+    fn op_text() -> impl Strategy<Value = String> {
+        let op = prop_oneof![
+            20 => string_of(vec!["set", "append", "append"]),
+            1 => string_of(vec!["remove", "step", "merge"]),
+        ];
+        let path = prop_oneof![
+            20 => string_of(vec!["output.tokens", "output.tokens", "/output/text", "output.a", "steps[0].x"]),
+            1 => string_of(vec!["", "a..b", "id", "a.b.c.d.e"]),
+        ];
+        let index = prop::sample::select(vec!["0", "0", "3", "-1", "1.5", "\"2\"", "null"]).prop_map(String::from);
+        let members = members(vec![
+            (0.97, member("op", op)),
+            (0.95, member("path", path)),
+            (0.9, member("value", value())),
+            (0.1, member("index", index)),
+        ]);
+        (members, prop::collection::vec(ws(), 1..6)).prop_map(|(m, gaps)| object(m, gaps))
+    }
+
+    fn frame() -> impl Strategy<Value = String> {
+        let ty =
+            string_of(vec!["patch", "patch", "patch", "patch", "patch", "patch", "patch", "patch", "run", "Patch"]);
+        let id = prop_oneof![1 => value(), 4 => Just("12".to_string()), 2 => Just("\"r-1\"".to_string())];
+        let run = string_of(vec![RUN, RUN, RUN, RUN, RUN, RUN, "not-a-uuid", "{0190f5c2-0000-7000-8000-000000000001}"]);
+        let ops = prop_oneof![
+            40 => prop_oneof![9 => 1..4usize, 1 => 0..6usize]
+                .prop_flat_map(|n| prop::collection::vec(op_text(), n))
+                .prop_map(|ops| format!("[{}]", ops.join(","))),
+            1 => Just("{}".to_string()),
+            1 => Just("[{\"op\":\"set\",\"path\":\"x\",\"value\":1},]".to_string()),
+        ];
+        let trailing = prop::sample::select(vec!["", "", "", "", "", "", "", "", "", "", "", " \n", "x", "\u{c}", "}"]);
+        let members = members(vec![
+            (0.97, member("type", ty)),
+            (0.4, member("id", id)),
+            (0.97, member("run", run)),
+            (0.97, member("ops", ops)),
+        ]);
+        (members, prop::collection::vec(ws(), 1..6), trailing)
+            .prop_map(|(m, gaps, trailing)| object(m, gaps) + trailing)
+    }
+
+    /// Whatever the fast path accepts, the general parser accepts as the same message; and the fast path is not
+    /// idle: it takes a good share of the generated frames.
+    #[test]
+    fn fast_path_agrees_with_the_general_parser() {
+        let mut runner = TestRunner::new(Config { cases: 5_000, ..Config::default() });
+        let taken = std::cell::Cell::new(0u32);
+        runner
+            .run(&frame(), |text| {
+                if let Some(fast) = patch(&text, &LIMITS) {
+                    taken.set(taken.get() + 1);
+                    prop_assert_eq!(Ok(fast), parse_general(&text, &LIMITS), "frame: {}", text);
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert!(taken.get() > 300, "the fast path took only {} of 5,000 frames", taken.get());
+    }
+
+    #[test]
+    fn takes_the_frames_producers_send() {
+        let canonical = [
+            format!(
+                r#"{{"type":"patch","run":"{RUN}","ops":[{{"op":"append","path":"output.tokens","value":"7:1"}}]}}"#
+            ),
+            format!(
+                r#"{{"type":"patch","id":3,"run":"{RUN}","ops":[{{"op":"set","path":"/output/text","value":{{"a":[1,2.5,"\u00e9\n"]}}}},{{"op":"step","index":0,"value":{{"s":1}}}},{{"op":"remove","path":"output.x"}}]}}"#
+            ),
+            format!(
+                " {{ \"ops\" : [ {{ \"value\" : null , \"path\" : \"a\" , \"op\" : \"set\" }} ] , \"run\" : \"{RUN}\" , \"id\" : \"q\" , \"type\" : \"patch\" }} \n"
+            ),
+        ];
+        for text in canonical {
+            let fast = patch(&text, &LIMITS).unwrap_or_else(|| panic!("fast path refused {text}"));
+            assert_eq!(Ok(fast), parse_general(&text, &LIMITS), "{text}");
+        }
+    }
+
+    #[test]
+    fn leaves_every_error_to_the_general_parser() {
+        let refused = [
+            format!(r#"{{"type":"patch","run":"{RUN}","ops":[]}}"#),
+            format!(r#"{{"type":"patch","run":"{RUN}","ops":[{{"op":"set","path":"","value":1}}]}}"#),
+            format!(r#"{{"type":"patch","run":"{RUN}","ops":[{{"op":"set","path":"x","value":1}}],"ops":[]}}"#),
+            format!(r#"{{"type":"patch","id":null,"run":"{RUN}","ops":[{{"op":"set","path":"x","value":1}}]}}x"#),
+            format!(r#"{{"type":"patch","id":[1],"run":"{RUN}","ops":[{{"op":"set","path":"x","value":1}}]}}"#),
+            r#"{"type":"patch","run":"nope","ops":[{"op":"set","path":"x","value":1}]}"#.to_string(),
+            format!(r#"{{"type":"patch","run":"{RUN}","ops":[{{"op":"set","path":"x","value":[[[[1]]]]}}]}}"#),
+            format!(
+                r#"{{"type":"patch","id":[[[[[[1]]]]]],"run":"{RUN}","ops":[{{"op":"set","path":"x","value":1}}]}}"#
+            ),
+        ];
+        for text in refused {
+            assert_eq!(patch(&text, &LIMITS), None, "{text}");
+            assert!(parse_general(&text, &LIMITS).is_err(), "{text}");
+        }
+    }
+}
