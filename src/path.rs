@@ -121,7 +121,14 @@ fn find_byte(s: &str, b: u8) -> Option<usize> {
 
 fn parse_dotted(input: &str) -> Result<Vec<RawSeg>> {
     let mut segs = Vec::with_capacity(4);
-    for part in input.split('.') {
+    let mut rest_of_path = Some(input);
+    while let Some(path) = rest_of_path {
+        // A byte loop rather than `str::split('.')`, whose searcher costs more than these few bytes.
+        let (part, more) = match find_byte(path, b'.') {
+            Some(i) => (&path[..i], Some(&path[i + 1..])),
+            None => (path, None),
+        };
+        rest_of_path = more;
         let (name, mut rest) = match find_byte(part, b'[') {
             Some(i) => (&part[..i], &part[i..]),
             None => (part, ""),
