@@ -220,8 +220,8 @@ fn summarize(args: &Args, o: &Outcome) -> Value {
         "state_mismatches": o.mismatches,
         "reconnects": t.reconnects,
         "server_cpu_us": cpu_us,
-        "server_cpu_us_per_delivered_token": cpu_us.map(|c| c as f64 / t.delivered.max(1) as f64),
-        "server_cpu_us_per_produced_token": cpu_us.map(|c| c as f64 / o.produced.max(1) as f64),
+        "server_cpu_us_per_delivered_token": cpu_us.filter(|_| t.delivered > 0).map(|c| c as f64 / t.delivered as f64),
+        "server_cpu_us_per_produced_token": cpu_us.filter(|_| o.produced > 0).map(|c| c as f64 / o.produced as f64),
         "server_rss_bytes": o.usage.map(|(_, rss)| rss),
         "load_cpu_us": o.load_cpu_us,
         "load_cpu_share": o.load_cpu_us as f64 / (s * 1e6),
@@ -261,10 +261,13 @@ fn print_table(s: &Value) {
     row("latency p50 / p99 / p999 / max", format!("{} / {} / {} / {} ms", l["p50"], l["p99"], l["p999"], l["max"]));
     row("lost / out of order / errors", format!("{} / {} / {}", s["lost"], s["out_of_order"], s["errors"]));
     row("state mismatches / reconnects", format!("{} / {}", s["state_mismatches"], s["reconnects"]));
-    if let Some(c) = s["server_cpu_us_per_delivered_token"].as_f64() {
-        row(&format!("server CPU per delivered {unit}"), format!("{c:.3} us"));
-        row(&format!("server CPU per produced {unit}"), format!("{:.3} us", f("server_cpu_us_per_produced_token")));
-        row("server RSS", format!("{} MB", s["server_rss_bytes"].as_u64().unwrap_or(0) >> 20));
+    for which in ["delivered", "produced"] {
+        if let Some(c) = s[format!("server_cpu_us_per_{which}_token")].as_f64() {
+            row(&format!("server CPU per {which} {unit}"), format!("{c:.3} us"));
+        }
+    }
+    if let Some(rss) = s["server_rss_bytes"].as_u64() {
+        row("server RSS", format!("{} MB", rss >> 20));
     }
     row("load tool CPU", format!("{:.0} % of one core", f("load_cpu_share") * 100.0));
     row(
