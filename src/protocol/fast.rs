@@ -86,6 +86,15 @@ impl<'a> Scan<'a> {
     /// Any JSON value, read by serde_json, if it nests at most `depth` deep (the frame's limit, less the levels
     /// around the value).
     fn value(&mut self, depth: usize) -> Option<Value> {
+        // The usual token, a string without escapes, is taken as it is; serde_json reads anything else.
+        self.skip_ws();
+        if self.0.starts_with('"') {
+            let mut string = Scan(self.0);
+            if let Some(text) = string.plain_string() {
+                self.0 = string.0;
+                return Some(Value::String(text.to_owned()));
+            }
+        }
         let mut values = serde_json::Deserializer::from_str(self.0).into_iter::<Value>();
         let value = values.next()?.ok()?;
         let (text, rest) = self.0.split_at(values.byte_offset());
