@@ -187,7 +187,7 @@ mod tests {
         });
         prop_oneof![
             20 => json.prop_map(|v| v.to_string()),
-            1 => prop::sample::select(vec!["tru", "01", "1.", "-", "\"a", "[1,]", "{\"a\":1,}", "1e", "\"\\x\"", ""])
+            1 => prop::sample::select(vec!["tru", "01", "1.", "-", "\"a", "\"a\tb\"", "[1,]", "{\"a\":1,}", "1e", "\"\\x\"", ""])
                 .prop_map(String::from),
         ]
     }
