@@ -1,16 +1,18 @@
 //! The fast path for the hottest frame: a `patch` as producers send it (`{"type":"patch","run":"<uuid>","ops":[…]}`,
 //! keys in any order, an optional `id`). It reads the envelope with a few byte comparisons instead of serde's
-//! derive, leaves every value (`id`, an op's `value` and `index`) to serde_json itself, and turns each op into a
-//! [`PatchOp`] with the general path's own `patch_op`.
+//! derive, copies a string value without escapes as it is, leaves every other value (`id`, an op's `value` and
+//! `index`) to serde_json itself, and turns each op into a [`PatchOp`] with the general path's own `patch_op`.
 //!
 //! It checks the depth limit on the values it reads (the only part of such a frame that can nest), so a frame it
-//! takes is never scanned twice. It never decides an error: anything it does not recognise exactly (an escape in a key or a plain string, an
-//! unknown or repeated key, an invalid value, a failing op, trailing text) makes it answer `None`, and the general
-//! parser reads the frame from the start, so every message and every error is the general parser's.
-//! `tests::fast_path_agrees_with_the_general_parser` checks that whatever it accepts, the general parser accepts
-//! the same way.
+//! takes is never scanned twice. It never decides an error: anything it does not recognise exactly (an escape in a
+//! key or a plain string, an unknown or repeated key, an invalid value, a failing op, trailing text) makes it
+//! answer `None`, and the general parser reads the frame from the start, so every message and every error is the
+//! general parser's. `tests::fast_path_agrees_with_the_general_parser` checks that whatever it accepts, the general
+//! parser accepts the same way: a change to what the general parser accepts in a `patch` must be made here too,
+//! and taught to that test's generator.
 
 use super::{ClientMsg, ParseLimits, WireOp, json_depth_exceeds, parse_uuid, patch_op, valid_id};
+use crate::patch::PatchOp;
 use serde_json::Value;
 use std::borrow::Cow;
 
@@ -106,7 +108,7 @@ impl<'a> Scan<'a> {
     }
 
     /// `[op, …]`: at least one op and at most the limit, each one a valid patch op.
-    fn ops(&mut self, limits: &ParseLimits, value_depth: usize) -> Option<Vec<crate::patch::PatchOp>> {
+    fn ops(&mut self, limits: &ParseLimits, value_depth: usize) -> Option<Vec<PatchOp>> {
         self.byte(b'[')?;
         let mut ops = Vec::new();
         loop {
