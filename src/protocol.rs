@@ -401,6 +401,11 @@ fn patch_op(op: WireOp<'_>, limits: &ParseLimits) -> Result<PatchOp> {
 // ---------------------------------------------------------------------------------------------------------------
 // Server → client frames.
 
+/// True for the bytes a JSON string cannot hold as they are: `"`, `\` and control characters.
+fn escaped_in_json(b: u8) -> bool {
+    b == b'"' || b == b'\\' || b < 0x20
+}
+
 /// Serializes a value straight into `out` (`Value`'s `Display` is its compact JSON), without a temporary string.
 fn push_value(out: &mut String, v: &Value) {
     write!(out, "{v}").expect("writing to a String cannot fail");
@@ -570,7 +575,7 @@ pub fn push_run_op(out: &mut String, run: RunId, kind: ChangeKind, path: &[Seg],
     // A pointer is JSON-string-escaped: keys may hold quotes, backslashes or control characters. The usual keys
     // hold none, and their pointer is written in place.
     let plain = |s: &Seg| match s {
-        Seg::Key(k) => k.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\'),
+        Seg::Key(k) => !k.bytes().any(escaped_in_json),
         Seg::Index(_) => true,
     };
     if path.iter().all(plain) {

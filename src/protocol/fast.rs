@@ -11,7 +11,7 @@
 //! parser accepts the same way: a change to what the general parser accepts in a `patch` must be made here too,
 //! and taught to that test's generator.
 
-use super::{ClientMsg, ParseLimits, WireOp, json_depth_exceeds, parse_uuid, patch_op, valid_id};
+use super::{ClientMsg, ParseLimits, WireOp, escaped_in_json, json_depth_exceeds, parse_uuid, patch_op, valid_id};
 use crate::patch::PatchOp;
 use serde_json::Value;
 use std::borrow::Cow;
@@ -78,7 +78,7 @@ impl<'a> Scan<'a> {
     fn plain_string(&mut self) -> Option<&'a str> {
         self.byte(b'"')?;
         // One byte loop, not `str::find`: these strings are short, where memchr's set-up costs more than the scan.
-        let len = self.0.bytes().position(|b| b == b'"' || b == b'\\' || b < 0x20)?;
+        let len = self.0.bytes().position(escaped_in_json)?;
         (self.0.as_bytes()[len] == b'"').then_some(())?;
         let (text, rest) = self.0.split_at(len);
         self.0 = &rest[1..];
@@ -89,13 +89,10 @@ impl<'a> Scan<'a> {
     /// around the value).
     fn value(&mut self, depth: usize) -> Option<Value> {
         // The usual token, a string without escapes, is taken as it is; serde_json reads anything else.
-        self.skip_ws();
-        if self.0.starts_with('"') {
-            let mut string = Scan(self.0);
-            if let Some(text) = string.plain_string() {
-                self.0 = string.0;
-                return Some(Value::String(text.to_owned()));
-            }
+        let mut string = Scan(self.0);
+        if let Some(text) = string.plain_string() {
+            self.0 = string.0;
+            return Some(Value::String(text.to_owned()));
         }
         let mut values = serde_json::Deserializer::from_str(self.0).into_iter::<Value>();
         let value = values.next()?.ok()?;
