@@ -17,6 +17,43 @@ pub type RunId = Uuid;
 /// many ids one client can insert.
 pub type RunHasher = foldhash::fast::RandomState;
 
+/// The top-level fields of a run's context, in the order the engine builds it (the wire shows them in this order).
+pub const FIELDS: [&str; 17] = [
+    "id",
+    "timestamp",
+    "operation",
+    "doctype",
+    "flow",
+    "input",
+    "options",
+    "owner",
+    "agent",
+    "parentRun",
+    "steps",
+    "space",
+    "status",
+    "output",
+    "error",
+    "success",
+    "duration",
+];
+
+/// The position of a patchable top-level field in [`FIELDS`]. Fields are never removed from a context and new
+/// top-level members go after them, so the field stays there for the run's life; `patch` still checks the key it
+/// finds there before it trusts the position.
+pub fn field_position(name: &str) -> Option<usize> {
+    match name {
+        "doctype" => Some(3),
+        "flow" => Some(4),
+        "input" => Some(5),
+        "options" => Some(6),
+        "agent" => Some(8),
+        "steps" => Some(10),
+        "output" => Some(13),
+        _ => None,
+    }
+}
+
 /// A run's lifecycle status. `Pending` while a server-side operation executes, `Running` for live runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -152,5 +189,20 @@ impl Run {
         let v = Value::from(status.as_str());
         self.ctx.insert("status".into(), v.clone());
         Change { kind: ChangeKind::Replace, path: vec![Seg::Key("status".into())], value: v }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::path::CORE_FIELDS;
+
+    #[test]
+    fn field_positions_are_the_positions_in_fields() {
+        for (i, name) in FIELDS.iter().enumerate() {
+            let patchable = CORE_FIELDS.contains(name);
+            assert_eq!(field_position(name), patchable.then_some(i), "{name}");
+        }
+        assert_eq!(field_position("tokens"), None);
     }
 }

@@ -74,30 +74,52 @@ pub fn apply(ctx: &mut Map<String, Value>, ops: Vec<PatchOp>) -> Result<Vec<Chan
     Ok(changes)
 }
 
-/// The place a path's last segment names: an object member or an array slot.
+/// The place a path's last segment names: an object member (with the position where it is likely to be, see
+/// [`member_at`]) or an array slot.
 enum Slot<'a> {
-    Obj(&'a mut Map<String, Value>, CompactString),
+    Obj(&'a mut Map<String, Value>, CompactString, Option<usize>),
     Arr(&'a mut Vec<Value>, usize),
+}
+
+/// Where `key` is in `m`, when it is at position `hint`. Reaching a position costs no hashing and reads one entry,
+/// where the map's own lookup hashes the key and reads its table first: the top-level fields of a context sit at
+/// known positions ([`crate::context::field_position`]), and every patch passes through one of them.
+fn member_at(m: &Map<String, Value>, key: &str, hint: Option<usize>) -> Option<usize> {
+    hint.filter(|&i| m.iter().nth(i).is_some_and(|(k, _)| k == key))
+}
+
+fn member<'m>(m: &'m Map<String, Value>, key: &str, hint: Option<usize>) -> Option<&'m Value> {
+    match member_at(m, key, hint) {
+        Some(i) => m.values().nth(i),
+        None => m.get(key),
+    }
+}
+
+fn member_mut<'m>(m: &'m mut Map<String, Value>, key: &str, hint: Option<usize>) -> Option<&'m mut Value> {
+    match member_at(m, key, hint) {
+        Some(i) => m.values_mut().nth(i),
+        None => m.get_mut(key),
+    }
 }
 
 impl<'a> Slot<'a> {
     fn get(&self) -> Option<&Value> {
         match self {
-            Slot::Obj(m, k) => m.get(&**k),
+            Slot::Obj(m, k, hint) => member(m, k, *hint),
             Slot::Arr(a, i) => a.get(*i),
         }
     }
 
     fn get_mut(&mut self) -> Option<&mut Value> {
         match self {
-            Slot::Obj(m, k) => m.get_mut(k.as_str()),
+            Slot::Obj(m, k, hint) => member_mut(m, k, *hint),
             Slot::Arr(a, i) => a.get_mut(*i),
         }
     }
 
     fn into_value(self) -> Option<&'a mut Value> {
         match self {
-            Slot::Obj(m, k) => m.get_mut(&*k),
+            Slot::Obj(m, k, hint) => member_mut(m, &k, hint),
             Slot::Arr(a, i) => a.get_mut(i),
         }
     }
@@ -106,7 +128,7 @@ impl<'a> Slot<'a> {
     fn put(self, value: Value) -> Option<Value> {
         match self {
             // Replacing looks the key up once and allocates nothing; only a new key is turned into a `String`.
-            Slot::Obj(m, k) => match m.get_mut(k.as_str()) {
+            Slot::Obj(m, k, hint) => match member_mut(m, &k, hint) {
                 Some(v) => Some(std::mem::replace(v, value)),
                 None => m.insert(k.into_string(), value),
             },
@@ -152,7 +174,8 @@ fn navigate(root: &mut Map<String, Value>, path: Path, create: bool) -> Result<T
     let mut iter = path.segs.into_iter();
     let first = iter.next().expect("a parsed path has a segment");
     resolved.push(Seg::Key(first.text.clone()));
-    let mut slot = Slot::Obj(root, first.text);
+    let hint = crate::context::field_position(&first.text);
+    let mut slot = Slot::Obj(root, first.text, hint);
     while let Some(next) = iter.next() {
         let last = iter.len() == 0;
         match slot.get() {
@@ -173,7 +196,7 @@ fn navigate(root: &mut Map<String, Value>, path: Path, create: bool) -> Result<T
                 }
                 let Some(Value::Object(m)) = slot.into_value() else { unreachable!() };
                 resolved.push(Seg::Key(next.text.clone()));
-                slot = Slot::Obj(m, next.text);
+                slot = Slot::Obj(m, next.text, None);
             }
             Some(Value::Array(a)) => {
                 let len = a.len();
@@ -258,7 +281,7 @@ fn apply_one(
             let t = navigate(ctx, path, false)?;
             let Target { slot, path, .. } = t;
             let old = match slot {
-                Slot::Obj(m, k) => m.remove(&*k),
+                Slot::Obj(m, k, _) => m.remove(&*k),
                 Slot::Arr(a, i) if i < a.len() => Some(a.remove(i)),
                 Slot::Arr(..) => None,
             };
@@ -347,8 +370,8 @@ fn parent_of<'a>(root: &'a mut Map<String, Value>, path: &[Seg]) -> Option<Slot<
         cur = Some(next);
     }
     match (cur, map, last) {
-        (None, Some(m), Seg::Key(k)) => Some(Slot::Obj(m, k.clone())),
-        (Some(Value::Object(m)), None, Seg::Key(k)) => Some(Slot::Obj(m, k.clone())),
+        (None, Some(m), Seg::Key(k)) => Some(Slot::Obj(m, k.clone(), None)),
+        (Some(Value::Object(m)), None, Seg::Key(k)) => Some(Slot::Obj(m, k.clone(), None)),
         (Some(Value::Array(a)), None, Seg::Index(i)) => Some(Slot::Arr(a, *i)),
         _ => None,
     }
@@ -364,11 +387,11 @@ fn rollback(ctx: &mut Map<String, Value>, log: Vec<Undo>) {
 fn undo_one(ctx: &mut Map<String, Value>, entry: Undo) -> bool {
     match entry {
         Undo::Put { path, old } => match (parent_of(ctx, &path), old) {
-            (Some(Slot::Obj(m, k)), Some(v)) => {
+            (Some(Slot::Obj(m, k, _)), Some(v)) => {
                 m.insert(k.into_string(), v);
                 true
             }
-            (Some(Slot::Obj(m, k)), None) => m.remove(&*k).is_some(),
+            (Some(Slot::Obj(m, k, _)), None) => m.remove(&*k).is_some(),
             (Some(Slot::Arr(a, i)), Some(v)) => match a.get_mut(i) {
                 Some(slot) => {
                     *slot = v;
@@ -522,6 +545,30 @@ mod tests {
                 ["Replace", "/input/q", "yo"]
             ]),
         );
+    }
+
+    /// A context with every field in the engine's order, or with `output` and `error` swapped.
+    fn full_ctx(swapped: bool) -> Map<String, Value> {
+        let mut names = crate::context::FIELDS.to_vec();
+        if swapped {
+            let (o, e) = (names.iter().position(|n| *n == "output"), names.iter().position(|n| *n == "error"));
+            names.swap(o.unwrap(), e.unwrap());
+        }
+        names.into_iter().map(|n| (n.to_string(), Value::Null)).collect()
+    }
+
+    #[test]
+    fn top_level_fields_are_found_at_their_position_and_elsewhere() {
+        for swapped in [false, true] {
+            let mut ctx = full_ctx(swapped);
+            apply(&mut ctx, vec![set("output.text", json!("a")), append("output.tokens", json!("t"))]).unwrap();
+            apply(&mut ctx, vec![append("output.tokens", json!("u")), set("steps", json!([]))]).unwrap();
+            assert_eq!(ctx["output"], json!({"text": "a", "tokens": ["t", "u"]}), "swapped: {swapped}");
+            assert_eq!((&ctx["error"], &ctx["steps"]), (&Value::Null, &json!([])), "swapped: {swapped}");
+            let err = apply(&mut ctx, vec![append("output.tokens", json!("v")), append("output.text", json!(1))]);
+            assert_eq!(err.unwrap_err().code, ErrorCode::TypeMismatch);
+            assert_eq!(ctx["output"]["tokens"], json!(["t", "u"]), "rolled back; swapped: {swapped}");
+        }
     }
 
     #[test]
