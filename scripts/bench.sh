@@ -4,11 +4,14 @@
 # the same coworker-load harness; then this server's ceiling, ingress cost, frames and write syscalls per
 # subscriber per tick, memory per idle connection, and CPU per delivered token as subscribers and runs grow.
 #
+# Each load that the targets measure is also run against the naive broadcast with no subscribers: the floor, what
+# reading the producers' messages costs on this machine, which every server pays.
+#
 # Method: each server is pinned to core 0 and the load tool to core 1 (taskset); every server is started fresh
 # for every measurement; the side-by-side configuration runs REPS times, alternating the systems, and the report
 # gives medians. Raw results: target/bench/results.jsonl.
 #
-# Usage: ./scripts/bench.sh            (about 13 minutes)
+# Usage: ./scripts/bench.sh            (about 16 minutes)
 #        REPS=1 DURATION=4 ./scripts/bench.sh   (a quick look)
 # Needs: Linux with 2+ cores, taskset, strace; installs nats-server and valgrind (apt-get) and socket.io (npm) when
 # missing.
@@ -94,6 +97,10 @@ for rep in $(seq 1 "$REPS"); do
   for system in coworker naive socketio nats; do
     measure side-by-side "$system" --scenario ai --runs 100 --rate 100 --subscribers 10 --duration "$DURATION"
   done
+  # The same producers with no subscribers: what reading their messages costs (the naive broadcast reads each
+  # frame, parses its room and finds nobody to send to), and this server's own ingress at this load.
+  measure floor-side naive --scenario ai --runs 100 --rate 100 --subscribers 0 --duration "$DURATION"
+  measure side-ingress coworker --scenario ai --runs 100 --rate 100 --subscribers 0 --duration "$DURATION"
 done
 
 # 2. Keystrokes, per delivered keystroke.
@@ -104,6 +111,7 @@ done
 # 3. Ingress alone: no subscribers.
 for rep in $(seq 1 "$REPS"); do
   measure ingress coworker --scenario ai --runs 1000 --rate 100 --subscribers 0 --duration "$DURATION"
+  measure floor-ingress naive --scenario ai --runs 1000 --rate 100 --subscribers 0 --duration "$DURATION"
 done
 
 # 4. The ceiling on one core. Two subscribers keep the full state; the others count and check every token without
