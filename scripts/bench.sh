@@ -4,14 +4,14 @@
 # the same coworker-load harness; then this server's ceiling, ingress cost, frames and write syscalls per
 # subscriber per tick, memory per idle connection, and CPU per delivered token as subscribers and runs grow.
 #
-# Each load that the targets measure is also run against the naive broadcast with no subscribers: the floor, what
-# reading the producers' messages costs on this machine, which every server pays.
+# The side-by-side and the ingress loads are also run against the naive broadcast with no subscribers: the floor,
+# what reading the producers' messages costs on this machine, which any server pays before it sends anything.
 #
 # Method: each server is pinned to core 0 and the load tool to core 1 (taskset); every server is started fresh
 # for every measurement; the side-by-side configuration runs REPS times, alternating the systems, and the report
 # gives medians. Raw results: target/bench/results.jsonl.
 #
-# Usage: ./scripts/bench.sh            (about 16 minutes)
+# Usage: ./scripts/bench.sh            (about 10 minutes)
 #        REPS=1 DURATION=4 ./scripts/bench.sh   (a quick look)
 # Needs: Linux with 2+ cores, taskset, strace; installs nats-server and valgrind (apt-get) and socket.io (npm) when
 # missing.
