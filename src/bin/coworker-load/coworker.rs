@@ -2,7 +2,7 @@
 //! and `pipeline`, subscribers that check every item they see, and the final comparison of every subscriber's
 //! state with a fresh snapshot taken at the same `seq`.
 
-use crate::measure::{Live, Rng, RunMap, Sequencer, Tally, advance, now_us};
+use crate::measure::{Live, Rng, Sequencer, Tally, now_us};
 use crate::{Args, Outcome, Scenario, Window};
 use coworker::client::{Client, RawSubscription, Subscription, Update};
 use futures::{StreamExt, TryStreamExt};
@@ -42,7 +42,7 @@ async fn connect(url: &str) -> Result<Client, String> {
 /// What a subscriber checks in the runs a frame touched.
 enum Check {
     /// `output.tokens` items `"<n>:<sent µs>"`, numbered from 0 per run.
-    Tokens { seq: Sequencer, pos: RunMap<usize> },
+    Tokens { seq: Sequencer },
     /// `output.value` must be a prefix of the typed text that only grows; `output.t` is the last keystroke's time.
     Keys { len: HashMap<String, usize> },
     /// `steps[k].status == "done"` must grow as a prefix; `steps[k].t` is when step k was done.
@@ -52,7 +52,7 @@ enum Check {
 impl Check {
     fn new(scenario: Scenario) -> Check {
         match scenario {
-            Scenario::Ai | Scenario::Fanout => Check::Tokens { seq: Sequencer::default(), pos: RunMap::default() },
+            Scenario::Ai | Scenario::Fanout => Check::Tokens { seq: Sequencer::default() },
             Scenario::Keys => Check::Keys { len: HashMap::new() },
             Scenario::Pipeline => Check::Steps { done: HashMap::new() },
         }
@@ -71,13 +71,9 @@ impl Check {
 
     fn run(&mut self, id: &str, run: &Value, now: u64, tally: &mut Tally, live: &Live) {
         match self {
-            Check::Tokens { seq, pos } => {
+            Check::Tokens { seq } => {
                 let tokens = run["output"]["tokens"].as_array().map(Vec::as_slice).unwrap_or_default();
-                let from = pos.get(id).copied().unwrap_or(0);
-                if tokens.len() > from {
-                    seq.see_tokens(id, tokens[from..].iter().map(Value::as_str), now, tally, live);
-                    advance(pos, id, tokens.len() - from);
-                }
+                seq.see_token_list(id, tokens, Value::as_str, now, tally, live);
             }
             Check::Keys { len } => {
                 let Some(value) = run["output"]["value"].as_str() else { return };
@@ -213,9 +209,8 @@ struct Counting {
     client: Client,
     sub: RawSubscription,
     tally: Tally,
+    /// The order check, which also knows each run's position in `output.tokens` (the tokens it has seen).
     seq: Sequencer,
-    /// Tokens seen per run (its position in `output.tokens`).
-    pos: RunMap<usize>,
     at: Option<u64>,
 }
 
@@ -263,8 +258,8 @@ impl Counting {
     async fn start(url: &str, space: &str, scenario: Scenario) -> Result<Counting, String> {
         let client = connect(url).await?;
         let sub = client.subscribe_raw(space, views(scenario)).await.map_err(|e| e.to_string())?;
-        let (tally, seq, pos) = (Tally::default(), Sequencer::default(), RunMap::default());
-        Ok(Counting { client, sub, tally, seq, pos, at: None })
+        let (tally, seq) = (Tally::default(), Sequencer::default());
+        Ok(Counting { client, sub, tally, seq, at: None })
     }
 
     async fn step(&mut self, live: &Live, wait: Duration) -> bool {
@@ -312,7 +307,6 @@ impl Counting {
                         ("append", "output/tokens") => {
                             let items: Vec<Cow<'_, str>> = serde_json::from_str(value.get())?;
                             self.feed(id, &items, now, live);
-                            advance(&mut self.pos, id, items.len());
                         }
                         ("add" | "replace", "") => {
                             let run: RunLite<'_> = serde_json::from_str(value.get())?;
@@ -338,11 +332,7 @@ impl Counting {
     /// A run's whole token list: the items past those already seen are new.
     fn whole(&mut self, id: &str, tokens: Option<Vec<Cow<'_, str>>>, now: u64, live: &Live) {
         let tokens = tokens.unwrap_or_default();
-        let from = self.pos.get(id).copied().unwrap_or(0);
-        if tokens.len() > from {
-            self.feed(id, &tokens[from..], now, live);
-            advance(&mut self.pos, id, tokens.len() - from);
-        }
+        self.seq.see_token_list(id, &tokens, |t| Some(t.as_ref()), now, &mut self.tally, live);
     }
 
     fn feed(&mut self, id: &str, items: &[Cow<'_, str>], now: u64, live: &Live) {

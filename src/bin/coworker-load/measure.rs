@@ -93,10 +93,20 @@ impl Tally {
 /// at the ceiling: the server's hasher for run ids, not SipHash.
 pub type RunMap<V> = HashMap<String, V, coworker::context::RunHasher>;
 
-/// Checks that each stream's items arrive numbered 0, 1, 2, … with no gap and no step back.
+/// Checks that each stream's items arrive numbered 0, 1, 2, … with no gap and no step back, and counts the items
+/// each stream brought, so that a whole list can be told apart from what was already seen of it.
 #[derive(Default)]
 pub struct Sequencer {
-    next: RunMap<u64>,
+    streams: RunMap<Stream>,
+}
+
+/// What a [`Sequencer`] knows of one stream.
+#[derive(Default)]
+struct Stream {
+    /// The number the next item should have.
+    want: u64,
+    /// How many items were seen (readable or not).
+    seen: usize,
 }
 
 /// Item `i`, sent at `sent` µs and seen at `now`, of a stream whose next item should be `want`.
@@ -110,13 +120,19 @@ fn check(want: &mut u64, i: u64, sent: u64, now: u64, tally: &mut Tally, live: &
     tally.record(live, sent, now);
 }
 
+/// `"<n>:<sent µs>"`, the coworker scenarios' token format.
+fn token(text: Option<&str>) -> Option<(u64, u64)> {
+    let (i, sent) = text?.split_once(':')?;
+    Some((i.parse().ok()?, sent.parse().ok()?))
+}
+
 impl Sequencer {
     /// Item `i` of `stream`, sent at `sent` µs, seen at `now`.
     pub fn see(&mut self, stream: &str, i: u64, sent: u64, now: u64, tally: &mut Tally, live: &Live) {
-        self.see_all(stream, [Some((i, sent))], now, tally, live);
+        self.with_stream(stream, |s| s.see([Some((i, sent))], now, tally, live));
     }
 
-    /// Tokens `"<n>:<sent µs>"` (the coworker scenarios' format) of `stream`, in order; anything else is an error.
+    /// New tokens of `stream`, in order; anything not in the token format is an error.
     pub fn see_tokens<'t>(
         &mut self,
         stream: &str,
@@ -125,42 +141,45 @@ impl Sequencer {
         tally: &mut Tally,
         live: &Live,
     ) {
-        let parse = |token: Option<&str>| {
-            let (i, sent) = token?.split_once(':')?;
-            Some((i.parse().ok()?, sent.parse().ok()?))
-        };
-        self.see_all(stream, tokens.into_iter().map(parse), now, tally, live);
+        self.with_stream(stream, |s| s.see(tokens.into_iter().map(token), now, tally, live));
     }
 
-    /// Items `(number, sent µs)` of `stream` in order (`None`: an item that could not be read), with one lookup of
-    /// the stream for all of them.
-    fn see_all(
+    /// All of `stream`'s tokens so far (a run's whole list, from a snapshot or a replaced value), each read with
+    /// `text`: those past the ones already seen are new.
+    pub fn see_token_list<T>(
         &mut self,
         stream: &str,
-        items: impl IntoIterator<Item = Option<(u64, u64)>>,
+        tokens: &[T],
+        text: impl Fn(&T) -> Option<&str>,
         now: u64,
         tally: &mut Tally,
         live: &Live,
     ) {
-        let want = match self.next.get_mut(stream) {
-            Some(want) => want,
-            None => self.next.entry(stream.to_string()).or_insert(0),
+        self.with_stream(stream, |s| {
+            let new = tokens.get(s.seen..).unwrap_or_default();
+            s.see(new.iter().map(|t| token(text(t))), now, tally, live)
+        });
+    }
+
+    /// Runs `f` on `stream`'s state (the key is only allocated the first time).
+    fn with_stream<R>(&mut self, stream: &str, f: impl FnOnce(&mut Stream) -> R) -> R {
+        let s = match self.streams.get_mut(stream) {
+            Some(s) => s,
+            None => self.streams.entry(stream.to_string()).or_default(),
         };
-        for item in items {
-            match item {
-                Some((i, sent)) => check(want, i, sent, now, tally, live),
-                None => tally.errors += 1,
-            }
-        }
+        f(s)
     }
 }
 
-/// Counts `by` more items seen of `run` (the key is only allocated the first time).
-pub fn advance(seen: &mut RunMap<usize>, run: &str, by: usize) {
-    match seen.get_mut(run) {
-        Some(c) => *c += by,
-        None => {
-            seen.insert(run.to_string(), by);
+impl Stream {
+    /// Items `(number, sent µs)` in order (`None`: an item that could not be read).
+    fn see(&mut self, items: impl IntoIterator<Item = Option<(u64, u64)>>, now: u64, tally: &mut Tally, live: &Live) {
+        for item in items {
+            self.seen += 1;
+            match item {
+                Some((i, sent)) => check(&mut self.want, i, sent, now, tally, live),
+                None => tally.errors += 1,
+            }
         }
     }
 }
@@ -178,5 +197,46 @@ impl Rng {
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn some<'r>(t: &'r &str) -> Option<&'r str> {
+        Some(t)
+    }
+
+    /// (delivered, lost, out of order, errors)
+    fn counts(t: &Tally) -> (u64, u64, u64, u64) {
+        (t.delivered, t.lost, t.out_of_order, t.errors)
+    }
+
+    #[test]
+    fn numbers_in_order_pass_and_gaps_and_steps_back_count() {
+        let (mut seq, mut t, live) = (Sequencer::default(), Tally::default(), Live::default());
+        seq.see_tokens("a", [Some("0:5"), Some("1:5")], 9, &mut t, &live);
+        seq.see_tokens("b", [Some("0:5")], 9, &mut t, &live);
+        assert_eq!(counts(&t), (3, 0, 0, 0));
+        seq.see_tokens("a", [Some("4:5"), Some("2:5"), Some("x"), None], 9, &mut t, &live);
+        assert_eq!(counts(&t), (5, 2, 1, 2), "2 and 3 lost, 2 after 4 out of order, two unreadable");
+    }
+
+    #[test]
+    fn a_whole_list_brings_only_what_was_not_seen() {
+        let (mut seq, mut t, live) = (Sequencer::default(), Tally::default(), Live::default());
+        seq.see_token_list("a", &["0:1", "1:1"], some, 9, &mut t, &live);
+        seq.see_tokens("a", [Some("2:1"), Some("3:1")], 9, &mut t, &live);
+        seq.see_token_list("a", &["0:1", "1:1", "2:1", "3:1", "4:1"], some, 9, &mut t, &live);
+        assert_eq!(counts(&t), (5, 0, 0, 0));
+        // A list no longer than what was seen brings nothing; another run's list is its own.
+        seq.see_token_list("a", &["0:1"], some, 9, &mut t, &live);
+        seq.see_token_list("b", &["0:1"], some, 9, &mut t, &live);
+        assert_eq!(counts(&t), (6, 0, 0, 0));
+        // An unreadable item was seen too: the list's first item is skipped, and the number 0 never came.
+        seq.see_tokens("c", [None], 9, &mut t, &live);
+        seq.see_token_list("c", &["0:1", "1:1"], some, 9, &mut t, &live);
+        assert_eq!(counts(&t), (7, 1, 0, 1));
     }
 }
