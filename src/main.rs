@@ -123,6 +123,13 @@ async fn main() -> ExitCode {
         Ok(n) => tracing::debug!(open_files = n, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
+    let shutdown = match shutdown_signal() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("coworker: cannot install the signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let listener = match TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -134,7 +141,7 @@ async fn main() -> ExitCode {
         Ok(addr) => tracing::info!(%addr, web_root = ?config.web_root, "listening; WebSocket at ws://{addr}/ws"),
         Err(e) => tracing::warn!(error = %e, "listening on an unknown address"),
     }
-    match coworker::serve(listener, config, Hooks::default(), shutdown_signal()).await {
+    match coworker::serve(listener, config, Hooks::default(), shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("coworker: {e}");
@@ -143,25 +150,27 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await
-        }
-    };
+/// Installs the Ctrl-C and SIGTERM handlers now and returns a future that resolves on either. Installed before
+/// the address is logged: a signal sent as soon as a supervisor sees the server listening must be a clean
+/// shutdown, not the default action. (A handler installed on first poll left that window open.)
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (mut int, mut term) = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+    {
+        Ok(async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await
+            }
+        })
     }
 }
