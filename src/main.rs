@@ -137,10 +137,6 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match listener.local_addr() {
-        Ok(addr) => tracing::info!(%addr, web_root = ?config.web_root, "listening; WebSocket at ws://{addr}/ws"),
-        Err(e) => tracing::warn!(error = %e, "listening on an unknown address"),
-    }
     match coworker::serve(listener, config, Hooks::default(), shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -75,6 +75,11 @@ pub async fn serve(
     let app = app.with_state(state.clone());
     tokio::spawn(crate::telemetry::upkeep(state.shutdown.clone()));
     let limits = config.engine.limits.clone();
+    // Logged once the store is open and the routes are built: a supervisor that sees this line can connect.
+    match listener.local_addr() {
+        Ok(addr) => tracing::info!(%addr, web_root = ?config.web_root, "listening; WebSocket at ws://{addr}/ws"),
+        Err(e) => tracing::warn!(error = %e, "listening on an unknown address"),
+    }
     accept_loop(listener, app, &state, &limits, shutdown).await;
     state.sessions.close();
     if tokio::time::timeout(config.shutdown_grace, state.sessions.wait()).await.is_err() {

@@ -88,4 +88,6 @@ fn a_data_dir_that_cannot_be_opened_is_a_clear_error_at_start() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("storage: cannot create"), "stderr: {err}");
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(!log.contains("WebSocket at"), "announced an address it never served:\n{log}");
 }
