@@ -60,22 +60,24 @@ async fn sigterm_closes_clients_with_1001_and_exits() {
     }
 }
 
-/// The handlers are installed before the address is logged: a SIGTERM sent the moment a supervisor sees the
-/// server listening is a clean shutdown, not the default action (killed by the signal).
+/// The handlers are installed before the address is logged: SIGTERM or SIGINT sent the moment a supervisor sees
+/// the server listening is a clean shutdown, not the default action (killed by the signal).
 #[test]
-fn sigterm_as_soon_as_the_address_is_logged_is_a_clean_exit() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut server =
-        crate::support::Process::start(&["--web-root", "/nonexistent", "--data-dir", dir.path().to_str().unwrap()]);
-    server.signal("-TERM");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            assert!(status.success(), "exit status {status}");
-            break;
+fn a_signal_as_soon_as_the_address_is_logged_is_a_clean_exit() {
+    for sig in ["-TERM", "-INT"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server =
+            crate::support::Process::start(&["--web-root", "/nonexistent", "--data-dir", dir.path().to_str().unwrap()]);
+        server.signal(sig);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                assert!(status.success(), "{sig}: exit status {status}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the server did not exit within 10 s of {sig}");
+            std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(std::time::Instant::now() < deadline, "the server did not exit within 10 s of SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
