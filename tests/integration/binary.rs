@@ -1,6 +1,7 @@
 //! The `coworker` binary as a user runs it: flags, a taken port, the bound address in the log, and shutdown on
 //! SIGTERM with close code 1001.
 
+use crate::support::{Process, wait_for_exit};
 use futures::StreamExt;
 use std::process::Command;
 use std::time::Duration;
@@ -33,8 +34,7 @@ fn a_taken_port_is_a_clear_error_and_a_failed_exit() {
 #[tokio::test]
 async fn sigterm_closes_clients_with_1001_and_exits() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server =
-        crate::support::Process::start(&["--web-root", "/nonexistent", "--data-dir", dir.path().to_str().unwrap()]);
+    let mut server = Process::start(&["--web-root", "/nonexistent", "--data-dir", dir.path().to_str().unwrap()]);
     assert!(server.url.starts_with("ws://127.0.0.1:") && !server.url.contains(":0/"), "{}", server.url);
     let (mut ws, _) = tokio_tungstenite::connect_async(&server.url).await.unwrap();
     server.signal("-TERM");
@@ -49,15 +49,8 @@ async fn sigterm_closes_clients_with_1001_and_exits() {
     .await
     .expect("closed within 10 s");
     assert_eq!(close, Some(1001));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            assert!(status.success(), "exit status {status}");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the server did not exit within 10 s of SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let status = wait_for_exit(&mut server.child, Duration::from_secs(10)).expect("exits within 10 s of SIGTERM");
+    assert!(status.success(), "exit status {status}");
 }
 
 /// The handlers are installed before the address is logged: SIGTERM or SIGINT sent the moment a supervisor sees
@@ -66,18 +59,11 @@ async fn sigterm_closes_clients_with_1001_and_exits() {
 fn a_signal_as_soon_as_the_address_is_logged_is_a_clean_exit() {
     for sig in ["-TERM", "-INT"] {
         let dir = tempfile::tempdir().unwrap();
-        let mut server =
-            crate::support::Process::start(&["--web-root", "/nonexistent", "--data-dir", dir.path().to_str().unwrap()]);
+        let mut server = Process::start(&["--web-root", "/nonexistent", "--data-dir", dir.path().to_str().unwrap()]);
         server.signal(sig);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                assert!(status.success(), "{sig}: exit status {status}");
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "the server did not exit within 10 s of {sig}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let status = wait_for_exit(&mut server.child, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("the server did not exit within 10 s of {sig}"));
+        assert!(status.success(), "{sig}: exit status {status}");
     }
 }
 

@@ -304,16 +304,9 @@ fn a_read_only_database_is_refused_at_start() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the server started on a read-only database");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20)); // polling a child process, bounded
+    let Some(status) = wait_for_exit(&mut child, std::time::Duration::from_secs(20)) else {
+        let _ = child.kill();
+        panic!("the server started on a read-only database");
     };
     assert!(!status.success());
     let mut err = String::new();
