@@ -146,7 +146,7 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Installs the Ctrl-C and SIGTERM handlers now and returns a future that resolves on either. Installed before
+/// Installs the SIGINT (Ctrl-C) and SIGTERM handlers now (on unix) and returns a future that resolves on either. Installed before
 /// the address is logged: a signal sent as soon as a supervisor sees the server listening must be a clean
 /// shutdown, not the default action. (A handler installed on first poll left that window open.)
 fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
@@ -161,6 +161,8 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'stati
             }
         })
     }
+    // Not built or tested here (Linux only): elsewhere Ctrl-C is still registered on first poll, so the window
+    // described above stays open on those platforms.
     #[cfg(not(unix))]
     {
         Ok(async {

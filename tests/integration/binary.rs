@@ -1,5 +1,5 @@
 //! The `coworker` binary as a user runs it: flags, a taken port, the bound address in the log, and shutdown on
-//! SIGTERM with close code 1001.
+//! SIGTERM or SIGINT (close code 1001, exit 0), even right after the address is logged.
 
 use crate::support::{Process, wait_for_exit};
 use futures::StreamExt;
