@@ -56,6 +56,41 @@ pub struct Limits {
     /// After a producer's connection drops, its live runs wait this long for it (or any connection allowed to)
     /// to change them again; then they fail with `producer_lost`.
     pub producer_grace: Duration,
+    /// State bytes ([`crate::size`]) one run may hold: a write that would take it past this is refused whole
+    /// (`run_too_large`).
+    pub max_run_bytes: usize,
+    /// State bytes the live runs of one owner may hold together (`quota_state_bytes`).
+    pub max_owner_state_bytes: usize,
+    /// State bytes the whole server may hold: every live run, and each space's `currentRun` (`over_capacity`).
+    pub max_state_bytes: usize,
+    /// Message payload bytes per second one connection may send, sustained (token bucket).
+    pub bytes_per_second: u64,
+    /// Payload bytes one connection may send at once (the bucket's size).
+    pub byte_burst: u64,
+    /// Bytes of rendered diffs the resume histories of all spaces hold together.
+    pub max_history_bytes: usize,
+    /// Bytes of diffs and events one connection's subscriptions may have waiting together; past it, the
+    /// subscription that would add more is resynced, as with `max_pending_bytes`.
+    pub max_connection_pending_bytes: usize,
+    /// Bytes of replies and errors queued for one connection's writer; past it the server stops reading the
+    /// connection until the writer has written some.
+    pub max_reply_bytes: usize,
+    /// Runs with a server-side operation (data operations included) one connection may have executing at once;
+    /// past it the server stops reading the connection until one ends.
+    pub max_operations_per_connection: usize,
+}
+
+/// A quarter of the machine's memory (`MemTotal` in /proc/meminfo), or 1 GiB where that cannot be read: the
+/// default server state budget. The rest is for what the budget does not count (buffers of connections and
+/// subscriptions, resume history, the allocator's slack) and for the rest of the machine.
+pub fn default_max_state_bytes() -> usize {
+    static DEFAULT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *DEFAULT.get_or_init(|| {
+        let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+            m.lines().find_map(|l| l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?.trim().parse::<usize>().ok())
+        });
+        total_kib.map_or(1 << 30, |kib| kib * 1024 / 4)
+    })
 }
 
 impl Default for Limits {
@@ -85,6 +120,15 @@ impl Default for Limits {
             max_connections_per_owner: 1_000,
             max_connections: 16_384,
             handshake_timeout: Duration::from_secs(10),
+            max_run_bytes: 16 << 20,
+            max_owner_state_bytes: 256 << 20,
+            max_state_bytes: default_max_state_bytes(),
+            bytes_per_second: 64 << 20,
+            byte_burst: 64 << 20,
+            max_history_bytes: 256 << 20,
+            max_connection_pending_bytes: 8 << 20,
+            max_reply_bytes: 8 << 20,
+            max_operations_per_connection: 16,
         }
     }
 }

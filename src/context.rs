@@ -138,6 +138,8 @@ pub struct Run {
     pub ctx: Map<String, Value>,
     /// The connection that last started or changed the run (0: none); when it drops, the run may be orphaned.
     pub producer: u64,
+    /// Its state bytes ([`crate::size::run`]), kept up to date by every change.
+    pub bytes: usize,
 }
 
 impl Run {
@@ -158,7 +160,7 @@ impl Run {
     }
 
     /// Moves the run to a final status, setting `status`, `success`, `duration` and `output` or `error`.
-    /// Returns the changes (for a failed run, which stays visible while it lingers).
+    /// Returns the changes (for a failed run, which stays visible while it lingers); `bytes` follows.
     pub fn finish(&mut self, status: Status, output: Option<Value>, error: Option<Value>) -> Vec<Change> {
         debug_assert!(status.is_finished() && !self.status.is_finished());
         self.status = status;
@@ -177,18 +179,15 @@ impl Run {
         fields
             .into_iter()
             .map(|(k, v)| {
-                self.ctx.insert(k.to_string(), v.clone());
+                let (len, new_cost) = (self.ctx.len(), crate::size::value(&v));
+                let grown = match self.ctx.insert(k.to_string(), v.clone()) {
+                    Some(old) => crate::size::delta(crate::size::value(&old), new_cost),
+                    None => crate::size::added(len, crate::size::member(k, new_cost)) as isize,
+                };
+                self.bytes = self.bytes.saturating_add_signed(grown);
                 Change { kind: ChangeKind::Replace, path: vec![Seg::Key(k.into())], value: v }
             })
             .collect()
-    }
-
-    /// Sets a status that is not final (pending → running), returning the change.
-    pub fn set_status(&mut self, status: Status) -> Change {
-        self.status = status;
-        let v = Value::from(status.as_str());
-        self.ctx.insert("status".into(), v.clone());
-        Change { kind: ChangeKind::Replace, path: vec![Seg::Key("status".into())], value: v }
     }
 }
 

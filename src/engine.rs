@@ -4,6 +4,7 @@
 //! `DashMap` from run id to [`RunCell`]. No registry guard is held across an `.await`, a hook call, or a second key.
 
 use crate::auth::Caller;
+use crate::budget::{Account, Budgets, ConnectionQuota};
 use crate::config::EngineConfig;
 use crate::context::{Class, Kind, Run, RunHasher, RunId, Status};
 use crate::error::{Error, ErrorCode, Result};
@@ -88,13 +89,6 @@ impl FinishedIds {
     }
 }
 
-/// One owner's quotas.
-#[derive(Debug)]
-struct OwnerQuota {
-    active: usize,
-    starts: crate::ratelimit::TokenBucket,
-}
-
 /// State shared by the engine handles and the notifier tasks.
 #[derive(Debug)]
 pub struct Shared {
@@ -107,10 +101,10 @@ pub struct Shared {
     store: Arc<dyn Store>,
     pub config: EngineConfig,
     next_sub: AtomicU64,
-    /// Per owner: active runs, and the bucket runs are started from.
-    owners: DashMap<String, OwnerQuota>,
-    /// Authenticated connections per owner.
-    connections: DashMap<String, usize>,
+    /// Memory budgets, and each owner's usage and quotas.
+    budgets: Budgets,
+    /// What every space's resume history holds.
+    history: Arc<crate::history::HistoryBudget>,
     /// Random per start, below 2^53 so JavaScript holds it exactly: a resume from another epoch gets a snapshot.
     pub epoch: u64,
     /// Cancelled on shutdown: stops the notifiers.
@@ -130,6 +124,8 @@ fn now_ms() -> u64 {
 impl Engine {
     pub fn new(config: EngineConfig, hooks: Hooks, store: Arc<dyn Store>) -> Engine {
         crate::telemetry::install();
+        let budgets = Budgets::new(config.limits.clone());
+        let history = crate::history::HistoryBudget::new(config.limits.max_history_bytes);
         Engine {
             shared: Arc::new(Shared {
                 registry: DashMap::with_hasher(RunHasher::default()),
@@ -139,8 +135,8 @@ impl Engine {
                 store,
                 config,
                 next_sub: AtomicU64::new(1),
-                owners: DashMap::new(),
-                connections: DashMap::new(),
+                budgets,
+                history,
                 epoch: RunId::now_v7().as_u64_pair().1 & ((1 << 53) - 1),
                 shutdown: CancellationToken::new(),
             }),
@@ -189,17 +185,11 @@ impl Engine {
             self.check_new_id(id).await?;
         }
         let owner = spec.owner.clone().unwrap_or_else(|| "system".into());
-        self.take_run_quota(&owner)?;
+        // Given back on every early return below (a guard).
+        let quota = self.shared.budgets.start_run(&owner)?;
         let handler = self.shared.hooks.handler(&spec.operation);
-        let (space, parent) = match self.resolve_space(&spec, caller) {
-            Ok(x) => x,
-            Err(e) => {
-                self.release_run_quota(&owner);
-                return Err(e.into());
-            }
-        };
+        let (space, parent) = self.resolve_space(&spec, caller)?;
         if !caller.can_write(&space.name) {
-            self.release_run_quota(&owner);
             return Err(Error::new(ErrorCode::Forbidden, "the token may not write to this space").into());
         }
         let id = spec.id.unwrap_or_else(RunId::now_v7);
@@ -223,9 +213,12 @@ impl Engine {
         ctx.insert("error".into(), Value::Null);
         ctx.insert("success".into(), Value::Bool(false));
         ctx.insert("duration".into(), Value::from(0));
+        let bytes = crate::size::run(&ctx);
+        let mut quota = quota;
+        quota.admit(bytes)?;
 
         if let Err(e) = self.shared.hooks.before(&ctx) {
-            self.release_run_quota(&owner);
+            drop(quota);
             ctx.insert("status".into(), Value::from(Status::Failed.as_str()));
             ctx.insert("error".into(), json!({"code": e.code.as_str(), "message": e.message}));
             self.shared.hooks.error(&ctx, &e);
@@ -250,21 +243,24 @@ impl Engine {
             let st = &mut *guard;
             if self.shared.finished.lock().set.contains(&id) {
                 drop(guard);
-                return Err(self.lost_race(id, &owner, reply));
+                return Err(self.lost_race(id, reply));
             }
             let parent = parent.filter(|p| st.runs.contains_key(p));
-            let run = Run { id, parent, kind, status, started: Instant::now(), ctx, producer: caller.connection };
+            let run =
+                Run { id, parent, kind, status, started: Instant::now(), ctx, producer: caller.connection, bytes };
             let class = run.class();
-            let cell = Arc::new(RunCell { space: space.clone(), run: Mutex::new(run) });
-            match self.shared.registry.entry(id) {
+            let cell = match self.shared.registry.entry(id) {
                 Entry::Occupied(_) => {
                     drop(guard);
-                    return Err(self.lost_race(id, &owner, reply));
+                    return Err(self.lost_race(id, reply));
                 }
                 Entry::Vacant(v) => {
+                    let account = quota.keep();
+                    let cell = Arc::new(RunCell { space: space.clone(), run: Mutex::new(run), account });
                     v.insert(cell.clone());
+                    cell
                 }
-            }
+            };
             st.journal.touch(id, Class::ABSENT);
             st.journal.loading(st.views.is_loading());
             st.views.add(id, parent, class, st.journal.view_ops());
@@ -323,7 +319,7 @@ impl Engine {
             .spaces
             .entry(Arc::from(name))
             .or_insert_with(|| {
-                let space = Space::new(Arc::from(name), self.shared.epoch);
+                let space = Space::new(Arc::from(name), self.shared.epoch, self.shared.history.clone());
                 tokio::spawn(notifier::run(space.clone(), self.shared.clone()));
                 space
             })
@@ -354,8 +350,7 @@ impl Engine {
 
     /// Another request took this run's id between the check and the insert (after `before_run` passed): the run
     /// fails, and `on_error` is called as the hook contract says.
-    fn lost_race(&self, id: RunId, owner: &str, mut ctx: Map<String, Value>) -> RunFailure {
-        self.release_run_quota(owner);
+    fn lost_race(&self, id: RunId, mut ctx: Map<String, Value>) -> RunFailure {
         let e = Error::new(ErrorCode::DuplicateRun, format!("a run with id {id} exists"));
         ctx.insert("status".into(), Value::from(Status::Failed.as_str()));
         ctx.insert("error".into(), json!({"code": e.code.as_str(), "message": e.message}));
@@ -406,12 +401,34 @@ impl Engine {
         let mut run = cell.run.lock();
         Self::check_change(caller, &run, space)?;
         let before = run.class();
-        let changes = patch::apply(&mut run.ctx, ops)?;
+        let (budgets, account, run_bytes) = (&self.shared.budgets, &*cell.account, run.bytes);
+        // The usual patch fits: its growth is admitted in advance, by an upper bound settled after apply, and it
+        // needs no undo log. One that may not fit is applied with its undo log and admitted by what it grew.
+        let bound = patch::growth_bound(&ops);
+        let reserved = budgets.admit(account, run_bytes, bound as isize).is_ok();
+        let admit = |grown: isize| {
+            if reserved {
+                budgets.grow(account, grown - bound as isize);
+                Ok(())
+            } else {
+                budgets.admit(account, run_bytes, grown).map_err(|b| b.refusal(grown.max(0) as usize))
+            }
+        };
+        let applied = patch::apply_admitted(&mut run.ctx, ops, !reserved, admit).map_err(|r| match r {
+            patch::Refused::Op(e) => {
+                if reserved {
+                    budgets.grow(account, -(bound as isize));
+                }
+                e
+            }
+            patch::Refused::Admission(e) => e,
+        })?;
+        run.bytes = run.bytes.saturating_add_signed(applied.grown);
         if caller.connection != 0 {
             run.producer = caller.connection;
         }
         drop(run);
-        st.journal.changes(id, before, changes);
+        st.journal.changes(id, before, applied.changes);
         space.changed(&mut st);
         Ok(())
     }
@@ -425,15 +442,17 @@ impl Engine {
             let mut st = space.lock();
             let mut run = cell.run.lock();
             Self::check_change(caller, &run, space)?;
-            let before = run.class();
+            // What the budgets count for it (its final output is not counted: it leaves now).
+            let (before, kind, bytes) = (run.class(), run.kind, run.bytes);
             run.finish(Status::Completed, output, None);
-            let kind = run.kind;
             let ctx = Arc::new(std::mem::take(&mut run.ctx));
             drop(run);
             st.remove_run(id, before);
-            self.forget(id, ctx.get("owner").and_then(Value::as_str).unwrap_or_default());
+            self.shared.forget(id, &cell.account, bytes);
             if kind == Kind::Data {
-                st.views.set_current(serde_json::to_string(&*ctx).expect("a context serializes").into());
+                let json: Arc<str> = serde_json::to_string(&*ctx).expect("a context serializes").into();
+                let old = st.views.set_current(json.clone()).map_or(0, |old| old.len());
+                self.shared.budgets.grow_shared(crate::size::delta(old, json.len()));
                 st.journal.current_changed();
             }
             if st.events_wanted > 0 {
@@ -493,8 +512,10 @@ impl Engine {
             if !only_if(&run) {
                 return Err(Error::new(ErrorCode::Conflict, "the run's producer came back"));
             }
-            let before = run.class();
+            let (before, bytes) = (run.class(), run.bytes);
             let changes = run.finish(Status::Failed, None, Some(error));
+            // A failure may grow the run (its `error`): never refused, and given back when its linger ends.
+            self.shared.budgets.grow(&cell.account, crate::size::delta(bytes, run.bytes));
             let after = run.class();
             let ctx = Arc::new(run.ctx.clone());
             drop(run);
@@ -545,60 +566,31 @@ impl Engine {
         }
     }
 
-    fn forget(&self, id: RunId, owner: &str) {
-        self.shared.forget(id, owner);
+    /// Counts an authenticated connection of `owner`, or refuses it past the quota. The connection holds the
+    /// returned guard; dropping it gives the slot back.
+    pub fn connection_opened(&self, owner: &str) -> Result<ConnectionQuota> {
+        self.shared.budgets.open_connection(owner)
     }
 
-    /// Takes one run start from the owner's bucket and one active-run slot, or says which quota is spent.
-    fn take_run_quota(&self, owner: &str) -> Result<()> {
-        let limits = &self.shared.config.limits;
-        let mut q = self.shared.owners.entry(owner.to_string()).or_insert_with(|| OwnerQuota {
-            active: 0,
-            starts: crate::ratelimit::TokenBucket::new(limits.runs_per_second_per_owner, limits.run_burst_per_owner),
-        });
-        if q.active >= limits.max_active_runs_per_owner {
-            return Err(Error::new(ErrorCode::QuotaActiveRuns, "too many active runs for this owner"));
-        }
-        if q.starts.check() != crate::ratelimit::Verdict::Allow {
-            return Err(Error::new(ErrorCode::QuotaRunsStarted, "this owner starts runs too fast"));
-        }
-        q.active += 1;
-        Ok(())
+    /// The budgets and the state they count.
+    pub fn budgets(&self) -> &Budgets {
+        &self.shared.budgets
     }
 
-    /// Counts an authenticated connection of `owner`, or refuses it past the quota.
-    pub fn connection_opened(&self, owner: &str) -> Result<()> {
-        let mut n = self.shared.connections.entry(owner.to_string()).or_insert(0);
-        if *n >= self.shared.config.limits.max_connections_per_owner {
-            return Err(Error::new(ErrorCode::QuotaConnections, "too many connections for this owner"));
-        }
-        *n += 1;
-        Ok(())
-    }
-
-    pub fn connection_closed(&self, owner: &str) {
-        if let Some(mut n) = self.shared.connections.get_mut(owner) {
-            *n = n.saturating_sub(1);
-        }
-    }
-
-    fn release_run_quota(&self, owner: &str) {
-        self.shared.release(owner);
+    /// The largest run's state bytes (a scan of the registry: for metrics, not for a hot path).
+    pub fn largest_run_bytes(&self) -> usize {
+        let cells: Vec<Arc<RunCell>> = self.shared.registry.iter().map(|c| c.value().clone()).collect();
+        cells.iter().map(|c| c.run.lock().bytes).max().unwrap_or(0)
     }
 }
 
 impl Shared {
-    /// Drops a finished run from the registry, remembers its id, and frees its owner's active-run slot.
-    fn forget(&self, id: RunId, owner: &str) {
+    /// Drops a finished run from the registry, remembers its id, and gives back its owner's active-run slot and
+    /// its state bytes.
+    fn forget(&self, id: RunId, account: &Account, bytes: usize) {
         self.registry.remove(&id);
         self.finished.lock().insert(id, self.config.limits.finished_memory);
-        self.release(owner);
-    }
-
-    fn release(&self, owner: &str) {
-        if let Some(mut q) = self.owners.get_mut(owner) {
-            q.active = q.active.saturating_sub(1);
-        }
+        self.budgets.end_run(account, bytes);
     }
 
     /// Removes failed runs whose linger has passed.
@@ -612,12 +604,12 @@ impl Shared {
             }
             st.lingering.pop_front();
             if let Some(cell) = st.runs.get(&id).cloned() {
-                let (before, owner) = {
+                let (before, bytes) = {
                     let run = cell.run.lock();
-                    (run.class(), run.ctx.get("owner").and_then(Value::as_str).unwrap_or_default().to_string())
+                    (run.class(), run.bytes)
                 };
                 st.remove_run(id, before);
-                self.forget(id, &owner);
+                self.forget(id, &cell.account, bytes);
                 any = true;
             }
         }

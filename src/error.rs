@@ -62,6 +62,13 @@ pub enum ErrorCode {
     QuotaConnections,
     /// The server holds as many connections as allowed: the HTTP request is answered 503 with this code.
     ServerFull,
+    /// The write would take its run past `max_run_bytes`; nothing of it was applied.
+    RunTooLarge,
+    /// The write would take its owner's live runs past `max_owner_state_bytes`; nothing of it was applied.
+    QuotaStateBytes,
+    /// The server's state budget (`max_state_bytes`) is spent: writes that grow state are refused until runs
+    /// finish.
+    OverCapacity,
     /// A data operation named a document that does not exist.
     NotFound,
     /// A document with that name already exists.
@@ -104,6 +111,9 @@ impl ErrorCode {
             ErrorCode::QuotaSubscriptions => "quota_subscriptions",
             ErrorCode::QuotaConnections => "quota_connections",
             ErrorCode::ServerFull => "server_full",
+            ErrorCode::RunTooLarge => "run_too_large",
+            ErrorCode::QuotaStateBytes => "quota_state_bytes",
+            ErrorCode::OverCapacity => "over_capacity",
             ErrorCode::NotFound => "not_found",
             ErrorCode::Conflict => "conflict",
             ErrorCode::StorageFailed => "storage_failed",
@@ -112,7 +122,7 @@ impl ErrorCode {
     }
 
     /// Every code, for the protocol-doc test.
-    pub const ALL: [ErrorCode; 32] = [
+    pub const ALL: [ErrorCode; 35] = [
         ErrorCode::BadJson,
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
@@ -141,6 +151,9 @@ impl ErrorCode {
         ErrorCode::QuotaSubscriptions,
         ErrorCode::QuotaConnections,
         ErrorCode::ServerFull,
+        ErrorCode::RunTooLarge,
+        ErrorCode::QuotaStateBytes,
+        ErrorCode::OverCapacity,
         ErrorCode::NotFound,
         ErrorCode::Conflict,
         ErrorCode::StorageFailed,

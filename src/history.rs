@@ -1,13 +1,38 @@
 //! Resume history of one space: the rendered diff of each recent tick for every view set that has, or recently
 //! had, a subscriber. A subscriber that reconnects with `since: {epoch, seq}` gets the diffs after `seq` from here,
-//! or a fresh snapshot (`resync`) when they are gone. Bounded in ticks and bytes; a view set stays rendered for
-//! [`History::WINDOW`] after its last subscriber left, so that subscriber can come back.
+//! or a fresh snapshot (`resync`) when they are gone. Bounded in ticks, bytes and age per space, and in bytes
+//! across all spaces ([`HistoryBudget`]); a view set stays rendered for [`History::WINDOW`] after its last
+//! subscriber left, so that subscriber can come back.
 
 use crate::views::ViewSet;
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// The bytes of rendered diffs every space's history holds together, and their cap: a space that pushes a tick
+/// while the total is over the cap forgets its own oldest ticks first.
+#[derive(Debug)]
+pub struct HistoryBudget {
+    bytes: AtomicUsize,
+    cap: usize,
+}
+
+impl HistoryBudget {
+    pub fn new(cap: usize) -> Arc<HistoryBudget> {
+        Arc::new(HistoryBudget { bytes: AtomicUsize::new(0), cap })
+    }
+
+    /// Bytes held by every space's history.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn over(&self) -> bool {
+        self.bytes() > self.cap
+    }
+}
 
 /// A view set being rendered every tick.
 #[derive(Debug)]
@@ -19,16 +44,39 @@ struct Known {
     idle_since: Option<Instant>,
 }
 
-/// One tick's rendered op lists: `None` where the set saw no change.
-type Tick = (u64, Vec<(ViewSet, Option<Arc<str>>)>);
+/// One tick's rendered op lists (`None` where the set saw no change), and when it was pushed.
+struct Tick {
+    seq: u64,
+    diffs: Vec<(ViewSet, Option<Arc<str>>)>,
+    at: Instant,
+}
 
-#[derive(Debug, Default)]
+impl Tick {
+    fn bytes(&self) -> usize {
+        self.diffs.iter().filter_map(|(_, c)| c.as_ref()).map(|c| c.len()).sum()
+    }
+}
+
+impl std::fmt::Debug for Tick {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tick({})", self.seq)
+    }
+}
+
+#[derive(Debug)]
 pub struct History {
     ticks: VecDeque<Tick>,
     bytes: usize,
     known: Vec<Known>,
     /// The seq of the newest tick pushed.
     last: u64,
+    budget: Arc<HistoryBudget>,
+}
+
+impl Drop for History {
+    fn drop(&mut self) {
+        self.budget.bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl History {
@@ -36,8 +84,12 @@ impl History {
     pub const MAX_TICKS: usize = 4096;
     /// Bytes of rendered ops kept at most.
     pub const MAX_BYTES: usize = 4 * 1024 * 1024;
-    /// How long a view set stays rendered after its last subscriber left.
+    /// How long a view set stays rendered after its last subscriber left, and how long a tick is kept.
     pub const WINDOW: Duration = Duration::from_secs(60);
+
+    pub fn new(budget: Arc<HistoryBudget>) -> History {
+        History { ticks: VecDeque::new(), bytes: 0, known: Vec::new(), last: 0, budget }
+    }
 
     /// The view sets to render this tick.
     pub fn sets(&self) -> Vec<ViewSet> {
@@ -61,15 +113,40 @@ impl History {
 
     /// Records a closed tick's rendered diffs, then forgets what is too old or too big.
     pub fn push(&mut self, seq: u64, diffs: Vec<(ViewSet, Option<Arc<str>>)>) {
-        self.bytes += diffs.iter().filter_map(|(_, c)| c.as_ref()).map(|c| c.len()).sum::<usize>();
-        self.ticks.push_back((seq, diffs));
-        self.last = seq;
-        while self.ticks.len() > Self::MAX_TICKS || self.bytes > Self::MAX_BYTES {
-            let Some((_, old)) = self.ticks.pop_front() else { break };
-            self.bytes -= old.iter().filter_map(|(_, c)| c.as_ref()).map(|c| c.len()).sum::<usize>();
-        }
         let now = Instant::now();
+        let tick = Tick { seq, diffs, at: now };
+        let bytes = tick.bytes();
+        self.bytes += bytes;
+        self.budget.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.ticks.push_back(tick);
+        self.last = seq;
+        self.expire(now);
+        while self.ticks.len() > Self::MAX_TICKS || self.bytes > Self::MAX_BYTES || self.budget.over() {
+            if !self.pop() {
+                break;
+            }
+        }
         self.known.retain(|k| k.idle_since.is_none_or(|t| now.duration_since(t) < Self::WINDOW));
+    }
+
+    /// Forgets ticks older than [`History::WINDOW`].
+    pub fn expire(&mut self, now: Instant) {
+        while self.ticks.front().is_some_and(|t| now.duration_since(t.at) >= Self::WINDOW) {
+            self.pop();
+        }
+    }
+
+    fn pop(&mut self) -> bool {
+        let Some(old) = self.ticks.pop_front() else { return false };
+        let bytes = old.bytes();
+        self.bytes -= bytes;
+        self.budget.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        true
+    }
+
+    /// Whether it holds nothing: no tick, and no view set still within its window.
+    pub fn is_empty(&self) -> bool {
+        self.ticks.is_empty() && self.known.is_empty()
     }
 
     /// The seq of the newest tick pushed.
@@ -87,15 +164,15 @@ impl History {
         if base == self.last {
             return Some(Vec::new());
         }
-        let (oldest, _) = self.ticks.front()?;
-        if *oldest > base + 1 {
+        let oldest = self.ticks.front()?.seq;
+        if oldest > base + 1 {
             return None;
         }
         Some(
             self.ticks
                 .iter()
-                .filter(|(seq, _)| *seq > base)
-                .filter_map(|(_, diffs)| diffs.iter().find(|(v, _)| *v == views).and_then(|(_, c)| c.clone()))
+                .filter(|t| t.seq > base)
+                .filter_map(|t| t.diffs.iter().find(|(v, _)| *v == views).and_then(|(_, c)| c.clone()))
                 .collect(),
         )
     }
@@ -110,7 +187,7 @@ mod tests {
     fn resumes_only_from_what_it_still_holds() {
         let all = ViewSet::ALL;
         let ai = ViewSet::from_views([View::ActiveAi]);
-        let mut h = History::default();
+        let mut h = History::new(HistoryBudget::new(usize::MAX));
         h.subscribed(all, 0);
         h.push(1, vec![(all, Some(Arc::from("a")))]);
         h.subscribed(ai, 1);
@@ -129,5 +206,25 @@ mod tests {
         }
         assert_eq!(h.after(all, 0), None, "evicted");
         assert!(h.after(all, h.last() - 10).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ticks_age_out_and_the_shared_budget_trims_the_pushing_space() {
+        let all = ViewSet::ALL;
+        let budget = HistoryBudget::new(10);
+        let (mut a, mut b) = (History::new(budget.clone()), History::new(budget.clone()));
+        a.subscribed(all, 0);
+        b.subscribed(all, 0);
+        a.push(1, vec![(all, Some(Arc::from("aaaaaa")))]);
+        assert!(a.after(all, 0).is_some());
+        b.push(1, vec![(all, Some(Arc::from("bbbbbb")))]);
+        assert_eq!(b.after(all, 0), None, "b went over the shared cap and forgot its own tick");
+        assert_eq!(a.after(all, 0).map(|c| c.len()), Some(1), "a keeps its tick");
+        assert_eq!(budget.bytes(), 6);
+        tokio::time::advance(History::WINDOW).await;
+        a.expire(Instant::now());
+        assert_eq!(a.after(all, 0), None, "aged out");
+        assert_eq!(budget.bytes(), 0);
+        drop(b);
     }
 }

@@ -19,6 +19,7 @@
 //! - [`client`]: a Rust client that keeps a local copy of a space's state.
 
 pub mod auth;
+pub mod budget;
 pub mod client;
 pub mod config;
 pub mod context;
@@ -35,6 +36,7 @@ pub mod protocol;
 pub mod ratelimit;
 pub mod server;
 pub mod session;
+pub mod size;
 pub mod space;
 pub mod store;
 pub mod subscriber;

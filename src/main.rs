@@ -35,6 +35,27 @@ struct Args {
     #[arg(long, env = "COWORKER_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     max_message_bytes: usize,
 
+    /// State bytes one run may hold (its JSON plus 80 bytes per value); a write past it gets run_too_large.
+    #[arg(long, env = "COWORKER_MAX_RUN_BYTES", default_value_t = Limits::default().max_run_bytes)]
+    max_run_bytes: usize,
+
+    /// State bytes the live runs of one owner may hold together; past it quota_state_bytes.
+    #[arg(long, env = "COWORKER_MAX_OWNER_STATE_BYTES", default_value_t = Limits::default().max_owner_state_bytes)]
+    max_owner_state_bytes: usize,
+
+    /// State bytes the whole server may hold; past it writes that grow state get over_capacity.
+    /// Default: a quarter of the machine's memory.
+    #[arg(long, env = "COWORKER_MAX_STATE_BYTES")]
+    max_state_bytes: Option<usize>,
+
+    /// Bytes of diffs and events one subscription may have waiting for a slow reader before it is resynced.
+    #[arg(long, env = "COWORKER_MAX_PENDING_BYTES", default_value_t = Limits::default().max_pending_bytes)]
+    max_pending_bytes: usize,
+
+    /// Message bytes per second one connection may send (sustained; the burst is the same amount).
+    #[arg(long, env = "COWORKER_MAX_BYTES_PER_SECOND", default_value_t = Limits::default().bytes_per_second)]
+    max_bytes_per_second: u64,
+
     /// Directory of the database (coworker.db, SQLite in WAL mode): documents, schemas and the audit trail.
     #[arg(long, env = "COWORKER_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
@@ -108,11 +129,28 @@ async fn main() -> ExitCode {
         engine: EngineConfig {
             tick: Duration::from_millis(args.tick_ms),
             linger: Duration::from_millis(args.linger_ms),
-            limits: Limits { max_message_bytes: args.max_message_bytes, ..Limits::default() },
+            limits: Limits {
+                max_message_bytes: args.max_message_bytes,
+                max_run_bytes: args.max_run_bytes,
+                max_pending_bytes: args.max_pending_bytes,
+                max_owner_state_bytes: args.max_owner_state_bytes,
+                max_state_bytes: args.max_state_bytes.unwrap_or_else(coworker::config::default_max_state_bytes),
+                bytes_per_second: args.max_bytes_per_second,
+                byte_burst: args.max_bytes_per_second,
+                ..Limits::default()
+            },
         },
         data_dir: Some(args.data_dir),
         ..Config::default()
     };
+    let limits = &config.engine.limits;
+    tracing::info!(
+        max_state_bytes = limits.max_state_bytes,
+        from = if args.max_state_bytes.is_some() { "--max-state-bytes" } else { "a quarter of the machine's memory" },
+        max_owner_state_bytes = limits.max_owner_state_bytes,
+        max_run_bytes = limits.max_run_bytes,
+        "state budgets"
+    );
     // Each connection is a file descriptor: lift the soft limit to the hard one, and say what it allows.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) if (n as usize) < config.engine.limits.max_connections + 64 => tracing::warn!(

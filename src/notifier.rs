@@ -17,13 +17,20 @@ use tokio::time::{Instant, sleep, sleep_until};
 pub async fn run(space: Arc<Space>, shared: Arc<Shared>) {
     let tick = shared.config.tick;
     loop {
-        let next_expiry = space.lock().lingering.front().map(|(t, _)| *t);
+        // The next deadline: a lingering run's expiry, or a deferred resync.
+        let next = {
+            let st = space.lock();
+            match (st.lingering.front().map(|(t, _)| *t), st.resync_wake) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        };
         let far = Instant::now() + Duration::from_secs(86_400);
         tokio::select! {
             biased;
             _ = shared.shutdown.cancelled() => return,
             _ = space.woken() => {}
-            _ = sleep_until(next_expiry.unwrap_or(far)), if next_expiry.is_some() => {}
+            _ = sleep_until(next.unwrap_or(far)), if next.is_some() => {}
         }
         shared.expire_lingering(&space);
         let cap = shared.config.limits.max_pending_bytes;
@@ -102,21 +109,14 @@ fn cut(st: &mut SpaceState, sets: &[ViewSet]) -> Cut {
     }
 }
 
-/// Gives joining and overflowed subscribers a snapshot at the current seq (rendered once per view set), or
-/// resumes a joining subscriber from the history.
+/// Gives joining and overflowed subscribers a snapshot at the current seq, or resumes a joining subscriber from
+/// the history. A state is rendered at most once per view set and seq, however many subscribers (and flushes)
+/// need it. An overflowed subscriber gets its snapshot only when its backoff has passed and its writer has
+/// written what it took; until then it waits in `resync`, and the notifier wakes for it.
 fn serve_snapshots(space: &Space, st: &mut SpaceState) {
     if st.joining.is_empty() && st.resync.is_empty() {
         return;
     }
-    let mut cache: Vec<(ViewSet, Arc<str>)> = Vec::new();
-    let mut state_for = |st: &SpaceState, views: ViewSet| -> Arc<str> {
-        if let Some((_, s)) = cache.iter().find(|(v, _)| *v == views) {
-            return s.clone();
-        }
-        let s: Arc<str> = st.render_state(views).into();
-        cache.push((views, s.clone()));
-        s
-    };
     let joining = std::mem::take(&mut st.joining);
     let resync = std::mem::take(&mut st.resync);
     let mut joined = Vec::with_capacity(joining.len());
@@ -129,18 +129,32 @@ fn serve_snapshots(space: &Space, st: &mut SpaceState) {
         match resumed {
             Some((base, chunks)) => slot.resume(req_id, space.epoch, base, st.history.last(), chunks),
             None => {
-                let state = state_for(st, slot.views);
+                let state = st.snapshot(slot.views);
                 slot.snapshot(req_id, space.epoch, st.seq, state, since.is_some());
             }
         }
         joined.push(slot);
     }
     st.register(joined);
+    let now = Instant::now();
+    let mut wake: Option<Instant> = None;
     for slot in resync {
-        if slot.wants_resync() {
-            let state = state_for(st, slot.views);
-            slot.snapshot(None, space.epoch, st.seq, state, true);
+        match slot.resync_due() {
+            None => {}
+            Some(due) if due <= now => {
+                let state = st.snapshot(slot.views);
+                slot.snapshot(None, space.epoch, st.seq, state, true);
+            }
+            Some(due) => {
+                wake = Some(wake.map_or(due, |w| w.min(due)));
+                st.resync.push(slot);
+            }
         }
+    }
+    st.resync_wake = wake;
+    if st.resync.is_empty() {
+        // Nobody waits for a rendered state: do not keep it until the next seq.
+        st.forget_snapshots();
     }
 }
 

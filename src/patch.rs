@@ -59,19 +59,78 @@ enum Undo {
     Insert { path: Vec<Seg>, value: Value },
 }
 
-/// Applies `ops` to `ctx` in order, all or none. Returns the changes, in order.
-pub fn apply(ctx: &mut Map<String, Value>, ops: Vec<PatchOp>) -> Result<Vec<Change>> {
+/// What an applied patch did: its changes, in order, and how much the run's state bytes ([`crate::size`]) moved.
+#[derive(Debug)]
+pub struct Applied {
+    pub changes: Vec<Change>,
+    pub grown: isize,
+}
+
+/// Why a patch was not applied. Either way the context is exactly as it was.
+#[derive(Debug)]
+pub enum Refused<E> {
+    /// An op failed (its error says which and why).
+    Op(Error),
+    /// Every op applied, but the growth they made was not admitted.
+    Admission(E),
+}
+
+/// Applies `ops` to `ctx` in order, all or none, with no limit on growth.
+pub fn apply(ctx: &mut Map<String, Value>, ops: Vec<PatchOp>) -> Result<Applied> {
+    apply_admitted(ctx, ops, false, |_| Ok::<(), std::convert::Infallible>(())).map_err(|r| match r {
+        Refused::Op(e) => e,
+        Refused::Admission(never) => match never {},
+    })
+}
+
+/// An upper bound of what `ops` can add to a context's state bytes: their values, and for a set or an append whose
+/// target is missing, the objects built along its path (and a comma). Costs O(size of the values).
+pub fn growth_bound(ops: &[PatchOp]) -> usize {
+    let path_bound = |path: &Path| -> usize {
+        path.segs.iter().map(|s| 2 * crate::size::NODE + 6 + 6 * s.text.len()).sum::<usize>() + 1
+    };
+    ops.iter()
+        .map(|op| match op {
+            PatchOp::Set { path, value } => crate::size::value(value) + path_bound(path),
+            PatchOp::Append { path, value } => crate::size::value(value) + crate::size::NODE + 3 + path_bound(path),
+            PatchOp::Step { value, .. } => crate::size::object(value) + 2 * crate::size::NODE + 16,
+            PatchOp::Remove { .. } => 0,
+        })
+        .sum()
+}
+
+/// Applies `ops` to `ctx` in order, all or none. Once every op applied, `admit` is told how many state bytes the
+/// patch grew the context by (negative: shrank); if it refuses, the patch is rolled back. `may_refuse` says whether
+/// it might: the undo log is kept for patches of more than one op, and for a single op only when `admit` may
+/// refuse, so a patch whose growth was admitted in advance (the usual token) pays for no copy of its path.
+pub fn apply_admitted<E>(
+    ctx: &mut Map<String, Value>,
+    ops: Vec<PatchOp>,
+    may_refuse: bool,
+    admit: impl FnOnce(isize) -> std::result::Result<(), E>,
+) -> std::result::Result<Applied, Refused<E>> {
     let mut changes = Vec::with_capacity(ops.len());
-    let mut undo = if ops.len() > 1 { Some(Vec::with_capacity(ops.len())) } else { None };
+    let mut undo = if ops.len() > 1 || may_refuse { Some(Vec::with_capacity(ops.len())) } else { None };
+    let mut grown = 0isize;
     for op in ops {
-        if let Err(e) = apply_one(ctx, op, &mut changes, undo.as_mut()) {
-            if let Some(log) = undo {
-                rollback(ctx, log);
+        match apply_one(ctx, op, &mut changes, undo.as_mut()) {
+            Ok(d) => grown += d,
+            Err(e) => {
+                if let Some(log) = undo {
+                    rollback(ctx, log);
+                }
+                return Err(Refused::Op(e));
             }
-            return Err(e);
         }
     }
-    Ok(changes)
+    if let Err(e) = admit(grown) {
+        match undo {
+            Some(log) => rollback(ctx, log),
+            None => panic!("a patch applied without an undo log was refused by its admission"),
+        }
+        return Err(Refused::Admission(e));
+    }
+    Ok(Applied { changes, grown })
 }
 
 /// The place a path's last segment names: an object member (with the position where it is likely to be, see
@@ -124,19 +183,35 @@ impl<'a> Slot<'a> {
         }
     }
 
-    /// Stores `value`, returning what was there (`None` when absent or pushed at the end of an array).
-    fn put(self, value: Value) -> Option<Value> {
+    /// Stores `value`, returning what was there (`None` when absent or pushed at the end of an array), and how
+    /// many members or items its container held before.
+    fn put(self, value: Value) -> (Option<Value>, usize) {
         match self {
             // Replacing looks the key up once and allocates nothing; only a new key is turned into a `String`.
-            Slot::Obj(m, k, hint) => match member_mut(m, &k, hint) {
-                Some(v) => Some(std::mem::replace(v, value)),
-                None => m.insert(k.into_string(), value),
-            },
-            Slot::Arr(a, i) if i == a.len() => {
-                a.push(value);
-                None
+            Slot::Obj(m, k, hint) => {
+                let len = m.len();
+                match member_mut(m, &k, hint) {
+                    Some(v) => (Some(std::mem::replace(v, value)), len),
+                    None => (m.insert(k.into_string(), value), len),
+                }
             }
-            Slot::Arr(a, i) => Some(std::mem::replace(&mut a[i], value)),
+            Slot::Arr(a, i) if i == a.len() => {
+                let len = a.len();
+                a.push(value);
+                (None, len)
+            }
+            Slot::Arr(a, i) => {
+                let len = a.len();
+                (Some(std::mem::replace(&mut a[i], value)), len)
+            }
+        }
+    }
+
+    /// The state bytes of a new entry at this slot whose value costs `value` (a member's key counts).
+    fn entry_cost(&self, value: usize) -> usize {
+        match self {
+            Slot::Obj(_, k, _) => crate::size::member(k, value),
+            Slot::Arr(..) => value,
         }
     }
 }
@@ -223,56 +298,68 @@ fn build(rest: Vec<RawSeg>, leaf: Value) -> Value {
     })
 }
 
-/// Stores `value` in the target slot (building intermediates), recording the change and its undo.
-fn put_target(t: Target<'_>, value: Value, changes: &mut Vec<Change>, undo: Option<&mut Vec<Undo>>) {
+/// Stores `value` in the target slot (building intermediates), recording the change and its undo. Returns how
+/// many state bytes the context grew by.
+fn put_target(t: Target<'_>, value: Value, changes: &mut Vec<Change>, undo: Option<&mut Vec<Undo>>) -> isize {
+    use crate::size;
     let value = if t.rest.is_empty() { value } else { build(t.rest, value) };
-    let old = t.slot.put(value.clone());
+    let new_cost = size::value(&value);
+    let entry_cost = t.slot.entry_cost(new_cost);
+    let (old, len) = t.slot.put(value.clone());
+    let grown = match &old {
+        Some(old) => size::delta(size::value(old), new_cost),
+        None => size::added(len, entry_cost) as isize,
+    };
     let kind = if old.is_some() { ChangeKind::Replace } else { ChangeKind::Add };
     if let Some(log) = undo {
         log.push(Undo::Put { path: t.path.clone(), old });
     }
     changes.push(Change { kind, path: t.path, value });
+    grown
 }
 
+/// Applies one op; returns how many state bytes the context grew by (negative when it shrank).
 fn apply_one(
     ctx: &mut Map<String, Value>,
     op: PatchOp,
     changes: &mut Vec<Change>,
     undo: Option<&mut Vec<Undo>>,
-) -> Result<()> {
-    match op {
+) -> Result<isize> {
+    use crate::size;
+    let grown = match op {
         PatchOp::Set { path, value } => {
             let t = navigate(ctx, path, true)?;
-            put_target(t, value, changes, undo);
+            put_target(t, value, changes, undo)
         }
         PatchOp::Append { path, value } => {
             let mut t = navigate(ctx, path, true)?;
             // The target is looked up once; the usual case, an existing array or string, grows in place.
             let target = if t.rest.is_empty() { t.slot.get_mut() } else { None };
-            let (len, appended) = match (target, &value) {
+            let (len, appended, grown) = match (target, &value) {
                 (None | Some(Value::Null), _) => {
-                    put_target(t, Value::Array(vec![value]), changes, undo);
-                    return Ok(());
+                    return Ok(put_target(t, Value::Array(vec![value]), changes, undo));
                 }
                 (Some(Value::Array(a)), _) => {
+                    let grown = size::added(a.len(), size::value(&value));
                     a.push(value.clone());
-                    (a.len() - 1, Value::Array(vec![value]))
+                    (a.len() - 1, Value::Array(vec![value]), grown)
                 }
                 (Some(Value::String(s)), Value::String(tail)) => {
-                    let len = s.len();
+                    let (len, grown) = (s.len(), size::escaped_len(tail));
                     s.push_str(tail);
-                    (len, value)
+                    (len, value, grown)
                 }
                 (Some(Value::String(_)), other) => {
                     return Err(mismatch(format!("cannot append {} to a string", type_name(other))));
                 }
                 (Some(other), _) => return Err(mismatch(format!("cannot append to {}", type_name(other)))),
             };
-            // The path is copied only when the undo log needs it too (patches of more than one op).
+            // The path is copied only when the undo log needs it too.
             if let Some(log) = undo {
                 log.push(Undo::Truncate { path: t.path.clone(), len });
             }
             changes.push(Change { kind: ChangeKind::Append, path: t.path, value: appended });
+            grown as isize
         }
         PatchOp::Remove { path } => {
             if path.is_core_field() {
@@ -280,12 +367,19 @@ fn apply_one(
             }
             let t = navigate(ctx, path, false)?;
             let Target { slot, path, .. } = t;
-            let old = match slot {
-                Slot::Obj(m, k, _) => m.remove(&*k),
-                Slot::Arr(a, i) if i < a.len() => Some(a.remove(i)),
+            let removed = match slot {
+                Slot::Obj(m, k, _) => {
+                    let len = m.len();
+                    m.remove(&*k).map(|old| (size::removed(len, size::member(&k, size::value(&old))), old))
+                }
+                Slot::Arr(a, i) if i < a.len() => {
+                    let len = a.len();
+                    let old = a.remove(i);
+                    Some((size::removed(len, size::value(&old)), old))
+                }
                 Slot::Arr(..) => None,
             };
-            let Some(old) = old else {
+            let Some((shrunk, old)) = removed else {
                 return Err(Error::new(ErrorCode::PathNotFound, "path does not exist"));
             };
             if let Some(log) = undo {
@@ -295,64 +389,97 @@ fn apply_one(
                 });
             }
             changes.push(Change { kind: ChangeKind::Remove, path, value: Value::Null });
+            -(shrunk as isize)
         }
-        PatchOp::Step { index, value } => {
-            let steps = ctx.entry("steps").or_insert(Value::Null);
-            match steps {
-                Value::Null => {
-                    if index != 0 {
-                        return Err(out_of_range(index, 0));
-                    }
-                    let new = Value::Array(vec![Value::Object(value)]);
-                    let old = std::mem::replace(steps, new.clone());
-                    if let Some(log) = undo {
-                        log.push(Undo::Put { path: vec![Seg::Key("steps".into())], old: Some(old) });
-                    }
-                    changes.push(Change {
-                        kind: ChangeKind::Replace,
-                        path: vec![Seg::Key("steps".into())],
-                        value: new,
-                    });
-                }
-                Value::Array(a) if index == a.len() => {
-                    a.push(Value::Object(value.clone()));
-                    let path = vec![Seg::Key("steps".into()), Seg::Index(index)];
-                    if let Some(log) = undo {
-                        log.push(Undo::Put { path: path.clone(), old: None });
-                    }
-                    changes.push(Change { kind: ChangeKind::Add, path, value: Value::Object(value) });
-                }
-                Value::Array(a) if index < a.len() && a[index].is_null() => {
-                    // A null step becomes the merged object: one change for the whole element.
-                    let path = vec![Seg::Key("steps".into()), Seg::Index(index)];
-                    let old = std::mem::replace(&mut a[index], Value::Object(value.clone()));
-                    if let Some(log) = undo {
-                        log.push(Undo::Put { path: path.clone(), old: Some(old) });
-                    }
-                    changes.push(Change { kind: ChangeKind::Replace, path, value: Value::Object(value) });
-                }
-                Value::Array(a) if index < a.len() => {
-                    let step = &mut a[index];
-                    let Value::Object(m) = step else {
-                        return Err(mismatch(format!("steps[{index}] is {}, not an object", type_name(step))));
-                    };
-                    let mut undo = undo;
-                    for (k, v) in value {
-                        let path = vec![Seg::Key("steps".into()), Seg::Index(index), Seg::Key(k.as_str().into())];
-                        let old = m.insert(k, v.clone());
-                        let kind = if old.is_some() { ChangeKind::Replace } else { ChangeKind::Add };
-                        if let Some(log) = undo.as_deref_mut() {
-                            log.push(Undo::Put { path: path.clone(), old });
-                        }
-                        changes.push(Change { kind, path, value: v });
-                    }
-                }
-                Value::Array(a) => return Err(out_of_range(index, a.len())),
-                other => return Err(mismatch(format!("steps is {}, not an array", type_name(other)))),
-            }
-        }
+        PatchOp::Step { index, value } => step(ctx, index, value, changes, undo)?,
+    };
+    Ok(grown)
+}
+
+/// The `step` op: pushes, replaces a `null` element, or shallow-merges into `steps[index]`.
+fn step(
+    ctx: &mut Map<String, Value>,
+    index: usize,
+    value: Map<String, Value>,
+    changes: &mut Vec<Change>,
+    undo: Option<&mut Vec<Undo>>,
+) -> Result<isize> {
+    use crate::size;
+    let steps_path = || vec![Seg::Key("steps".into())];
+    let present = ctx.contains_key("steps");
+    if !present && index != 0 {
+        return Err(out_of_range(index, 0));
     }
-    Ok(())
+    let members = ctx.len();
+    let steps = ctx.entry("steps").or_insert(Value::Null);
+    let grown = match steps {
+        Value::Null => {
+            if index != 0 {
+                return Err(out_of_range(index, 0));
+            }
+            let new = Value::Array(vec![Value::Object(value)]);
+            let new_cost = size::value(&new);
+            let old = std::mem::replace(steps, new.clone());
+            let grown = if present {
+                size::delta(size::value(&old), new_cost)
+            } else {
+                size::added(members, size::member("steps", new_cost)) as isize
+            };
+            if let Some(log) = undo {
+                log.push(Undo::Put { path: steps_path(), old: present.then_some(old) });
+            }
+            changes.push(Change { kind: ChangeKind::Replace, path: steps_path(), value: new });
+            grown
+        }
+        Value::Array(a) if index == a.len() => {
+            let grown = size::added(a.len(), size::object(&value));
+            a.push(Value::Object(value.clone()));
+            let path = vec![Seg::Key("steps".into()), Seg::Index(index)];
+            if let Some(log) = undo {
+                log.push(Undo::Put { path: path.clone(), old: None });
+            }
+            changes.push(Change { kind: ChangeKind::Add, path, value: Value::Object(value) });
+            grown as isize
+        }
+        Value::Array(a) if index < a.len() && a[index].is_null() => {
+            // A null step becomes the merged object: one change for the whole element.
+            let path = vec![Seg::Key("steps".into()), Seg::Index(index)];
+            let grown = size::delta(size::value(&Value::Null), size::object(&value));
+            let old = std::mem::replace(&mut a[index], Value::Object(value.clone()));
+            if let Some(log) = undo {
+                log.push(Undo::Put { path: path.clone(), old: Some(old) });
+            }
+            changes.push(Change { kind: ChangeKind::Replace, path, value: Value::Object(value) });
+            grown
+        }
+        Value::Array(a) if index < a.len() => {
+            let step = &mut a[index];
+            let Value::Object(m) = step else {
+                return Err(mismatch(format!("steps[{index}] is {}, not an object", type_name(step))));
+            };
+            let mut undo = undo;
+            let mut grown = 0isize;
+            for (k, v) in value {
+                let path = vec![Seg::Key("steps".into()), Seg::Index(index), Seg::Key(k.as_str().into())];
+                let (len, new_cost) = (m.len(), size::value(&v));
+                let entry_cost = size::member(&k, new_cost);
+                let old = m.insert(k, v.clone());
+                grown += match &old {
+                    Some(old) => size::delta(size::value(old), new_cost),
+                    None => size::added(len, entry_cost) as isize,
+                };
+                let kind = if old.is_some() { ChangeKind::Replace } else { ChangeKind::Add };
+                if let Some(log) = undo.as_deref_mut() {
+                    log.push(Undo::Put { path: path.clone(), old });
+                }
+                changes.push(Change { kind, path, value: v });
+            }
+            grown
+        }
+        Value::Array(a) => return Err(out_of_range(index, a.len())),
+        other => return Err(mismatch(format!("steps is {}, not an array", type_name(other)))),
+    };
+    Ok(grown)
 }
 
 /// The container holding the last segment of `path`.
@@ -461,7 +588,7 @@ mod tests {
     /// Applies ops; checks the resulting context and the changes rendered as `[kind, pointer, value]`.
     fn check(ops: Vec<PatchOp>, expect_ctx: Value, expect_changes: Value) {
         let mut c = ctx();
-        let changes = apply(&mut c, ops).unwrap();
+        let changes = apply(&mut c, ops).unwrap().changes;
         assert_eq!(Value::Object(c), expect_ctx);
         let rendered: Vec<Value> = changes
             .iter()
@@ -592,5 +719,111 @@ mod tests {
             vec![append("steps", json!({"n": 1})), append("input.q", json!("!")), remove("output.nope")],
             ErrorCode::PathNotFound,
         );
+    }
+
+    /// State bytes: the running count kept by `apply_within` equals a fresh measurement of the context after any
+    /// sequence of patches (sets, appends, steps, removes; failures rolled back), and a patch refused for growing
+    /// past its headroom changes nothing.
+    mod size_accounting {
+        use super::*;
+        use crate::size;
+        use proptest::prelude::*;
+
+        fn value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+                r#"[a-z\\"\n\t\x01é😀]{0,6}"#.prop_map(Value::String),
+            ];
+            leaf.prop_recursive(3, 16, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    prop::collection::btree_map(r#"[a-c"]{1,2}"#, inner, 0..3)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn path() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec![
+                "output",
+                "output.a",
+                "output.a.b",
+                "output.tokens",
+                "/output/tokens/0",
+                "output.text",
+                "input",
+                "input.q",
+                "steps",
+                "steps[0]",
+                "steps[0].x",
+                "x",
+                "x.y",
+                "/x/0",
+            ])
+        }
+
+        fn op() -> impl Strategy<Value = PatchOp> {
+            prop_oneof![
+                (path(), value()).prop_map(|(p, v)| set(p, v)),
+                (path(), value()).prop_map(|(p, v)| append(p, v)),
+                (path(), r#"[a-z\\"]{0,4}"#).prop_map(|(p, s)| append(p, Value::String(s))),
+                path().prop_map(remove),
+                (0usize..3, prop::collection::btree_map("[a-c]", value(), 0..3))
+                    .prop_map(|(i, m)| PatchOp::Step { index: i, value: m.into_iter().collect() }),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn the_running_count_equals_a_fresh_measurement(
+                patches in prop::collection::vec((prop::collection::vec(op(), 1..4), 0usize..400), 1..40),
+            ) {
+                let mut c = ctx();
+                let mut bytes = size::object(&c);
+                for (ops, headroom) in patches {
+                    let before = c.clone();
+                    // Every other patch gets a small headroom, so refusals happen as well; a patch whose bound fits
+                    // is applied without an undo log, as the engine does.
+                    let headroom = if headroom % 2 == 0 { usize::MAX } else { headroom };
+                    let may_refuse = growth_bound(&ops) > headroom;
+                    let admit = |g: isize| if g > 0 && g as usize > headroom { Err(g as usize) } else { Ok(()) };
+                    match apply_admitted(&mut c, ops, may_refuse, admit) {
+                        Ok(a) => {
+                            prop_assert!(a.grown <= 0 || (a.grown as usize) <= headroom);
+                            bytes = bytes.checked_add_signed(a.grown).expect("never below zero");
+                        }
+                        Err(Refused::Admission(grown)) => {
+                            prop_assert!(grown > headroom);
+                            prop_assert_eq!(&c, &before, "a refused patch changes nothing");
+                        }
+                        Err(Refused::Op(_)) => prop_assert_eq!(&c, &before, "a failed patch changes nothing"),
+                    }
+                    prop_assert_eq!(bytes, size::object(&c), "after {}", Value::Object(c.clone()));
+                }
+            }
+        }
+
+        #[test]
+        fn finishing_a_run_keeps_its_count() {
+            let mut ctx = Map::new();
+            for f in crate::context::FIELDS {
+                ctx.insert(f.to_string(), Value::Null);
+            }
+            let mut run = crate::context::Run {
+                id: crate::context::RunId::nil(),
+                parent: None,
+                kind: crate::context::Kind::Ai,
+                status: crate::context::Status::Running,
+                started: tokio::time::Instant::now(),
+                bytes: size::run(&ctx),
+                ctx,
+                producer: 0,
+            };
+            run.finish(crate::context::Status::Failed, Some(json!({"big": "x".repeat(100)})), Some(json!({"m": 1})));
+            assert_eq!(run.bytes, size::run(&run.ctx));
+        }
     }
 }

@@ -435,16 +435,45 @@ pub fn reply(id: &ReqId, run: Option<&Map<String, Value>>) -> String {
     out
 }
 
-/// `{"type":"reply","id":..,"owner":"..","expires":E}`: the reply to `hello` (`owner` and `expires` are null in
-/// development mode).
-pub fn hello_reply(id: &ReqId, owner: Option<&str>, expires: Option<u64>) -> String {
+/// The limits a client needs to know to stay within them, sent in the `hello` reply.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientLimits {
+    pub max_message_bytes: usize,
+    pub max_ops_per_patch: usize,
+    pub max_run_bytes: usize,
+    pub messages_per_second: u32,
+    pub bytes_per_second: u64,
+    pub ping_interval_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub tick_ms: u64,
+}
+
+/// `{"type":"reply","id":..,"owner":"..","expires":E,"limits":{..}}`: the reply to `hello` (`owner` and `expires`
+/// are null in development mode).
+pub fn hello_reply(id: &ReqId, owner: Option<&str>, expires: Option<u64>, limits: &ClientLimits) -> String {
     let mut out = String::from("{\"type\":\"reply\"");
     push_id(&mut out, id);
     out.push_str(",\"owner\":");
     push_json(&mut out, &owner);
     out.push_str(",\"expires\":");
     push_json(&mut out, &expires);
-    out.push('}');
+    let ClientLimits {
+        max_message_bytes,
+        max_ops_per_patch,
+        max_run_bytes,
+        messages_per_second,
+        bytes_per_second,
+        ping_interval_ms,
+        idle_timeout_ms,
+        tick_ms,
+    } = limits;
+    let _ = write!(
+        out,
+        ",\"limits\":{{\"maxMessageBytes\":{max_message_bytes},\"maxOpsPerPatch\":{max_ops_per_patch},\
+         \"maxRunBytes\":{max_run_bytes},\"messagesPerSecond\":{messages_per_second},\
+         \"bytesPerSecond\":{bytes_per_second},\"pingIntervalMs\":{ping_interval_ms},\
+         \"idleTimeoutMs\":{idle_timeout_ms},\"tickMs\":{tick_ms}}}}}"
+    );
     out
 }
 

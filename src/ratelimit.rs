@@ -1,6 +1,7 @@
-//! A token bucket per connection: `rate` messages per second sustained, `burst` at once. A message that finds the
-//! bucket empty is refused (`rate_limited`) and counted; a client that keeps sending after `burst` refusals in a
-//! row is closed (1008). Time is tokio's clock, so tests can pause it.
+//! A token bucket: `rate` units per second sustained, `burst` at once (messages, bytes, or run starts). A request
+//! that finds too few tokens is refused (`rate_limited`) and counted; a client that keeps sending after `burst`
+//! refusals in a row (or as many as set with [`TokenBucket::close_after`]) is closed (1008). Time is tokio's
+//! clock, so tests can pause it.
 
 use tokio::time::Instant;
 
@@ -11,6 +12,7 @@ pub struct TokenBucket {
     tokens: f64,
     last: Instant,
     refused_in_a_row: u64,
+    close_after: u64,
 }
 
 /// What to do with one message.
@@ -24,14 +26,22 @@ pub enum Verdict {
 }
 
 impl TokenBucket {
-    pub fn new(rate: u32, burst: u32) -> TokenBucket {
+    pub fn new(rate: impl Into<u64>, burst: impl Into<u64>) -> TokenBucket {
+        let (rate, burst) = (rate.into(), burst.into());
         TokenBucket {
             rate: rate as f64,
             burst: burst as f64,
             tokens: burst as f64,
             last: Instant::now(),
             refused_in_a_row: 0,
+            close_after: burst,
         }
+    }
+
+    /// Closes after `n` refusals in a row instead of `burst`.
+    pub fn close_after(mut self, n: u64) -> TokenBucket {
+        self.close_after = n;
+        self
     }
 
     pub fn check(&mut self) -> Verdict {
@@ -40,16 +50,32 @@ impl TokenBucket {
 
     /// [`TokenBucket::check`] at `now` (a clock the caller already read).
     pub fn check_at(&mut self, now: Instant) -> Verdict {
+        self.take_at(now, 1)
+    }
+
+    fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+    }
+
+    /// Takes `n` tokens at `now` (at most the bucket's size: a request larger than the burst needs a full bucket).
+    pub fn take_at(&mut self, now: Instant, n: u64) -> Verdict {
+        self.refill(now);
+        let n = (n as f64).min(self.burst);
+        if self.tokens >= n {
+            self.tokens -= n;
             self.refused_in_a_row = 0;
             return Verdict::Allow;
         }
         self.refused_in_a_row += 1;
-        if self.refused_in_a_row > self.burst as u64 { Verdict::Close } else { Verdict::Refuse }
+        if self.refused_in_a_row > self.close_after { Verdict::Close } else { Verdict::Refuse }
+    }
+
+    /// Whether the bucket has refilled completely by `now` (its holder has nothing left to wait for).
+    pub fn is_full_at(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.burst
     }
 }
 
@@ -60,7 +86,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn bursts_then_refuses_then_closes_and_refills_with_time() {
-        let mut b = TokenBucket::new(100, 10);
+        let mut b = TokenBucket::new(100u32, 10u32);
         for _ in 0..10 {
             assert_eq!(b.check(), Verdict::Allow);
         }
@@ -73,8 +99,17 @@ mod tests {
             assert_eq!(b.check(), Verdict::Refuse);
         }
         assert_eq!(b.check(), Verdict::Close);
+        // Tokens taken by weight (bytes): a request larger than what is left waits for the refill.
+        let mut b = TokenBucket::new(1_000u32, 1_000u32).close_after(2);
+        assert_eq!(b.take_at(Instant::now(), 800), Verdict::Allow);
+        assert_eq!(b.take_at(Instant::now(), 300), Verdict::Refuse);
+        assert_eq!(b.take_at(Instant::now(), 5_000), Verdict::Refuse, "past the burst it needs a full bucket");
+        assert_eq!(b.take_at(Instant::now(), 300), Verdict::Close, "after close_after refusals in a row");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(b.is_full_at(Instant::now()));
+        assert_eq!(b.take_at(Instant::now(), 5_000), Verdict::Allow);
         // A sustained rate at the limit is never refused.
-        let mut b = TokenBucket::new(10_000, 5_000);
+        let mut b = TokenBucket::new(10_000u32, 5_000u32);
         for _ in 0..20_000 {
             tokio::time::advance(Duration::from_micros(100)).await;
             assert_eq!(b.check(), Verdict::Allow);

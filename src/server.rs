@@ -73,7 +73,7 @@ pub async fn serve(
         app = app.fallback_service(ServeDir::new(root));
     }
     let app = app.with_state(state.clone());
-    tokio::spawn(crate::telemetry::upkeep(state.shutdown.clone()));
+    tokio::spawn(upkeep(engine.clone(), state.shutdown.clone()));
     let limits = config.engine.limits.clone();
     // Logged once the store is open and the routes are built: a supervisor that sees this line can connect.
     match listener.local_addr() {
@@ -246,16 +246,42 @@ async fn autobahn_echo(ws: WebSocketUpgrade, State(state): State<AppState>) -> R
     })
 }
 
+/// Every few seconds: drains the metrics' histogram samples, and forgets the accounts of owners that hold nothing.
+async fn upkeep(engine: Engine, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {
+                crate::telemetry::upkeep();
+                engine.budgets().sweep();
+            }
+        }
+    }
+}
+
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::telemetry::render(state.engine.active_runs()))
+    let engine = &state.engine;
+    let limits = &engine.config().limits;
+    let gauges = crate::telemetry::Gauges {
+        active_runs: engine.active_runs(),
+        state_bytes: engine.budgets().state_bytes(),
+        largest_run_bytes: engine.largest_run_bytes(),
+        max_state_bytes: limits.max_state_bytes,
+        max_owner_state_bytes: limits.max_owner_state_bytes,
+        max_run_bytes: limits.max_run_bytes,
+    };
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::telemetry::render(gauges))
 }
 
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    let budgets = state.engine.budgets();
     Json(json!({
-        "status": "ok",
+        "status": if budgets.over_capacity() { "over_capacity" } else { "ok" },
         "protocol": PROTOCOL_VERSION,
         "activeRuns": state.engine.active_runs(),
         "connections": state.sessions.len(),
+        "stateBytes": budgets.state_bytes(),
+        "maxStateBytes": state.engine.config().limits.max_state_bytes,
     }))
 }
 

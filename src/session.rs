@@ -11,7 +11,7 @@ use crate::error::{Error, ErrorCode};
 use crate::path::PathLimits;
 use crate::protocol::{self, ClientMsg, ParseLimits};
 use crate::ratelimit::{TokenBucket, Verdict};
-use crate::subscriber::{Outbox, SubSlot};
+use crate::subscriber::{Frame, Outbox, SubSlot};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
@@ -61,6 +61,9 @@ enum AuthState {
 /// Size of a connection's produced-run set from which runs finished elsewhere are pruned (at each power of two).
 const PRODUCED_PRUNE_AT: usize = 1024;
 
+/// Bytes of messages a connection's reader handles before it lets other tasks run.
+const YIELD_BYTES: usize = 64 * 1024;
+
 /// How long the server keeps reading (and dropping) a peer's frames after sending it a close frame.
 const CLOSE_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -85,8 +88,10 @@ struct Session {
     connection: u64,
     /// Live runs this connection started or changed: if it drops, they wait for their producer's return.
     produced: HashSet<RunId, RunHasher>,
-    /// The owner whose connection quota this connection holds.
-    counted_owner: Option<String>,
+    /// Server-side operations of this connection running at once.
+    operations: Arc<tokio::sync::Semaphore>,
+    /// The owner whose connection quota this connection holds (given back when the session is dropped).
+    counted_owner: Option<crate::budget::ConnectionQuota>,
 }
 
 /// Connection ids, unique for the process (0 is never used).
@@ -124,7 +129,7 @@ async fn serve_connection(
 ) {
     let limits: Limits = engine.config().limits.clone();
     let (sink, mut stream) = socket.split();
-    let outbox = Outbox::new();
+    let outbox = Outbox::new(limits.max_connection_pending_bytes, limits.max_reply_bytes);
     let (tx, rx) = mpsc::channel(limits.reply_queue);
     // Cancelled when the writer ends (the peer stopped reading, or the socket failed): the reader stops too.
     let writer_done = CancellationToken::new();
@@ -137,8 +142,13 @@ async fn serve_connection(
         }
     });
     let mut bucket = TokenBucket::new(limits.messages_per_second, limits.message_burst);
+    // Bytes are refused like messages, and a client that keeps sending after as many refusals in a row as the
+    // message burst allows is closed the same way.
+    let mut byte_bucket =
+        TokenBucket::new(limits.bytes_per_second, limits.byte_burst).close_after(u64::from(limits.message_burst));
     let idle = tokio::time::sleep(limits.idle_timeout);
     let mut last_heard = tokio::time::Instant::now();
+    let mut unyielded = 0usize;
     tokio::pin!(idle);
     let connection = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
     let mut session = Session {
@@ -162,6 +172,7 @@ async fn serve_connection(
         connection,
         produced: HashSet::default(),
         counted_owner: None,
+        operations: Arc::new(tokio::sync::Semaphore::new(limits.max_operations_per_connection)),
     };
     match caller {
         Some(c) => {
@@ -191,7 +202,9 @@ async fn serve_connection(
                 session.send_now(frame).await;
                 continue;
             }
-            m = stream.next(), if session.waiting.len() < limits.reply_queue => m,
+            m = stream.next(), if session.waiting.len() < limits.reply_queue && !session.outbox.replies_full() => m,
+            // The replies waiting for the writer filled their cap: read again once it wrote some.
+            _ = session.outbox.reply_room(), if session.outbox.replies_full() => continue,
             _ = &mut server_stopping => {
                 closing = Some((close::GOING_AWAY, "server shutting down"));
                 break;
@@ -228,8 +241,25 @@ async fn serve_connection(
             }
         };
         last_heard = tokio::time::Instant::now();
-        if matches!(msg, Some(Ok(Message::Text(_) | Message::Binary(_)))) {
-            match bucket.check_at(last_heard) {
+        let payload = match &msg {
+            Some(Ok(Message::Text(t))) => Some(t.len()),
+            Some(Ok(Message::Binary(b))) => Some(b.len()),
+            _ => None,
+        };
+        if let Some(len) = payload {
+            // Fairness between connections: a connection that keeps sending large messages yields its worker
+            // after every `YIELD_BYTES` it handled, so that the others' messages are read in between. (Tokio's
+            // cooperative budget counts readiness polls, not bytes: 128 messages of 60 KB each would run first.)
+            unyielded += len;
+            if unyielded >= YIELD_BYTES {
+                unyielded = 0;
+                tokio::task::yield_now().await;
+            }
+            let verdict = match bucket.check_at(last_heard) {
+                Verdict::Allow => byte_bucket.take_at(last_heard, len as u64),
+                refused => refused,
+            };
+            match verdict {
                 Verdict::Allow => {}
                 Verdict::Refuse => {
                     // The message is dropped unhandled, but a request still gets its answer (its `id`).
@@ -237,7 +267,8 @@ async fn serve_connection(
                         Some(Ok(Message::Text(text))) => protocol::request_id(text.as_str()),
                         _ => None,
                     };
-                    let e = Error::new(ErrorCode::RateLimited, "message rate limit exceeded; message dropped");
+                    let e = Error::new(ErrorCode::RateLimited, "message or byte rate limit exceeded; message dropped");
+                    crate::telemetry::refusal(ErrorCode::RateLimited);
                     session.send(error_frame(&id, &e, None)).await;
                     continue;
                 }
@@ -274,9 +305,6 @@ async fn serve_connection(
         session.engine.unsubscribe(slot);
     }
     session.engine.connection_lost(session.connection, session.produced.drain().collect());
-    if let Some(owner) = session.counted_owner.take() {
-        session.engine.connection_closed(&owner);
-    }
     session.outbox.close();
     drop(session);
     let _ = writer.await;
@@ -325,8 +353,7 @@ impl Session {
         if self.counted_owner.is_none()
             && let Some(owner) = &caller.owner
         {
-            self.engine.connection_opened(owner)?;
-            self.counted_owner = Some(owner.clone());
+            self.counted_owner = Some(self.engine.connection_opened(owner)?);
         }
         let deadline = match caller.expires {
             Some(exp) => {
@@ -363,6 +390,7 @@ impl Session {
 
     async fn send_now(&mut self, frame: String) {
         // The writer only goes away with the connection; a failed send means there is no one left to tell.
+        self.outbox.reply_queued(frame.len());
         let _ = self.tx.send(Outgoing::Frame(frame)).await;
     }
 
@@ -375,25 +403,41 @@ impl Session {
         }
     }
 
+    /// The limits the `hello` reply tells the client.
+    fn client_limits(&self) -> protocol::ClientLimits {
+        let config = self.engine.config();
+        let l = &config.limits;
+        protocol::ClientLimits {
+            max_message_bytes: l.max_message_bytes,
+            max_ops_per_patch: l.max_ops_per_patch,
+            max_run_bytes: l.max_run_bytes,
+            messages_per_second: l.messages_per_second,
+            bytes_per_second: l.bytes_per_second,
+            ping_interval_ms: l.ping_interval.as_millis() as u64,
+            idle_timeout_ms: l.idle_timeout.as_millis() as u64,
+            tick_ms: config.tick.as_millis() as u64,
+        }
+    }
+
     /// `hello`: verifies the token (in development mode any or none is accepted). A bad token closes the
     /// connection (4001) after the error; a connection may send a fresh token for the same subject at any time.
     async fn hello(&mut self, id: protocol::ReqId, token: Option<String>) {
         let Some(auth) = &self.auth else {
-            return self.send(protocol::hello_reply(&id, None, None)).await;
+            return self.send(protocol::hello_reply(&id, None, None, &self.client_limits())).await;
         };
         let verified = match token {
             Some(t) => auth.verify(&t),
             None => Err(Error::new(ErrorCode::Unauthenticated, "`hello` needs a `token`")),
         };
         let verified = verified.and_then(|c| match &self.counted_owner {
-            Some(owner) if c.owner.as_ref() != Some(owner) => {
+            Some(quota) if c.owner.as_ref() != Some(&quota.owner) => {
                 Err(Error::new(ErrorCode::Forbidden, "a refreshed token must have the same subject"))
             }
             _ => Ok(c),
         });
         match verified {
             Ok(caller) => {
-                let reply = protocol::hello_reply(&id, caller.owner.as_deref(), caller.expires);
+                let reply = protocol::hello_reply(&id, caller.owner.as_deref(), caller.expires, &self.client_limits());
                 match self.authenticated(caller) {
                     Ok(()) => self.send(reply).await,
                     Err(e) => {
@@ -446,13 +490,16 @@ impl Session {
             ClientMsg::Hello { .. } => unreachable!("handled above"),
             ClientMsg::Run { id, spec } if self.engine.has_operation(&spec.operation) => {
                 // A server-side operation may take a while: keep reading meanwhile (its reply may come out of
-                // order).
-                let (engine, tx) = (self.engine.clone(), self.tx.clone());
+                // order), up to `max_operations_per_connection` at once; past that, reading waits for one to end.
+                let Ok(permit) = self.operations.clone().acquire_owned().await else { return };
+                let (engine, tx, outbox) = (self.engine.clone(), self.tx.clone(), self.outbox.clone());
                 tokio::spawn(async move {
                     let frame = match engine.run(*spec, &caller).await {
                         Ok(ctx) => protocol::reply(&id, Some(&ctx)),
                         Err(f) => error_frame(&id, &f.error, f.run.as_deref()),
                     };
+                    drop(permit);
+                    outbox.reply_queued(frame.len());
                     let _ = tx.send(Outgoing::Frame(frame)).await;
                 });
             }
@@ -518,6 +565,10 @@ impl Session {
     }
 }
 
+/// Frames larger than this are flushed on their own, so that the WebSocket's write buffer never holds more than one
+/// large frame (a snapshot) at a time.
+const FLUSH_ALONE_BYTES: usize = 64 * 1024;
+
 async fn write_loop(
     mut sink: futures::stream::SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outgoing>,
@@ -525,7 +576,8 @@ async fn write_loop(
     ping_interval: std::time::Duration,
     write_timeout: std::time::Duration,
 ) {
-    let mut frames: Vec<Message> = Vec::new();
+    let mut replies: Vec<Message> = Vec::new();
+    let mut frames: Vec<Frame> = Vec::new();
     let mut closing: Option<(u16, &'static str)> = None;
     let mut open = true;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
@@ -533,16 +585,16 @@ async fn write_loop(
         tokio::select! {
             biased;
             m = rx.recv() => match m {
-                Some(Outgoing::Frame(f)) => frames.push(Message::Text(f.into())),
+                Some(Outgoing::Frame(f)) => replies.push(Message::Text(f.into())),
                 Some(Outgoing::Close(code, reason)) => closing = Some((code, reason)),
                 None => open = false,
             },
             _ = outbox.wait() => {}
-            _ = ping.tick() => frames.push(Message::Ping(Default::default())),
+            _ = ping.tick() => replies.push(Message::Ping(Default::default())),
         }
         while closing.is_none() {
             match rx.try_recv() {
-                Ok(Outgoing::Frame(f)) => frames.push(Message::Text(f.into())),
+                Ok(Outgoing::Frame(f)) => replies.push(Message::Text(f.into())),
                 Ok(Outgoing::Close(code, reason)) => closing = Some((code, reason)),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
@@ -551,20 +603,34 @@ async fn write_loop(
                 }
             }
         }
-        let mut texts = Vec::new();
-        outbox.take_frames(&mut texts);
-        frames.extend(texts.into_iter().map(|f| Message::Text(f.into())));
-        let (count, bytes) = (frames.len(), frames.iter().map(message_len).sum::<usize>());
+        outbox.set_writing(true);
+        outbox.take_frames(&mut frames);
+        let reply_bytes: usize = replies.iter().map(message_len).sum();
+        let mut sent = (0, 0);
         let write = async {
+            for m in replies.drain(..) {
+                sent = (sent.0 + 1, sent.1 + message_len(&m));
+                sink.feed(m).await?;
+            }
+            // Each snapshot is rendered just before it is written, and a large frame goes out on its own.
             for f in frames.drain(..) {
-                sink.feed(f).await?;
+                let text = f.render();
+                let large = text.len() > FLUSH_ALONE_BYTES;
+                sent = (sent.0 + 1, sent.1 + text.len());
+                sink.feed(Message::Text(text.into())).await?;
+                if large {
+                    sink.flush().await?;
+                }
             }
             sink.flush().await
         };
-        match tokio::time::timeout(write_timeout, write).await {
+        let written = tokio::time::timeout(write_timeout, write).await;
+        outbox.set_writing(false);
+        outbox.reply_written(reply_bytes);
+        match written {
             Ok(Ok(())) => {
-                crate::telemetry::FRAMES_SENT.increment(count as u64);
-                crate::telemetry::BYTES_SENT.increment(bytes as u64);
+                crate::telemetry::FRAMES_SENT.increment(sent.0);
+                crate::telemetry::BYTES_SENT.increment(sent.1 as u64);
             }
             Ok(Err(_)) => return,
             Err(_) => {

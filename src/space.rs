@@ -21,6 +21,8 @@ use tokio::time::Instant;
 pub struct RunCell {
     pub space: Arc<Space>,
     pub run: Mutex<Run>,
+    /// The owner's account, which the run's state bytes and its active-run slot count against.
+    pub account: Arc<crate::budget::Account>,
 }
 
 /// Subscribers that share a view set, and so share rendered frames.
@@ -40,7 +42,7 @@ pub struct Joining {
 }
 
 /// Everything behind a space's lock.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SpaceState {
     /// The seq of the last closed tick; a snapshot taken now is at this seq.
     pub seq: u64,
@@ -59,6 +61,10 @@ pub struct SpaceState {
     pub history: History,
     /// Subscribers that overflowed and wait for a fresh snapshot.
     pub resync: Vec<Arc<SubSlot>>,
+    /// When the first deferred resync in `resync` may be served.
+    pub resync_wake: Option<Instant>,
+    /// States rendered at `seq`, by view set: a snapshot is rendered once per view set and seq.
+    snapshots: Vec<(ViewSet, u64, Arc<str>)>,
     /// How many registered or joining subscribers asked for events (events are only journaled when some did).
     pub events_wanted: usize,
     /// Whether the notifier has been woken since its last flush.
@@ -66,12 +72,47 @@ pub struct SpaceState {
 }
 
 impl SpaceState {
+    pub fn new(history: crate::history::History) -> SpaceState {
+        SpaceState {
+            seq: 0,
+            runs: IndexMap::default(),
+            views: Views::default(),
+            journal: Journal::default(),
+            lingering: VecDeque::new(),
+            groups: Arc::new(Vec::new()),
+            joining: Vec::new(),
+            history,
+            resync: Vec::new(),
+            resync_wake: None,
+            snapshots: Vec::new(),
+            events_wanted: 0,
+            dirty: false,
+        }
+    }
+
     /// Takes a run out of `activeRuns`: journals its removal and updates the views.
     pub fn remove_run(&mut self, id: RunId, before: Class) {
         self.journal.touch(id, before);
         self.journal.loading(self.views.is_loading());
         self.views.remove(id, before, self.journal.view_ops());
         self.runs.swap_remove(&id);
+    }
+
+    /// The state document for one view set at the current seq: rendered once, then shared.
+    pub fn snapshot(&mut self, views: ViewSet) -> Arc<str> {
+        let seq = self.seq;
+        self.snapshots.retain(|(_, at, _)| *at == seq);
+        if let Some((_, _, s)) = self.snapshots.iter().find(|(v, _, _)| *v == views) {
+            return s.clone();
+        }
+        let state: Arc<str> = self.render_state(views).into();
+        crate::telemetry::SNAPSHOTS_RENDERED.increment(1);
+        self.snapshots.push((views, seq, state.clone()));
+        state
+    }
+
+    pub fn forget_snapshots(&mut self) {
+        self.snapshots.clear();
     }
 
     /// Renders the state document for one view set at the current seq.
@@ -144,8 +185,9 @@ pub struct Space {
 }
 
 impl Space {
-    pub fn new(name: Arc<str>, epoch: u64) -> Arc<Space> {
-        Arc::new(Space { name, epoch, state: Mutex::new(SpaceState::default()), wake: Notify::new() })
+    pub fn new(name: Arc<str>, epoch: u64, history: Arc<crate::history::HistoryBudget>) -> Arc<Space> {
+        let state = SpaceState::new(History::new(history));
+        Arc::new(Space { name, epoch, state: Mutex::new(state), wake: Notify::new() })
     }
 
     pub fn lock(&self) -> MutexGuard<'_, SpaceState> {

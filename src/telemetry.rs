@@ -34,6 +34,8 @@ pub static BYTES_SENT: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_b
 pub static DIFFS_RENDERED: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_diffs_rendered_total"));
 pub static DIFFS_MERGED: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_diffs_merged_total"));
 pub static RESYNCS: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_resyncs_total"));
+/// States rendered for snapshots: one per view set and seq, however many subscribers get it.
+pub static SNAPSHOTS_RENDERED: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_snapshots_rendered_total"));
 pub static SLOW_CLOSES: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_slow_subscriber_closes_total"));
 pub static PATCH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| histogram!("coworker_patch_seconds"));
 pub static FLUSH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| histogram!("coworker_flush_seconds"));
@@ -52,26 +54,41 @@ pub fn sample_patch() -> bool {
     })
 }
 
+/// Counts a write refused by a memory budget or a rate limit, by code.
+pub fn refusal(code: crate::error::ErrorCode) {
+    counter!("coworker_refusals_total", "code" => code.as_str()).increment(1);
+}
+
 /// Counts an error sent to a client, by code.
 pub fn error(code: crate::error::ErrorCode) {
     counter!("coworker_errors_total", "code" => code.as_str()).increment(1);
 }
 
-/// Drains histogram samples into their buckets every few seconds. The exporter keeps raw samples until then, so
-/// without this a server that is never scraped would hold every patch's sample in memory.
-pub async fn upkeep(stop: tokio_util::sync::CancellationToken) {
-    let handle = install();
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => handle.run_upkeep(),
-        }
-    }
+/// Drains histogram samples into their buckets. The exporter keeps raw samples until then, so without this a server
+/// that is never scraped would hold every patch's sample in memory: call it every few seconds.
+pub fn upkeep() {
+    install().run_upkeep();
+}
+
+/// The gauges computed at scrape time.
+#[derive(Debug, Clone, Copy)]
+pub struct Gauges {
+    pub active_runs: usize,
+    pub state_bytes: usize,
+    pub largest_run_bytes: usize,
+    pub max_state_bytes: usize,
+    pub max_owner_state_bytes: usize,
+    pub max_run_bytes: usize,
 }
 
 /// Sets the gauges computed at scrape time and renders the text format.
-pub fn render(active_runs: usize) -> String {
+pub fn render(g: Gauges) -> String {
     let handle = install();
-    gauge!("coworker_active_runs").set(active_runs as f64);
+    gauge!("coworker_active_runs").set(g.active_runs as f64);
+    gauge!("coworker_state_bytes").set(g.state_bytes as f64);
+    gauge!("coworker_largest_run_bytes").set(g.largest_run_bytes as f64);
+    gauge!("coworker_max_state_bytes").set(g.max_state_bytes as f64);
+    gauge!("coworker_max_owner_state_bytes").set(g.max_owner_state_bytes as f64);
+    gauge!("coworker_max_run_bytes").set(g.max_run_bytes as f64);
     handle.render()
 }

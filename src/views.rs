@@ -213,9 +213,9 @@ impl Views {
         self.pipelines.remove(id, ops);
     }
 
-    /// Sets `currentRun` to a completed data run's serialized context.
-    pub fn set_current(&mut self, json: Arc<str>) {
-        self.current = Some(json);
+    /// Sets `currentRun` to a completed data run's serialized context; returns the one it replaces.
+    pub fn set_current(&mut self, json: Arc<str>) -> Option<Arc<str>> {
+        self.current.replace(json)
     }
 
     pub fn current(&self) -> Option<&Arc<str>> {

@@ -3,12 +3,14 @@
 mod auth;
 mod bad_input;
 mod binary;
+mod budgets;
 mod crash;
 mod data;
 mod diff_invariant;
 mod hooks;
 mod limits;
 mod load;
+mod memory;
 mod messages;
 mod producer;
 mod protocol_doc;

@@ -288,3 +288,37 @@ pub async fn healthz(server: &TestServer) -> serde_json::Value {
     let body = text.split("\r\n\r\n").nth(1).expect("a body");
     serde_json::from_str(body).expect("JSON")
 }
+
+/// GET `path` on the server over plain HTTP: the whole response, head and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    text
+}
+
+/// The value of one sample in Prometheus text (`name` with its labels, as written), if present.
+pub fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A process's resident memory, from /proc.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+impl Process {
+    /// The `host:port` the process listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.url.trim_start_matches("ws://").trim_end_matches("/ws").parse().expect("a socket address")
+    }
+}
