@@ -122,9 +122,7 @@ impl Fixture {
     /// Sets `output.tokens` of `id` to `k` tokens.
     fn fill(&self, id: RunId, k: usize) {
         let tokens = Value::Array((0..k).map(token).collect());
-        self.engine
-            .patch(id, vec![PatchOp::Set { path: path("output.tokens"), value: tokens }], &TRUSTED)
-            .expect("fill");
+        self.engine.patch(id, vec![PatchOp::set(path("output.tokens"), tokens)], &TRUSTED).expect("fill");
     }
 
     /// Lets the notifier flush everything journaled so far and start a new tick.
@@ -145,7 +143,7 @@ impl Fixture {
     fn truncate(&self, id: RunId, base: usize, appended: usize) {
         let indexes: Vec<usize> = (base..base + appended).rev().collect();
         for chunk in indexes.chunks(MAX_OPS) {
-            let ops = chunk.iter().map(|i| PatchOp::Remove { path: path(&format!("output.tokens[{i}]")) }).collect();
+            let ops = chunk.iter().map(|i| PatchOp::remove(path(&format!("output.tokens[{i}]")))).collect();
             self.engine.patch(id, ops, &TRUSTED).expect("truncate");
         }
     }
@@ -284,7 +282,7 @@ fn by_active_runs(c: &mut Criterion) {
                 fx.time_patches(
                     iters,
                     targets,
-                    &mut |i| PatchOp::Append { path: tokens.clone(), value: token(i as usize) },
+                    &mut |i| PatchOp::append(tokens.clone(), token(i as usize)),
                     &mut |counts| {
                         for (&id, &m) in targets.iter().zip(counts) {
                             fx.truncate(id, BASE_TOKENS, m);
@@ -318,7 +316,7 @@ fn by_run_size(c: &mut Criterion) {
                 fx.time_patches(
                     iters,
                     &[*id],
-                    &mut |i| PatchOp::Append { path: tokens.clone(), value: token(i as usize) },
+                    &mut |i| PatchOp::append(tokens.clone(), token(i as usize)),
                     &mut |counts| fx.truncate(*id, k, counts[0]),
                 )
             })
@@ -337,7 +335,7 @@ fn by_run_size(c: &mut Criterion) {
                         let mut text = keystroke.clone();
                         text.pop();
                         text.push(char::from(b'a' + (i % 26) as u8));
-                        PatchOp::Set { path: value.clone(), value: Value::String(text) }
+                        PatchOp::set(value.clone(), Value::String(text))
                     },
                     &mut |_| {},
                 )

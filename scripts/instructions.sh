@@ -8,6 +8,7 @@
 #        default binary target/release/coworker; default load 100 runs x 20 tokens/s x 10 subscribers (slow enough
 #        for the server to keep up under valgrind).
 # Needs: valgrind (installed with apt-get when missing), curl.
+# With CG_OUT=FILE set, the callgrind profile is kept there (for callgrind_annotate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-target/release/coworker}
@@ -46,6 +47,7 @@ wait "$LOAD" || { echo "instructions: the load run failed" >&2; exit 1; }
 callgrind_control -d "$VG" >/dev/null
 sleep 1
 IR=$(cat "$TMP"/cg.out* | awk '$1 == "totals:" {s += $2} END {print s}')
+if [ -n "${CG_OUT:-}" ]; then cat "$TMP"/cg.out* >"$CG_OUT"; fi
 kill "$VG" 2>/dev/null || true
 wait "$VG" 2>/dev/null || true
 python3 - "$TMP/load.json" "$IR" "$P0" "$P1" "${LOAD_FLAGS[*]}" <<'PY'

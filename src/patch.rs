@@ -9,17 +9,36 @@ use crate::path::{Path, RawSeg, Seg};
 use compact_str::CompactString;
 use serde_json::{Map, Value};
 
-/// One patch op, already validated for shape (see `protocol`).
+/// One patch op, already validated for shape (see `protocol`). `cost` is its value's state bytes
+/// ([`crate::size::value`]), measured once where the value was read: build ops with the constructors below.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PatchOp {
     /// The seed's `updateRunField`: set the value at `path`, creating missing intermediate objects.
-    Set { path: Path, value: Value },
+    Set { path: Path, value: Value, cost: usize },
     /// Push `value` onto the array at `path` (absent → one-item array), or concatenate it onto the string there.
-    Append { path: Path, value: Value },
+    Append { path: Path, value: Value, cost: usize },
     /// The seed's `updateRunStep`: shallow-merge `value` into `steps[index]`; `index == steps.length` appends.
-    Step { index: usize, value: Map<String, Value> },
+    Step { index: usize, value: Map<String, Value>, cost: usize },
     /// Remove the value at `path`; it must exist.
     Remove { path: Path },
+}
+
+impl PatchOp {
+    pub fn set(path: Path, value: Value) -> PatchOp {
+        PatchOp::Set { cost: crate::size::value(&value), path, value }
+    }
+
+    pub fn append(path: Path, value: Value) -> PatchOp {
+        PatchOp::Append { cost: crate::size::value(&value), path, value }
+    }
+
+    pub fn step(index: usize, value: Map<String, Value>) -> PatchOp {
+        PatchOp::Step { cost: crate::size::object(&value), index, value }
+    }
+
+    pub fn remove(path: Path) -> PatchOp {
+        PatchOp::Remove { path }
+    }
 }
 
 /// What kind of state-document op a change is (RFC 6902 plus our `append`).
@@ -84,16 +103,16 @@ pub fn apply(ctx: &mut Map<String, Value>, ops: Vec<PatchOp>) -> Result<Applied>
 }
 
 /// An upper bound of what `ops` can add to a context's state bytes: their values, and for a set or an append whose
-/// target is missing, the objects built along its path (and a comma). Costs O(size of the values).
+/// target is missing, the objects built along its path (and a comma). Costs O(ops).
 pub fn growth_bound(ops: &[PatchOp]) -> usize {
     let path_bound = |path: &Path| -> usize {
         path.segs.iter().map(|s| 2 * crate::size::NODE + 6 + 6 * s.text.len()).sum::<usize>() + 1
     };
     ops.iter()
         .map(|op| match op {
-            PatchOp::Set { path, value } => crate::size::value(value) + path_bound(path),
-            PatchOp::Append { path, value } => crate::size::value(value) + crate::size::NODE + 3 + path_bound(path),
-            PatchOp::Step { value, .. } => crate::size::object(value) + 2 * crate::size::NODE + 16,
+            PatchOp::Set { path, cost, .. } => cost + path_bound(path),
+            PatchOp::Append { path, cost, .. } => cost + crate::size::NODE + 3 + path_bound(path),
+            PatchOp::Step { cost, .. } => cost + 2 * crate::size::NODE + 16,
             PatchOp::Remove { .. } => 0,
         })
         .sum()
@@ -300,10 +319,16 @@ fn build(rest: Vec<RawSeg>, leaf: Value) -> Value {
 
 /// Stores `value` in the target slot (building intermediates), recording the change and its undo. Returns how
 /// many state bytes the context grew by.
-fn put_target(t: Target<'_>, value: Value, changes: &mut Vec<Change>, undo: Option<&mut Vec<Undo>>) -> isize {
+fn put_target(
+    t: Target<'_>,
+    value: Value,
+    cost: usize,
+    changes: &mut Vec<Change>,
+    undo: Option<&mut Vec<Undo>>,
+) -> isize {
     use crate::size;
+    let new_cost = size::wrapped(cost, t.rest.iter().map(|s| s.text.as_str()));
     let value = if t.rest.is_empty() { value } else { build(t.rest, value) };
-    let new_cost = size::value(&value);
     let entry_cost = t.slot.entry_cost(new_cost);
     let (old, len) = t.slot.put(value.clone());
     let grown = match &old {
@@ -327,25 +352,29 @@ fn apply_one(
 ) -> Result<isize> {
     use crate::size;
     let grown = match op {
-        PatchOp::Set { path, value } => {
+        PatchOp::Set { path, value, cost } => {
+            debug_assert_eq!(cost, size::value(&value), "an op's cost is its value's");
             let t = navigate(ctx, path, true)?;
-            put_target(t, value, changes, undo)
+            put_target(t, value, cost, changes, undo)
         }
-        PatchOp::Append { path, value } => {
+        PatchOp::Append { path, value, cost } => {
+            debug_assert_eq!(cost, size::value(&value), "an op's cost is its value's");
             let mut t = navigate(ctx, path, true)?;
             // The target is looked up once; the usual case, an existing array or string, grows in place.
             let target = if t.rest.is_empty() { t.slot.get_mut() } else { None };
             let (len, appended, grown) = match (target, &value) {
                 (None | Some(Value::Null), _) => {
-                    return Ok(put_target(t, Value::Array(vec![value]), changes, undo));
+                    let array = size::NODE + 2 + cost;
+                    return Ok(put_target(t, Value::Array(vec![value]), array, changes, undo));
                 }
                 (Some(Value::Array(a)), _) => {
-                    let grown = size::added(a.len(), size::value(&value));
+                    let grown = size::added(a.len(), cost);
                     a.push(value.clone());
                     (a.len() - 1, Value::Array(vec![value]), grown)
                 }
                 (Some(Value::String(s)), Value::String(tail)) => {
-                    let (len, grown) = (s.len(), size::escaped_len(tail));
+                    // The tail's cost is its escaped length plus the quotes and a node.
+                    let (len, grown) = (s.len(), cost - size::NODE - 2);
                     s.push_str(tail);
                     (len, value, grown)
                 }
@@ -391,7 +420,7 @@ fn apply_one(
             changes.push(Change { kind: ChangeKind::Remove, path, value: Value::Null });
             -(shrunk as isize)
         }
-        PatchOp::Step { index, value } => step(ctx, index, value, changes, undo)?,
+        PatchOp::Step { index, value, cost } => step(ctx, index, value, cost, changes, undo)?,
     };
     Ok(grown)
 }
@@ -401,6 +430,7 @@ fn step(
     ctx: &mut Map<String, Value>,
     index: usize,
     value: Map<String, Value>,
+    cost: usize,
     changes: &mut Vec<Change>,
     undo: Option<&mut Vec<Undo>>,
 ) -> Result<isize> {
@@ -418,7 +448,7 @@ fn step(
                 return Err(out_of_range(index, 0));
             }
             let new = Value::Array(vec![Value::Object(value)]);
-            let new_cost = size::value(&new);
+            let new_cost = size::NODE + 2 + cost;
             let old = std::mem::replace(steps, new.clone());
             let grown = if present {
                 size::delta(size::value(&old), new_cost)
@@ -432,7 +462,7 @@ fn step(
             grown
         }
         Value::Array(a) if index == a.len() => {
-            let grown = size::added(a.len(), size::object(&value));
+            let grown = size::added(a.len(), cost);
             a.push(Value::Object(value.clone()));
             let path = vec![Seg::Key("steps".into()), Seg::Index(index)];
             if let Some(log) = undo {
@@ -444,7 +474,7 @@ fn step(
         Value::Array(a) if index < a.len() && a[index].is_null() => {
             // A null step becomes the merged object: one change for the whole element.
             let path = vec![Seg::Key("steps".into()), Seg::Index(index)];
-            let grown = size::delta(size::value(&Value::Null), size::object(&value));
+            let grown = size::delta(size::value(&Value::Null), cost);
             let old = std::mem::replace(&mut a[index], Value::Object(value.clone()));
             if let Some(log) = undo {
                 log.push(Undo::Put { path: path.clone(), old: Some(old) });
@@ -570,19 +600,19 @@ mod tests {
     }
 
     fn set(path: &str, v: Value) -> PatchOp {
-        PatchOp::Set { path: p(path), value: v }
+        PatchOp::set(p(path), v)
     }
 
     fn append(path: &str, v: Value) -> PatchOp {
-        PatchOp::Append { path: p(path), value: v }
+        PatchOp::append(p(path), v)
     }
 
     fn step(index: usize, v: Value) -> PatchOp {
-        PatchOp::Step { index, value: v.as_object().unwrap().clone() }
+        PatchOp::step(index, v.as_object().unwrap().clone())
     }
 
     fn remove(path: &str) -> PatchOp {
-        PatchOp::Remove { path: p(path) }
+        PatchOp::remove(p(path))
     }
 
     /// Applies ops; checks the resulting context and the changes rendered as `[kind, pointer, value]`.
@@ -772,7 +802,7 @@ mod tests {
                 (path(), r#"[a-z\\"]{0,4}"#).prop_map(|(p, s)| append(p, Value::String(s))),
                 path().prop_map(remove),
                 (0usize..3, prop::collection::btree_map("[a-c]", value(), 0..3))
-                    .prop_map(|(i, m)| PatchOp::Step { index: i, value: m.into_iter().collect() }),
+                    .prop_map(|(i, m)| PatchOp::step(i, m.into_iter().collect())),
             ]
         }
 

@@ -187,6 +187,9 @@ struct WireOp<'a> {
     #[serde(default, deserialize_with = "present")]
     value: Option<Value>,
     index: Option<u64>,
+    /// The value's state bytes, when the reader already knows them.
+    #[serde(skip)]
+    cost: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -381,13 +384,17 @@ fn patch_op(op: WireOp<'_>, limits: &ParseLimits) -> Result<PatchOp> {
     let value = |op: &mut WireOp<'_>| op.value.take().ok_or_else(|| bad(format!("`{}` op needs `value`", op.op)));
     let mut op = op;
     Ok(match &*op.op {
-        "set" => PatchOp::Set { path: path(&op)?, value: value(&mut op)? },
-        "append" => PatchOp::Append { path: path(&op)?, value: value(&mut op)? },
-        "remove" => PatchOp::Remove { path: path(&op)? },
+        // A value the fast path read as a plain string comes with its cost; any other is measured here, once.
+        "set" | "append" => {
+            let (path, value) = (path(&op)?, value(&mut op)?);
+            let cost = op.cost.unwrap_or_else(|| crate::size::value(&value));
+            if op.op == "set" { PatchOp::Set { path, value, cost } } else { PatchOp::Append { path, value, cost } }
+        }
+        "remove" => PatchOp::remove(path(&op)?),
         "step" => {
             let index = op.index.ok_or_else(|| bad("`step` op needs `index`"))? as usize;
             match value(&mut op)? {
-                Value::Object(value) => PatchOp::Step { index, value },
+                Value::Object(value) => PatchOp::step(index, value),
                 _ => return Err(bad("`step` op needs an object `value`")),
             }
         }

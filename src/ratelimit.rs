@@ -56,12 +56,20 @@ impl TokenBucket {
     fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.add(elapsed);
+    }
+
+    fn add(&mut self, secs: f64) {
+        self.tokens = (self.tokens + secs * self.rate).min(self.burst);
     }
 
     /// Takes `n` tokens at `now` (at most the bucket's size: a request larger than the burst needs a full bucket).
     pub fn take_at(&mut self, now: Instant, n: u64) -> Verdict {
         self.refill(now);
+        self.take(n)
+    }
+
+    fn take(&mut self, n: u64) -> Verdict {
         let n = (n as f64).min(self.burst);
         if self.tokens >= n {
             self.tokens -= n;
@@ -76,6 +84,47 @@ impl TokenBucket {
     pub fn is_full_at(&mut self, now: Instant) -> bool {
         self.refill(now);
         self.tokens >= self.burst
+    }
+}
+
+/// A connection's two rates, messages and payload bytes, refilled together from one reading of the clock. A message
+/// must pass both; a refused one takes nothing from either.
+#[derive(Debug)]
+pub struct ConnectionRate {
+    messages: TokenBucket,
+    bytes: TokenBucket,
+    last: Instant,
+}
+
+impl ConnectionRate {
+    /// Closes after `messages.burst` refusals in a row, by either rate.
+    pub fn new(messages_per_second: u32, message_burst: u32, bytes_per_second: u64, byte_burst: u64) -> Self {
+        let close_after = u64::from(message_burst);
+        ConnectionRate {
+            messages: TokenBucket::new(messages_per_second, message_burst),
+            bytes: TokenBucket::new(bytes_per_second, byte_burst).close_after(close_after),
+            last: Instant::now(),
+        }
+    }
+
+    /// Whether a message of `len` payload bytes may be handled at `now`.
+    pub fn check_at(&mut self, now: Instant, len: usize) -> Verdict {
+        let secs = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.messages.add(secs);
+        self.bytes.add(secs);
+        let verdict = self.messages.take(1);
+        if verdict != Verdict::Allow {
+            return verdict;
+        }
+        match self.bytes.take(len as u64) {
+            Verdict::Allow => Verdict::Allow,
+            refused => {
+                self.messages.tokens += 1.0;
+                self.messages.refused_in_a_row = self.bytes.refused_in_a_row;
+                refused
+            }
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use crate::engine::{Engine, SubscribeRequest};
 use crate::error::{Error, ErrorCode};
 use crate::path::PathLimits;
 use crate::protocol::{self, ClientMsg, ParseLimits};
-use crate::ratelimit::{TokenBucket, Verdict};
+use crate::ratelimit::{ConnectionRate, Verdict};
 use crate::subscriber::{Frame, Outbox, SubSlot};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::future::BoxFuture;
@@ -141,11 +141,14 @@ async fn serve_connection(
             drop(done);
         }
     });
-    let mut bucket = TokenBucket::new(limits.messages_per_second, limits.message_burst);
     // Bytes are refused like messages, and a client that keeps sending after as many refusals in a row as the
     // message burst allows is closed the same way.
-    let mut byte_bucket =
-        TokenBucket::new(limits.bytes_per_second, limits.byte_burst).close_after(u64::from(limits.message_burst));
+    let mut rate = ConnectionRate::new(
+        limits.messages_per_second,
+        limits.message_burst,
+        limits.bytes_per_second,
+        limits.byte_burst,
+    );
     let idle = tokio::time::sleep(limits.idle_timeout);
     let mut last_heard = tokio::time::Instant::now();
     let mut unyielded = 0usize;
@@ -255,11 +258,7 @@ async fn serve_connection(
                 unyielded = 0;
                 tokio::task::yield_now().await;
             }
-            let verdict = match bucket.check_at(last_heard) {
-                Verdict::Allow => byte_bucket.take_at(last_heard, len as u64),
-                refused => refused,
-            };
-            match verdict {
+            match rate.check_at(last_heard, len) {
                 Verdict::Allow => {}
                 Verdict::Refuse => {
                     // The message is dropped unhandled, but a request still gets its answer (its `id`).

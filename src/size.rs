@@ -16,6 +16,11 @@ pub const RUN_OVERHEAD: usize = 1024;
 /// The length of `s` inside a JSON string (quotes not counted), escaped as serde_json escapes it: `"` and `\` take
 /// two bytes, control characters two (`\n`, `\t`, ...) or six (`\u0001`), everything else its UTF-8 length.
 pub fn escaped_len(s: &str) -> usize {
+    // Most strings (tokens, keys) need no escape: a check eight bytes at a time says so, and the byte-by-byte
+    // count below runs only for the others.
+    if !needs_escape(s.as_bytes()) {
+        return s.len();
+    }
     let mut n = s.len();
     for b in s.bytes() {
         match b {
@@ -25,6 +30,35 @@ pub fn escaped_len(s: &str) -> usize {
         }
     }
     n
+}
+
+/// Whether some byte of `b` is escaped in a JSON string: `"`, `\` or a control character (SWAR, 8 bytes a step).
+fn needs_escape(b: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A byte of `x` is zero exactly where this sets its high bit (no false positives once `& !x` drops bytes that
+    // were >= 0x80).
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut chunks = b.chunks_exact(8);
+    let mut any = 0u64;
+    for c in &mut chunks {
+        let x = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        // Bytes below 0x20; then bytes equal to `"` and `\`.
+        any |= x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        any |= zero(x ^ (ONES * u64::from(b'"'))) | zero(x ^ (ONES * u64::from(b'\\')));
+    }
+    any != 0 || chunks.remainder().iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\')
+}
+
+/// The cost of a string that needs no escape, of `len` bytes.
+pub fn plain_string(len: usize) -> usize {
+    NODE + 2 + len
+}
+
+/// The cost of the value built around one of cost `inner` by wrapping it in one object per key of `keys`, innermost
+/// last (`set a.b.c` on a missing `a` stores `{"b":{"c":…}}`).
+pub fn wrapped<'k>(inner: usize, keys: impl DoubleEndedIterator<Item = &'k str>) -> usize {
+    keys.rev().fold(inner, |cost, key| NODE + 2 + member(key, cost))
 }
 
 /// The cost of a string value.
@@ -145,6 +179,27 @@ mod tests {
             let text = serde_json::to_string(&v).unwrap().len();
             assert_eq!(value(&v), text + NODE * nodes(&v), "{v}");
         }
+    }
+
+    #[test]
+    fn the_escape_check_finds_every_escaped_byte_wherever_it_is() {
+        for len in 0..24 {
+            let plain = "a".repeat(len);
+            assert_eq!(escaped_len(&plain), len);
+            for at in 0..len {
+                for c in ['"', '\\', '\n', '\u{1}', '\u{1f}'] {
+                    let mut s: Vec<char> = plain.chars().collect();
+                    s[at] = c;
+                    let s: String = s.into_iter().collect();
+                    assert_eq!(escaped_len(&s), serde_json::to_string(&s).unwrap().len() - 2, "{s:?}");
+                }
+                let mut s: Vec<char> = plain.chars().collect();
+                s[at] = 'é';
+                let s: String = s.into_iter().collect();
+                assert_eq!(escaped_len(&s), s.len(), "{s:?}: non-ASCII is not escaped");
+            }
+        }
+        assert_eq!(wrapped(10, ["a", "b"].into_iter()), value(&json!({"a": {"b": null}})) - value(&json!(null)) + 10);
     }
 
     #[test]

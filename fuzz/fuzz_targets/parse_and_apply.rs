@@ -1,6 +1,7 @@
-//! Fuzzes message parsing and patch apply, with two oracles: a patch that fails leaves the run exactly as it
-//! was, and a patch that succeeds produces changes that, compacted as the journal does, rendered as diff ops and
-//! applied by the client's applier to the old state, give exactly the new state.
+//! Fuzzes message parsing and patch apply, with three oracles: a patch that fails leaves the run exactly as it
+//! was; a patch that succeeds produces changes that, compacted as the journal does, rendered as diff ops and
+//! applied by the client's applier to the old state, give exactly the new state; and the state bytes it reports
+//! grown are what a fresh measurement says.
 #![no_main]
 
 use coworker::client::apply_ops;
@@ -30,9 +31,11 @@ fuzz_target!(|data: &[u8]| {
     let mut ctx = before.clone();
     match patch::apply(&mut ctx, ops) {
         Err(_) => assert_eq!(ctx, before, "a failed patch changed the run"),
-        Ok(changes) => {
+        Ok(applied) => {
+            let grown = coworker::size::object(&ctx) as isize - coworker::size::object(&before) as isize;
+            assert_eq!(applied.grown, grown, "the running count of state bytes is off");
             let mut compacted = Vec::new();
-            for c in changes {
+            for c in applied.changes {
                 push_compacted(&mut compacted, c);
             }
             let id = RunId::nil();

@@ -31,7 +31,7 @@ pub(super) fn patch(text: &str, limits: &ParseLimits) -> Option<ClientMsg> {
                 (s.plain_string()? == "patch").then_some(())?;
                 ty = true;
             }
-            "id" if id.is_none() => id = Some(s.value(value_depth + 2)?),
+            "id" if id.is_none() => id = Some(s.value(value_depth + 2)?.0),
             "run" if run.is_none() => run = Some(parse_uuid(s.plain_string()?, "run").ok()?),
             "ops" if ops.is_none() => ops = Some(s.ops(limits, value_depth)?),
             _ => return None,
@@ -86,13 +86,13 @@ impl<'a> Scan<'a> {
     }
 
     /// Any JSON value, read by serde_json, if it nests at most `depth` deep (the frame's limit, less the levels
-    /// around the value).
-    fn value(&mut self, depth: usize) -> Option<Value> {
+    /// around the value); with its state bytes when they are known without another pass (a plain string).
+    fn value(&mut self, depth: usize) -> Option<(Value, Option<usize>)> {
         // The usual token, a string without escapes, is taken as it is; serde_json reads anything else.
         let mut string = Scan(self.0);
         if let Some(text) = string.plain_string() {
             self.0 = string.0;
-            return Some(Value::String(text.to_owned()));
+            return Some((Value::String(text.to_owned()), Some(crate::size::plain_string(text.len()))));
         }
         let mut values = serde_json::Deserializer::from_str(self.0).into_iter::<Value>();
         let value = values.next()?.ok()?;
@@ -101,7 +101,7 @@ impl<'a> Scan<'a> {
             return None;
         }
         self.0 = rest;
-        Some(value)
+        Some((value, None))
     }
 
     /// `[op, …]`: at least one op and at most the limit, each one a valid patch op.
@@ -122,7 +122,7 @@ impl<'a> Scan<'a> {
     /// `{"op":…,"path":…,"value":…,"index":…}`, keys in any order, each at most once.
     fn op(&mut self, value_depth: usize) -> Option<WireOp<'a>> {
         self.byte(b'{')?;
-        let mut op = WireOp { op: Cow::Borrowed(""), path: None, value: None, index: None };
+        let mut op = WireOp { op: Cow::Borrowed(""), path: None, value: None, index: None, cost: None };
         let mut named = false;
         loop {
             let key = self.plain_string()?;
@@ -133,8 +133,11 @@ impl<'a> Scan<'a> {
                     named = true;
                 }
                 "path" if op.path.is_none() => op.path = Some(Cow::Borrowed(self.plain_string()?)),
-                "value" if op.value.is_none() => op.value = Some(self.value(value_depth)?),
-                "index" if op.index.is_none() => op.index = Some(self.value(value_depth)?.as_u64()?),
+                "value" if op.value.is_none() => {
+                    let (value, cost) = self.value(value_depth)?;
+                    (op.value, op.cost) = (Some(value), cost);
+                }
+                "index" if op.index.is_none() => op.index = Some(self.value(value_depth)?.0.as_u64()?),
                 _ => return None,
             }
             if !self.comma_or(b'}')? {
