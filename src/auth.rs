@@ -38,6 +38,8 @@ fn validation(alg: Algorithm) -> Validation {
     v.set_required_spec_claims(&["exp", "sub"]);
     v.leeway = 0;
     v.validate_aud = false;
+    // A token that is not valid yet is not valid.
+    v.validate_nbf = true;
     v
 }
 
@@ -65,11 +67,15 @@ impl Auth {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => "token expired",
                 jsonwebtoken::errors::ErrorKind::InvalidSignature => "bad signature",
                 jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => "algorithm not accepted",
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => "token not valid yet (nbf)",
                 _ => "invalid token",
             };
             Error::new(ErrorCode::Unauthenticated, why)
         })?;
         let c = data.claims;
+        if c.sub.is_empty() {
+            return Err(Error::new(ErrorCode::Unauthenticated, "`sub` is empty"));
+        }
         Ok(Caller {
             owner: Some(c.sub),
             read: c.read,
@@ -167,5 +173,13 @@ mod tests {
         assert!(auth.verify(&none).is_err());
         let star = Caller { read: vec!["*".into()], ..c };
         assert!(star.can_read("anything"));
+        // Not valid before `nbf`; an empty subject names nobody; an `exp` at the end of time is valid.
+        let sign = |claims: serde_json::Value| {
+            encode(&Header::default(), &claims, &EncodingKey::from_secret(b"secret")).unwrap()
+        };
+        let early = auth.verify(&sign(json!({"sub": "ann", "exp": now() + 60, "nbf": now() + 30})));
+        assert_eq!(early.unwrap_err().message, "token not valid yet (nbf)");
+        assert!(auth.verify(&sign(json!({"sub": "", "exp": now() + 60}))).is_err());
+        assert_eq!(auth.verify(&sign(json!({"sub": "ann", "exp": u64::MAX}))).unwrap().expires, Some(u64::MAX));
     }
 }

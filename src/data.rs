@@ -18,6 +18,8 @@ use std::sync::Arc;
 /// Rows a `select` returns when `take` is not given, and the most it may ask for.
 pub const DEFAULT_TAKE: u64 = 100;
 pub const MAX_TAKE: u64 = 1000;
+/// The largest `skip` of a `select`: the largest offset SQL takes.
+pub const MAX_SKIP: u64 = i64::MAX as u64;
 
 /// The doctype whose documents are schemas.
 pub const SCHEMA_DOCTYPE: &str = "Schema";
@@ -265,7 +267,11 @@ async fn select(
     };
     let skip = match input.get("skip") {
         None | Some(Value::Null) => 0,
-        Some(v) => v.as_u64().ok_or_else(|| bad("`skip` must be a non-negative integer"))?,
+        // SQL offsets are signed 64-bit: a larger one would wrap to a negative offset (and read from the start).
+        Some(v) => v
+            .as_u64()
+            .filter(|s| *s <= MAX_SKIP)
+            .ok_or_else(|| bad(format!("`skip` must be an integer from 0 to {MAX_SKIP}")))?,
     };
     let mut order = Vec::new();
     if let Some(o) = input.get("orderBy").filter(|o| !o.is_null()) {

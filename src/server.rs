@@ -31,6 +31,8 @@ struct AppState {
     sessions: TaskTracker,
     auth: Option<Auth>,
     allowed_origins: Arc<Vec<String>>,
+    /// The port the server listens on: the default Origin allowlist is the loopback pages of this port.
+    listen_port: u16,
 }
 
 /// The subprotocol a client may offer, and the prefix of the one that carries its token (`bearer.<jwt>`).
@@ -63,6 +65,7 @@ pub async fn serve(
         sessions: TaskTracker::new(),
         auth: config.auth.clone(),
         allowed_origins: Arc::new(config.allowed_origins.clone()),
+        listen_port: listener.local_addr().map(|a| a.port()).unwrap_or(config.listen.port()),
     };
     let mut app =
         Router::new().route("/ws", get(ws_handler)).route("/healthz", get(healthz)).route("/metrics", get(metrics));
@@ -165,26 +168,46 @@ async fn refuse_full(mut tcp: tokio::net::TcpStream) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), tcp.write_all(response.as_bytes())).await;
 }
 
-/// Whether a browser page from `origin` may connect: an exact match of the allowlist, or (with no allowlist) the
-/// server's own origin and localhost pages. No `Origin` header means a non-browser client: authentication guards it.
-fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool {
+/// Whether a browser page from `origin` may connect: an exact match of the allowlist, or (with no allowlist) a
+/// loopback page (`localhost`, `127.0.0.1`, `[::1]`) on the port the server listens on. The request's `Host` is
+/// not trusted: a DNS-rebinding page sends `Host` and `Origin` of its own domain, and that domain may resolve to
+/// this machine. An Origin with userinfo, a path or anything but `http`/`https` is never allowed. No `Origin`
+/// header means a non-browser client: authentication guards it.
+fn origin_allowed(origin: &str, listen_port: u16, allowed: &[String]) -> bool {
+    let Some((default_port, authority)) = origin_parts(origin) else { return false };
     if !allowed.is_empty() {
         return allowed.iter().any(|a| a == origin);
     }
-    let Some(rest) = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) else {
-        return false;
+    // The host, and the rest of the authority (empty, or `:port`).
+    let (host, rest) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.find(']') {
+            Some(end) => authority.split_at(end + 2),
+            None => return false,
+        },
+        None => authority.split_at(authority.find(':').unwrap_or(authority.len())),
     };
-    let origin_host = match rest.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().map(|h| format!("[{h}]")).unwrap_or_default(),
-        None => rest.split(':').next().unwrap_or_default().to_string(),
+    let port = match rest.strip_prefix(':') {
+        Some(p) => p.parse::<u16>().ok(),
+        None => rest.is_empty().then_some(default_port),
     };
-    Some(rest) == host || matches!(origin_host.as_str(), "localhost" | "127.0.0.1" | "[::1]")
+    matches!(host.to_ascii_lowercase().as_str(), "localhost" | "127.0.0.1" | "[::1]") && port == Some(listen_port)
+}
+
+/// An `http`/`https` origin's default port and its authority, which must carry no userinfo, path, query or
+/// fragment.
+fn origin_parts(origin: &str) -> Option<(u16, &str)> {
+    let (scheme, authority) = origin.split_once("://")?;
+    let default_port = match scheme {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    (!authority.is_empty() && !authority.contains(['@', '/', '?', '#', '\\'])).then_some((default_port, authority))
 }
 
 async fn ws_handler(ws: WebSocketUpgrade, headers: HeaderMap, State(state): State<AppState>) -> Response {
     if let Some(origin) = headers.get(header::ORIGIN) {
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        if !origin.to_str().is_ok_and(|o| origin_allowed(o, host, &state.allowed_origins)) {
+        if !origin.to_str().is_ok_and(|o| origin_allowed(o, state.listen_port, &state.allowed_origins)) {
             tracing::info!(origin = ?origin, "refused a WebSocket from a foreign origin");
             return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
         }
@@ -291,15 +314,26 @@ mod tests {
 
     #[test]
     fn origins() {
-        assert!(origin_allowed("http://localhost:5173", Some("127.0.0.1:8080"), &[]));
-        assert!(origin_allowed("http://[::1]:5173", None, &[]));
-        assert!(origin_allowed("http://127.0.0.1:8080", Some("127.0.0.1:8080"), &[]));
-        assert!(origin_allowed("https://example.com", Some("example.com"), &[]), "same origin");
-        assert!(!origin_allowed("https://evil.example", Some("example.com"), &[]));
-        assert!(!origin_allowed("null", None, &[]));
-        assert!(!origin_allowed("http://localhost.evil.example", None, &[]));
+        assert!(origin_allowed("http://127.0.0.1:8080", 8080, &[]));
+        assert!(origin_allowed("http://localhost:8080", 8080, &[]));
+        assert!(origin_allowed("http://LocalHost:8080", 8080, &[]));
+        assert!(origin_allowed("http://[::1]:8080", 8080, &[]));
+        assert!(origin_allowed("http://localhost", 80, &[]), "the scheme's default port");
+        assert!(origin_allowed("https://localhost", 443, &[]));
+        assert!(!origin_allowed("http://localhost:5173", 8080, &[]), "another port on this machine");
+        assert!(!origin_allowed("http://evil.example:8080", 8080, &[]), "DNS rebinding: Host would say the same");
+        assert!(!origin_allowed("http://localhost:1@evil.example", 8080, &[]), "userinfo");
+        assert!(!origin_allowed("http://localhost:8080@evil.example:8080", 8080, &[]), "userinfo");
+        assert!(!origin_allowed("http://localhost.evil.example:8080", 8080, &[]));
+        assert!(!origin_allowed("http://localhost:8080/x", 8080, &[]));
+        assert!(!origin_allowed("http://localhost:80800", 8080, &[]));
+        assert!(!origin_allowed("http://[::1:8080", 8080, &[]));
+        assert!(!origin_allowed("null", 8080, &[]));
+        assert!(!origin_allowed("file://localhost:8080", 8080, &[]));
         let list = vec!["https://app.example".to_string()];
-        assert!(origin_allowed("https://app.example", None, &list));
-        assert!(!origin_allowed("http://localhost:1", None, &list));
+        assert!(origin_allowed("https://app.example", 8080, &list));
+        assert!(!origin_allowed("http://localhost:8080", 8080, &list), "an allowlist replaces the default");
+        let odd = vec!["https://a@app.example".to_string()];
+        assert!(!origin_allowed("https://a@app.example", 8080, &odd), "userinfo, even when listed");
     }
 }

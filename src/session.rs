@@ -354,13 +354,13 @@ impl Session {
         {
             self.counted_owner = Some(self.engine.connection_opened(owner)?);
         }
-        let deadline = match caller.expires {
-            Some(exp) => {
-                let left = exp.saturating_sub(unix_now());
-                tokio::time::Instant::now() + std::time::Duration::from_secs(left)
-            }
-            None => far_future(),
-        };
+        // Checked arithmetic: an `exp` at the end of time (2^64 - 1) is a deadline that never comes, not a panic.
+        let deadline = caller
+            .expires
+            .and_then(|exp| {
+                tokio::time::Instant::now().checked_add(std::time::Duration::from_secs(exp.saturating_sub(unix_now())))
+            })
+            .map_or_else(far_future, |d| d.min(far_future()));
         self.auth_timer.as_mut().reset(deadline);
         self.state = AuthState::Valid(Arc::new(caller.on_connection(self.connection)));
         Ok(())
