@@ -206,11 +206,11 @@ fn origin_parts(origin: &str) -> Option<(u16, &str)> {
 }
 
 async fn ws_handler(ws: WebSocketUpgrade, headers: HeaderMap, State(state): State<AppState>) -> Response {
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        if !origin.to_str().is_ok_and(|o| origin_allowed(o, state.listen_port, &state.allowed_origins)) {
-            tracing::info!(origin = ?origin, "refused a WebSocket from a foreign origin");
-            return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
-        }
+    if let Some(origin) = headers.get(header::ORIGIN)
+        && !origin.to_str().is_ok_and(|o| origin_allowed(o, state.listen_port, &state.allowed_origins))
+    {
+        tracing::info!(origin = ?origin, "refused a WebSocket from a foreign origin");
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
     let offered = headers.get(header::SEC_WEBSOCKET_PROTOCOL).and_then(|h| h.to_str().ok()).unwrap_or_default();
     let token = offered.split(',').map(str::trim).find_map(|p| p.strip_prefix(TOKEN_PREFIX));
