@@ -508,6 +508,17 @@ pub fn error(id: &ReqId, err: &Error, run: Option<&Map<String, Value>>) -> Strin
     out
 }
 
+/// `{"type":"error","code":"..","sub":S,"message":".."}`: a subscription ended by the server (a refreshed token
+/// that may no longer read its space).
+pub fn subscription_error(sub: u64, err: &Error) -> String {
+    let mut out = String::from("{\"type\":\"error\",\"code\":\"");
+    out.push_str(err.code.as_str());
+    let _ = write!(out, "\",\"sub\":{sub},\"message\":");
+    push_json(&mut out, &err.message);
+    out.push('}');
+    out
+}
+
 /// `{"type":"snapshot","id":..,"sub":S,"epoch":E,"seq":N,"state":{..}}`, with `"resync":true` when it replaces
 /// lost diffs or a resume that could not be served.
 pub fn snapshot(id: &ReqId, sub: u64, epoch: u64, seq: u64, state: &str, resync: bool) -> String {

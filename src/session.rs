@@ -217,6 +217,9 @@ async fn serve_connection(
                 match session.state {
                     AuthState::Valid(_) => {
                         session.state = AuthState::Expired;
+                        // No subscription data until a valid token: what arrives meanwhile waits in the slots
+                        // (bounded; past the caps they get a resync snapshot once delivery resumes).
+                        session.outbox.set_paused(true);
                         session.auth_timer.as_mut().reset(tokio::time::Instant::now() + limits.token_grace);
                         let e = Error::new(ErrorCode::TokenExpired, "token expired: send a fresh hello");
                         session.send(error_frame(&None, &e, None)).await;
@@ -363,7 +366,24 @@ impl Session {
             .map_or_else(far_future, |d| d.min(far_future()));
         self.auth_timer.as_mut().reset(deadline);
         self.state = AuthState::Valid(Arc::new(caller.on_connection(self.connection)));
+        self.outbox.set_paused(false);
         Ok(())
+    }
+
+    /// Ends the subscriptions the caller's claims no longer allow (after a refreshed token), each with an error
+    /// frame naming it.
+    async fn revoke_subscriptions(&mut self, caller: &Caller) {
+        let revoked: Vec<u64> =
+            self.subs.iter().filter(|(_, slot)| !caller.can_read(&slot.space)).map(|(id, _)| *id).collect();
+        for sub in revoked {
+            if let Some(slot) = self.subs.remove(&sub) {
+                self.engine.unsubscribe(&slot);
+                let e =
+                    Error::new(ErrorCode::Forbidden, "the refreshed token may not read this space: subscription ended");
+                crate::telemetry::error(e.code);
+                self.send(protocol::subscription_error(sub, &e)).await;
+            }
+        }
     }
 
     /// The caller for a request, or the error that refuses it.
@@ -437,6 +457,7 @@ impl Session {
         match verified {
             Ok(caller) => {
                 let reply = protocol::hello_reply(&id, caller.owner.as_deref(), caller.expires, &self.client_limits());
+                self.revoke_subscriptions(&caller).await;
                 match self.authenticated(caller) {
                     Ok(()) => self.send(reply).await,
                     Err(e) => {
@@ -603,7 +624,9 @@ async fn write_loop(
             }
         }
         outbox.set_writing(true);
-        outbox.take_frames(&mut frames);
+        if !outbox.paused() {
+            outbox.take_frames(&mut frames);
+        }
         let reply_bytes: usize = replies.iter().map(message_len).sum();
         let mut sent = (0, 0);
         let write = async {

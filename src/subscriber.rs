@@ -34,6 +34,8 @@ pub struct Outbox {
     reply_cap: usize,
     /// Wakes the reader when the writer wrote replies.
     reply_room: Notify,
+    /// Subscription frames are held back (the token expired): the slots keep them, within their caps.
+    paused: AtomicBool,
 }
 
 impl Outbox {
@@ -47,7 +49,20 @@ impl Outbox {
             replies: AtomicUsize::new(0),
             reply_cap,
             reply_room: Notify::new(),
+            paused: AtomicBool::new(false),
         })
+    }
+
+    /// Holds back (or lets out again) every subscription frame of the connection.
+    pub fn set_paused(&self, paused: bool) {
+        if self.paused.swap(paused, Ordering::AcqRel) && !paused {
+            // What waited is taken at once.
+            self.notify.notify_one();
+        }
+    }
+
+    pub fn paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
     }
 
     fn push(&self, slot: Arc<SubSlot>) {

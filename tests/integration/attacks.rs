@@ -110,3 +110,73 @@ async fn dns_rebinding_and_userinfo_origins_are_refused() {
     assert!(upgrade(format!("http://localhost:{port}@evil.example"), evil.clone()).await.contains("403"));
     assert!(upgrade(format!("http://localhost:{port}"), evil).await.contains("101"), "a loopback page is welcome");
 }
+
+/// Finding 5, first half: a `hello` with the same `sub` and fewer spaces in `read` stopped new subscribes, but the
+/// old subscription kept delivering the space's data.
+#[tokio::test]
+async fn a_refreshed_token_ends_the_subscriptions_it_no_longer_allows() {
+    let server = secured(Limits::default()).await;
+    let mut agent = Raw::connect(&server).await;
+    hello(&mut agent, &sign(json!({"sub": "ops", "read": ["*"], "write": ["*"], "agent": true, "exp": now() + 3600})))
+        .await;
+    let in_a = agent.start(json!({"operation": "interpret", "space": "a"})).await;
+    let in_b = agent.start(json!({"operation": "interpret", "space": "b"})).await;
+    let mut ann = Raw::connect(&server).await;
+    hello(&mut ann, &token("ann", &["a", "b"], &[])).await;
+    let sub_a = ann.request(json!({"type": "subscribe", "id": 1, "space": "a"})).await["sub"].clone();
+    let sub_b = ann.request(json!({"type": "subscribe", "id": 2, "space": "b"})).await["sub"].clone();
+    assert_ne!(sub_a, sub_b);
+    // Refreshed with `read: ["a"]`: the reply, and an error that ends the subscription of `b`.
+    ann.send(json!({"type": "hello", "id": "h", "token": token("ann", &["a"], &[])})).await;
+    let (mut replied, mut ended) = (false, false);
+    while !(replied && ended) {
+        let f = ann.recv().await;
+        match f["type"].as_str() {
+            Some("reply") => replied = true,
+            Some("error") => {
+                assert_eq!((&f["code"], &f["sub"]), (&json!("forbidden"), &sub_b), "{f}");
+                ended = true;
+            }
+            _ => panic!("unexpected {f}"),
+        }
+    }
+    // Space `b` changes: nothing reaches ann. Space `a` changes: its diff does.
+    let set = |run: &str, v: &str| json!({"type": "patch", "id": v, "run": run, "ops": [{"op": "set", "path": "output.v", "value": v}]});
+    assert_eq!(agent.request(set(&in_b, "secret of b")).await["type"], "reply");
+    assert_eq!(agent.request(set(&in_a, "news of a")).await["type"], "reply");
+    let f = ann.recv().await;
+    assert_eq!((&f["type"], &f["sub"]), (&json!("diff"), &sub_a), "{f}");
+    assert!(!f.to_string().contains("secret of b"));
+    assert_eq!(
+        ann.request(json!({"type": "unsubscribe", "id": 3, "sub": sub_b})).await["code"],
+        "unknown_subscription"
+    );
+}
+
+/// Finding 5, second half: after `token_expired`, the connection kept receiving diffs for the whole grace period.
+#[tokio::test(start_paused = true)]
+async fn an_expired_connection_gets_no_data_until_it_presents_a_valid_token() {
+    let _hb = heartbeat();
+    let server = secured(Limits { token_grace: std::time::Duration::from_secs(30), ..Limits::default() }).await;
+    let mut agent = Raw::connect(&server).await;
+    hello(&mut agent, &sign(json!({"sub": "ops", "read": ["*"], "write": ["*"], "agent": true, "exp": u64::MAX})))
+        .await;
+    let run = agent.start(json!({"operation": "interpret"})).await;
+    let mut ann = Raw::connect(&server).await;
+    let short = sign(json!({"sub": "ann", "read": ["*"], "write": [], "exp": now() + 2}));
+    hello(&mut ann, &short).await;
+    assert_eq!(ann.request(json!({"type": "subscribe", "id": 1})).await["type"], "snapshot");
+    assert_eq!(ann.recv().await["code"], "token_expired");
+    for i in 0..5 {
+        let p = json!({"type": "patch", "id": i, "run": run, "ops": [{"op": "set", "path": "output.v", "value": i}]});
+        assert_eq!(agent.request(p).await["type"], "reply");
+    }
+    // Nothing arrives while the token is expired (a wait of 5 s of paused time, well inside the grace).
+    let quiet = tokio::time::timeout(std::time::Duration::from_secs(5), ann.recv()).await;
+    assert!(quiet.is_err(), "data reached an expired connection: {:?}", quiet.ok());
+    // A fresh token: the hello's reply, then what the subscription missed.
+    assert_eq!(hello(&mut ann, &token("ann", &["*"], &[])).await["owner"], "ann");
+    let f = ann.recv().await;
+    assert!(f["type"] == "diff" || f["type"] == "snapshot", "{f}");
+    assert!(f.to_string().contains(r#""v":4"#) || f.to_string().contains(r#""value":4"#), "{f}");
+}
