@@ -21,6 +21,8 @@ pub struct Account {
     bytes: AtomicUsize,
     /// Authenticated connections of this owner.
     connections: AtomicUsize,
+    /// Spaces this owner created that still exist.
+    spaces: AtomicUsize,
     /// The bucket runs are started from.
     starts: Mutex<TokenBucket>,
 }
@@ -78,6 +80,16 @@ pub struct ConnectionQuota {
 impl Drop for ConnectionQuota {
     fn drop(&mut self) {
         self.account.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A space counted against its creator's space quota, given back when the space is dropped (once reclaimed).
+#[derive(Debug)]
+pub struct SpaceQuota(Arc<Account>);
+
+impl Drop for SpaceQuota {
+    fn drop(&mut self) {
+        self.0.spaces.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -187,6 +199,7 @@ impl Budgets {
                 active: AtomicUsize::new(0),
                 bytes: AtomicUsize::new(0),
                 connections: AtomicUsize::new(0),
+                spaces: AtomicUsize::new(0),
                 starts: Mutex::new(TokenBucket::new(
                     self.limits.runs_per_second_per_owner,
                     self.limits.run_burst_per_owner,
@@ -227,13 +240,25 @@ impl Budgets {
         })
     }
 
-    /// Forgets the accounts of owners that hold nothing: no run, no connection, and a full start bucket (so that
+    /// Counts a space `owner` creates, or refuses it past the owner's space quota.
+    pub fn create_space(&self, owner: &str) -> Result<SpaceQuota> {
+        self.account(owner, |a| {
+            if a.spaces.load(Ordering::Relaxed) >= self.limits.max_spaces_per_owner {
+                return Err(Error::new(ErrorCode::QuotaSpaces, "this owner has created as many spaces as allowed"));
+            }
+            a.spaces.fetch_add(1, Ordering::Relaxed);
+            Ok(SpaceQuota(a.clone()))
+        })
+    }
+
+    /// Forgets the accounts of owners that hold nothing: no run, no connection, no space, and a full start bucket (so that
     /// forgetting it gives the owner nothing it would not have had anyway).
     pub fn sweep(&self) {
         let now = tokio::time::Instant::now();
         self.owners.retain(|_, a| {
             a.active.load(Ordering::Relaxed) > 0
                 || a.connections.load(Ordering::Relaxed) > 0
+                || a.spaces.load(Ordering::Relaxed) > 0
                 || a.bytes() > 0
                 || !a.starts.lock().is_full_at(now)
         });

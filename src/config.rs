@@ -23,6 +23,9 @@ pub struct Limits {
     pub reply_queue: usize,
     /// Spaces that may exist at once.
     pub max_spaces: usize,
+    /// Spaces one owner may have created that still exist (a space is reclaimed once it holds no run and no
+    /// subscriber and its resume history has aged out).
+    pub max_spaces_per_owner: usize,
     /// How many finished run ids are remembered, so that late patches get `run_finished` rather than `unknown_run`.
     pub finished_memory: usize,
     /// Messages per second one connection may send, sustained (token bucket).
@@ -104,6 +107,7 @@ impl Default for Limits {
             max_pending_bytes: 1024 * 1024,
             reply_queue: 256,
             max_spaces: 10_000,
+            max_spaces_per_owner: 1_000,
             finished_memory: 100_000,
             messages_per_second: 10_000,
             message_burst: 5_000,

@@ -105,8 +105,6 @@ pub struct Shared {
     budgets: Budgets,
     /// What every space's resume history holds.
     history: Arc<crate::history::HistoryBudget>,
-    /// Random per start, below 2^53 so JavaScript holds it exactly: a resume from another epoch gets a snapshot.
-    pub epoch: u64,
     /// Cancelled on shutdown: stops the notifiers.
     pub shutdown: CancellationToken,
 }
@@ -137,7 +135,6 @@ impl Engine {
                 next_sub: AtomicU64::new(1),
                 budgets,
                 history,
-                epoch: RunId::now_v7().as_u64_pair().1 & ((1 << 53) - 1),
                 shutdown: CancellationToken::new(),
             }),
         }
@@ -238,9 +235,17 @@ impl Engine {
         }
 
         let reply = ctx.clone();
-        {
+        let mut space = space;
+        loop {
             let mut guard = space.lock();
             let st = &mut *guard;
+            if st.retired {
+                // Reclaimed since it was looked up (it held nothing then): look it up, or create it, again.
+                drop(guard);
+                let name = space.name.clone();
+                space = self.space(&name, caller)?;
+                continue;
+            }
             if self.shared.finished.lock().set.contains(&id) {
                 drop(guard);
                 return Err(self.lost_race(id, reply));
@@ -269,6 +274,7 @@ impl Engine {
                 st.journal.event(EventName::BeforeRun, Arc::new(reply.clone()));
             }
             space.changed(st);
+            break;
         }
 
         let Some(handler) = handler else { return Ok(Arc::new(reply)) };
@@ -301,29 +307,31 @@ impl Engine {
                 if !caller.can_write(name) {
                     return Err(Error::new(ErrorCode::Forbidden, "the token may not write to this space"));
                 }
-                Ok((self.space(name)?, None))
+                Ok((self.space(name, caller)?, None))
             }
         }
     }
 
-    /// The space with this name, created (with its notifier) on first use.
-    fn space(&self, name: &str) -> Result<Arc<Space>> {
+    /// The space with this name, created (with its notifier) on first use. A new space counts against the
+    /// creating caller's space quota (trusted callers have none) and the global `max_spaces`.
+    fn space(&self, name: &str, caller: &Caller) -> Result<Arc<Space>> {
         if let Some(s) = self.shared.spaces.get(name) {
             return Ok(s.clone());
         }
         if self.shared.spaces.len() >= self.shared.config.limits.max_spaces {
             return Err(Error::new(ErrorCode::LimitExceeded, "too many spaces"));
         }
-        let space = self
-            .shared
-            .spaces
-            .entry(Arc::from(name))
-            .or_insert_with(|| {
-                let space = Space::new(Arc::from(name), self.shared.epoch, self.shared.history.clone());
+        let quota = caller.owner.as_deref().map(|o| self.shared.budgets.create_space(o)).transpose()?;
+        let space = match self.shared.spaces.entry(Arc::from(name)) {
+            // Someone else created it meanwhile: the quota taken is dropped, given back.
+            Entry::Occupied(e) => e.get().clone(),
+            Entry::Vacant(v) => {
+                let space = Space::new(Arc::from(name), self.shared.history.clone(), quota);
+                crate::telemetry::SPACES.increment(1.0);
                 tokio::spawn(notifier::run(space.clone(), self.shared.clone()));
-                space
-            })
-            .clone();
+                v.insert(space).clone()
+            }
+        };
         Ok(space)
     }
 
@@ -544,17 +552,28 @@ impl Engine {
         if !caller.can_read(space) {
             return Err(Error::new(ErrorCode::Forbidden, "the token may not read this space"));
         }
-        let space = self.space(space)?;
         let id = self.shared.next_sub.fetch_add(1, Ordering::Relaxed);
-        let slot = SubSlot::new(id, space.name.clone(), views, events, outbox.clone());
-        let mut st = space.lock();
-        st.joining.push(Joining { slot: slot.clone(), req_id, since });
-        crate::telemetry::SUBSCRIPTIONS.increment(1.0);
-        if events {
-            st.events_wanted += 1;
+        loop {
+            let space = self.space(space, caller)?;
+            let mut st = space.lock();
+            if st.retired {
+                // Reclaimed since it was looked up: look it up (or create it) again.
+                continue;
+            }
+            let slot = SubSlot::new(id, space.name.clone(), views, events, outbox.clone());
+            st.joining.push(Joining { slot: slot.clone(), req_id, since });
+            crate::telemetry::SUBSCRIPTIONS.increment(1.0);
+            if events {
+                st.events_wanted += 1;
+            }
+            space.changed(&mut st);
+            return Ok(slot);
         }
-        space.changed(&mut st);
-        Ok(slot)
+    }
+
+    /// Spaces that exist now.
+    pub fn spaces(&self) -> usize {
+        self.shared.spaces.len()
     }
 
     /// Ends a subscription; nothing more is delivered to it.
@@ -585,6 +604,27 @@ impl Engine {
 }
 
 impl Shared {
+    /// Reclaims `space` if it still holds nothing: it leaves the map (its notifier then ends) and is marked retired
+    /// under its lock, so whoever holds it finds that out and looks the name up again. Returns whether it was.
+    pub fn reclaim(&self, space: &Arc<Space>) -> bool {
+        // Lock order: the map's shard, then the space (nothing takes them the other way round).
+        let removed = self.spaces.remove_if(&space.name, |_, s| {
+            if !Arc::ptr_eq(s, space) {
+                return false;
+            }
+            let mut st = s.lock();
+            st.history.expire(Instant::now());
+            if st.is_idle() {
+                st.retired = true;
+            }
+            st.retired
+        });
+        if removed.is_some() {
+            crate::telemetry::SPACES.decrement(1.0);
+        }
+        removed.is_some()
+    }
+
     /// Drops a finished run from the registry, remembers its id, and gives back its owner's active-run slot and
     /// its state bytes.
     fn forget(&self, id: RunId, account: &Account, bytes: usize) {

@@ -60,6 +60,8 @@ pub enum ErrorCode {
     QuotaSubscriptions,
     /// The owner has as many connections as allowed (the connection is then closed with 4003).
     QuotaConnections,
+    /// The owner has created as many spaces (still existing) as allowed.
+    QuotaSpaces,
     /// The server holds as many connections as allowed: the HTTP request is answered 503 with this code.
     ServerFull,
     /// The write would take its run past `max_run_bytes`; nothing of it was applied.
@@ -110,6 +112,7 @@ impl ErrorCode {
             ErrorCode::QuotaActiveRuns => "quota_active_runs",
             ErrorCode::QuotaSubscriptions => "quota_subscriptions",
             ErrorCode::QuotaConnections => "quota_connections",
+            ErrorCode::QuotaSpaces => "quota_spaces",
             ErrorCode::ServerFull => "server_full",
             ErrorCode::RunTooLarge => "run_too_large",
             ErrorCode::QuotaStateBytes => "quota_state_bytes",
@@ -122,7 +125,7 @@ impl ErrorCode {
     }
 
     /// Every code, for the protocol-doc test.
-    pub const ALL: [ErrorCode; 35] = [
+    pub const ALL: [ErrorCode; 36] = [
         ErrorCode::BadJson,
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
@@ -150,6 +153,7 @@ impl ErrorCode {
         ErrorCode::QuotaActiveRuns,
         ErrorCode::QuotaSubscriptions,
         ErrorCode::QuotaConnections,
+        ErrorCode::QuotaSpaces,
         ErrorCode::ServerFull,
         ErrorCode::RunTooLarge,
         ErrorCode::QuotaStateBytes,

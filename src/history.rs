@@ -129,11 +129,22 @@ impl History {
         self.known.retain(|k| k.idle_since.is_none_or(|t| now.duration_since(t) < Self::WINDOW));
     }
 
-    /// Forgets ticks older than [`History::WINDOW`].
+    /// Forgets ticks older than [`History::WINDOW`], and view sets idle for longer.
     pub fn expire(&mut self, now: Instant) {
         while self.ticks.front().is_some_and(|t| now.duration_since(t.at) >= Self::WINDOW) {
             self.pop();
         }
+        self.known.retain(|k| k.idle_since.is_none_or(|t| now.duration_since(t) < Self::WINDOW));
+    }
+
+    /// When the history will hold nothing if nothing more happens (`None`: a view set still has subscribers).
+    pub fn empty_at(&self) -> Option<Instant> {
+        let mut at = self.ticks.back().map(|t| t.at + Self::WINDOW);
+        for k in &self.known {
+            let idle_end = k.idle_since? + Self::WINDOW;
+            at = Some(at.map_or(idle_end, |a| a.max(idle_end)));
+        }
+        Some(at.unwrap_or_else(Instant::now))
     }
 
     fn pop(&mut self) -> bool {

@@ -18,12 +18,10 @@ pub async fn run(space: Arc<Space>, shared: Arc<Shared>) {
     let tick = shared.config.tick;
     loop {
         // The next deadline: a lingering run's expiry, or a deferred resync.
+        // The next deadline: a lingering run's expiry, a deferred resync, or the moment the space may be reclaimed.
         let next = {
             let st = space.lock();
-            match (st.lingering.front().map(|(t, _)| *t), st.resync_wake) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            }
+            [st.lingering.front().map(|(t, _)| *t), st.resync_wake, st.idle_at()].into_iter().flatten().min()
         };
         let far = Instant::now() + Duration::from_secs(86_400);
         tokio::select! {
@@ -31,6 +29,11 @@ pub async fn run(space: Arc<Space>, shared: Arc<Shared>) {
             _ = shared.shutdown.cancelled() => return,
             _ = space.woken() => {}
             _ = sleep_until(next.unwrap_or(far)), if next.is_some() => {}
+        }
+        let idle = space.lock().idle_at().is_some_and(|t| t <= Instant::now());
+        if idle && shared.reclaim(&space) {
+            tracing::debug!(space = %space.name.escape_debug(), "reclaimed an idle space");
+            return;
         }
         shared.expire_lingering(&space);
         let cap = shared.config.limits.max_pending_bytes;

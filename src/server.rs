@@ -303,6 +303,7 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
         "protocol": PROTOCOL_VERSION,
         "activeRuns": state.engine.active_runs(),
         "connections": state.sessions.len(),
+        "spaces": state.engine.spaces(),
         "stateBytes": budgets.state_bytes(),
         "maxStateBytes": state.engine.config().limits.max_state_bytes,
     }))

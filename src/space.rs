@@ -69,6 +69,8 @@ pub struct SpaceState {
     pub events_wanted: usize,
     /// Whether the notifier has been woken since its last flush.
     pub dirty: bool,
+    /// The space was reclaimed (it held nothing): whoever finds this under the lock looks the space up again.
+    pub retired: bool,
 }
 
 impl SpaceState {
@@ -87,7 +89,27 @@ impl SpaceState {
             snapshots: Vec::new(),
             events_wanted: 0,
             dirty: false,
+            retired: false,
         }
+    }
+
+    /// Whether the space holds nothing anyone could miss: no run, no subscriber (registered, joining or waiting
+    /// for a resync), nothing journaled, and a history that has aged out.
+    pub fn is_idle(&self) -> bool {
+        self.runs.is_empty()
+            && self.groups.is_empty()
+            && self.joining.is_empty()
+            && self.resync.is_empty()
+            && self.journal.is_empty()
+            && self.history.is_empty()
+    }
+
+    /// When the space may be reclaimed if nothing more happens: `None` while it holds runs or subscribers.
+    pub fn idle_at(&self) -> Option<Instant> {
+        if !self.runs.is_empty() || !self.groups.is_empty() || !self.joining.is_empty() || !self.resync.is_empty() {
+            return None;
+        }
+        self.history.empty_at()
     }
 
     /// Takes a run out of `activeRuns`: journals its removal and updates the views.
@@ -177,17 +199,25 @@ impl SpaceState {
 #[derive(Debug)]
 pub struct Space {
     pub name: Arc<str>,
-    /// The engine's epoch (changes on every server start), sent with snapshots for resumes.
+    /// Random for each space created (every server start, and again after the space was reclaimed), below 2^53
+    /// so JavaScript holds it exactly: a resume from another epoch gets a snapshot.
     pub epoch: u64,
     state: Mutex<SpaceState>,
     /// Wakes the notifier: a change after an idle period is flushed at once.
     wake: Notify,
+    /// The creator's space quota, given back when the space is dropped.
+    _quota: Option<crate::budget::SpaceQuota>,
 }
 
 impl Space {
-    pub fn new(name: Arc<str>, epoch: u64, history: Arc<crate::history::HistoryBudget>) -> Arc<Space> {
+    pub fn new(
+        name: Arc<str>,
+        history: Arc<crate::history::HistoryBudget>,
+        quota: Option<crate::budget::SpaceQuota>,
+    ) -> Arc<Space> {
         let state = SpaceState::new(History::new(history));
-        Arc::new(Space { name, epoch, state: Mutex::new(state), wake: Notify::new() })
+        let epoch = uuid::Uuid::now_v7().as_u64_pair().1 & ((1 << 53) - 1);
+        Arc::new(Space { name, epoch, state: Mutex::new(state), wake: Notify::new(), _quota: quota })
     }
 
     pub fn lock(&self) -> MutexGuard<'_, SpaceState> {

@@ -28,6 +28,7 @@ pub fn install() -> PrometheusHandle {
 
 pub static CONNECTIONS: LazyLock<Gauge> = LazyLock::new(|| gauge!("coworker_connections"));
 pub static SUBSCRIPTIONS: LazyLock<Gauge> = LazyLock::new(|| gauge!("coworker_subscriptions"));
+pub static SPACES: LazyLock<Gauge> = LazyLock::new(|| gauge!("coworker_spaces"));
 pub static FRAMES_SENT: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_frames_sent_total"));
 pub static BYTES_SENT: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_bytes_sent_total"));
 /// Diff payloads serialized: one per view set with changes per tick, however many subscribers share it.

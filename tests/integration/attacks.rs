@@ -180,3 +180,41 @@ async fn an_expired_connection_gets_no_data_until_it_presents_a_valid_token() {
     assert!(f["type"] == "diff" || f["type"] == "snapshot", "{f}");
     assert!(f.to_string().contains(r#""v":4"#) || f.to_string().contains(r#""value":4"#), "{f}");
 }
+
+/// Finding 4: a token with `read: ["*"]` and `write: []` subscribed and unsubscribed 10,000 space names; every
+/// other user's `run` or `subscribe` in a new space then got `limit_exceeded`, even after the attacker left, since
+/// spaces were never freed.
+#[tokio::test(start_paused = true)]
+async fn spaces_count_against_their_creator_and_empty_ones_are_reclaimed() {
+    let _hb = heartbeat();
+    let server = secured(Limits { max_spaces: 30, max_spaces_per_owner: 10, ..Limits::default() }).await;
+    let mut mallory = Raw::connect(&server).await;
+    hello(&mut mallory, &token("mallory", &["*"], &[])).await;
+    let mut refused = None;
+    for i in 0..25 {
+        let r = mallory.request(json!({"type": "subscribe", "id": i, "space": format!("junk-{i}")})).await;
+        if r["type"] == "error" {
+            refused = Some((i, r));
+            break;
+        }
+        assert_eq!(mallory.request(json!({"type": "unsubscribe", "id": "u", "sub": r["sub"]})).await["type"], "reply");
+    }
+    let (at, r) = refused.expect("the space quota never applied");
+    assert_eq!((at, r["code"].as_str()), (10, Some("quota_spaces")), "{r}");
+    // Others are unharmed: new spaces for runs and subscriptions.
+    let mut ann = Raw::connect(&server).await;
+    hello(&mut ann, &token("ann", &["*"], &["*"])).await;
+    for i in 0..5 {
+        ann.start(json!({"operation": "interpret", "space": format!("ann-{i}")})).await;
+    }
+    assert_eq!(ann.request(json!({"type": "subscribe", "id": 1, "space": "ann-new"})).await["type"], "snapshot");
+    assert_eq!(healthz(&server).await["spaces"], 16);
+    // Once the attacker's spaces held nothing for the resume window, they are reclaimed; so is its quota.
+    drop(mallory);
+    tokio::time::sleep(std::time::Duration::from_secs(61)).await;
+    assert_eq!(healthz(&server).await["spaces"], 6, "ann's five spaces with runs and the one she watches");
+    let mut mallory = Raw::connect(&server).await;
+    hello(&mut mallory, &token("mallory", &["*"], &[])).await;
+    let r = mallory.request(json!({"type": "subscribe", "id": 1, "space": "junk-again"})).await;
+    assert_eq!(r["type"], "snapshot", "{r}");
+}
