@@ -6,14 +6,14 @@
 //                              connection logic, so it knows nothing of message types.
 //   coworker/requests.js       request ids matched to their `reply`/`error`; the one place that settles promises.
 //   coworker/writes.js         writes coalesced per run per animation frame, split past the server's limits, held
-//                              while offline. Batching rules live apart from the socket.
+//                              until the connection's `hello` is answered. Batching rules live apart from the socket.
 //   coworker/subscriptions.js  `subscribe()` across connections: resubscribe with `since`, route frames by `sub`,
 //                              callbacks, events once each.
 //   coworker/mirror.js         the normalized wire state of one subscription, `applyDiff` and the snapshot `shape`:
 //                              pure data, testable without a socket.
 //   coworker/errors.js         `CoworkerError`, shared by all.
-// The client itself decides what goes on the wire at the protocol level: `hello` with the token on every connection,
-// and the dispatch of received frames.
+// The client itself decides what goes on the wire at the protocol level: `hello` on every connection (its `limits`
+// feed the writes' splitting), and the dispatch of received frames.
 import { CoworkerError } from "./coworker/errors.js";
 import { Transport } from "./coworker/transport.js";
 import { Requests } from "./coworker/requests.js";
@@ -27,17 +27,40 @@ export { applyDiff, shape } from "./coworker/mirror.js";
 /** @typedef {import("./coworker/mirror.js").Snapshot} Snapshot */
 
 /**
+ * The limits a server tells in its `hello` reply (protocol.md §2.1, §9).
+ * @typedef {Object} Limits
+ * @property {number} maxMessageBytes
+ * @property {number} maxOpsPerPatch
+ * @property {number} maxRunBytes
+ * @property {number} messagesPerSecond
+ * @property {number} bytesPerSecond
+ * @property {number} pingIntervalMs
+ * @property {number} idleTimeoutMs
+ * @property {number} tickMs
+ */
+
+/**
  * @typedef {Object} ConnectOptions
  * @property {typeof WebSocket} [WebSocket] the WebSocket constructor (required in Node: e.g. the `ws` package's)
- * @property {string} [token] a JWT, sent with `hello` on every (re)connection
+ * @property {string} [token] a JWT, sent with `hello` on every (re)connection (default: the token of a `bearer.<jwt>`
+ *   entry of `protocols`)
  * @property {string|string[]} [protocols] WebSocket subprotocols (e.g. `["coworker.v1", "bearer.<jwt>"]`)
  * @property {number} [minBackoffMs=250] first reconnection delay, doubled per failed attempt (times 0.5–1)
  * @property {number} [maxBackoffMs=5000] longest reconnection delay
  * @property {(fn: () => void) => void} [schedule] when buffered writes go out (default: the next animation frame,
  *   or 100 ms when the page gets none, e.g. a hidden tab; a 16 ms timer where there is no requestAnimationFrame)
- * @property {number} [maxOpsPerPatch=256] the server's `max_ops_per_patch` (protocol.md §9)
- * @property {number} [maxMessageBytes=65536] the server's `--max-message-bytes`
+ * @property {number} [maxOpsPerPatch] ops per patch frame: the server's `maxOpsPerPatch` from the `hello` reply,
+ *   or this when lower (256 while the server has not told)
+ * @property {number} [maxMessageBytes] bytes per message: the server's `maxMessageBytes` from the `hello` reply,
+ *   or this when lower (65536 while the server has not told)
  */
+
+/** The JWT of a `bearer.<jwt>` subprotocol, if there is one. */
+function bearerToken(protocols) {
+  const list = typeof protocols === "string" ? [protocols] : protocols ?? [];
+  const entry = list.find((p) => p.startsWith("bearer."));
+  return entry ? entry.slice("bearer.".length) : null;
+}
 
 /** A connection to a Coworker server that reconnects by itself. Create it with {@link connect}. */
 export class CoworkerClient {
@@ -45,7 +68,9 @@ export class CoworkerClient {
   constructor(url, options = {}) {
     this.url = url;
     this.options = options;
-    this.token = options.token ?? null;
+    this.token = options.token ?? bearerToken(options.protocols);
+    /** @type {Limits|null} the server's limits, from the last `hello` reply */
+    this.limits = null;
     this.listeners = new Map(); // event name → Set<fn>
     this.transport = new Transport(url, options, {
       opened: (first) => this.opened(first),
@@ -57,7 +82,7 @@ export class CoworkerClient {
     this.requests = new Requests(this.transport);
     this.writes = new Writes(this.requests, options);
     this.subscriptions = new Subscriptions(this.requests, (name, value) => this.emit(name, value));
-    /** Resolves with the client once the first connection is open (and its `hello` answered, with a token). */
+    /** Resolves with the client once the first connection is open and its `hello` answered. */
     this.ready = new Promise((resolve, reject) => {
       this.readyResolve = resolve;
       this.readyReject = reject;
@@ -88,28 +113,38 @@ export class CoworkerClient {
 
   // --- connection ---------------------------------------------------------------------------------------------
 
+  hello() {
+    return this.token ? { type: "hello", token: this.token } : { type: "hello" };
+  }
+
+  /** A `hello` reply: its limits now apply. */
+  helloAnswered(frame) {
+    if (!frame.limits) return;
+    this.limits = frame.limits;
+    this.writes.limit(frame.limits);
+  }
+
   /**
-   * A socket opened: `hello` first when there is a token (the server answers in order, so the subscribes and writes
-   * pipelined behind it run authenticated).
+   * A socket opened: `hello` first (the server answers in order, so the subscribes pipelined behind it run
+   * authenticated), and the writes once it is answered.
    */
   opened(first) {
-    const hello = this.token ? this.requests.request({ type: "hello", token: this.token }) : null;
+    const hello = this.requests.request(this.hello(), (frame) => {
+      this.helloAnswered(frame);
+      this.writes.resume();
+    });
     this.subscriptions.connected();
-    this.writes.resume();
-    if (!hello) {
-      this.readyResolve(this);
-      return;
-    }
     hello.then(
       () => this.readyResolve(this),
       (e) => {
+        if (e.code === "connection_lost" || e.code === "closed") return; // the next connection says hello again
         if (first) this.readyReject(e);
-        else if (e.code !== "connection_lost") this.emit("error", e);
+        else this.emit("error", e);
       },
     );
   }
 
-  /** The socket is gone: what waited for an answer rejects, writes wait for the next connection. */
+  /** The socket is gone: what waited for an answer rejects, writes wait for the next connection's `hello`. */
   lost(error) {
     this.writes.pause();
     this.requests.failAll(error);
@@ -129,7 +164,7 @@ export class CoworkerClient {
    */
   async setToken(token) {
     this.token = token;
-    const { owner, expires } = await this.request({ type: "hello", token });
+    const { owner, expires } = await this.request({ type: "hello", token }, (frame) => this.helloAnswered(frame));
     return { owner, expires };
   }
 
@@ -137,7 +172,7 @@ export class CoworkerClient {
   close() {
     if (this.transport.stopped && this.status === "closed") return;
     this.writes.flush();
-    if (!this.transport.everOpened) this.readyReject(new CoworkerError("closed", "closed before the connection opened"));
+    this.readyReject(new CoworkerError("closed", "closed before the connection was ready"));
     this.requests.failAll(new CoworkerError("closed", "the client was closed before the answer"));
     this.writes.close(new CoworkerError("closed", "the client was closed before the write was sent"));
     this.subscriptions.lost();
@@ -182,7 +217,8 @@ export class CoworkerClient {
 
   /**
    * Starts a run (protocol.md §2.2): the single entry point. Resolves with its context; for a server-side operation
-   * (select, create, update, delete) once it finished. A refused run rejects with `.code` (and `.run` when failed).
+   * (select, create, update, delete) once it finished. A refused run rejects with `.code` (and `.run` when failed),
+   * e.g. `quota_state_bytes` or `over_capacity` when a state budget is spent (§9).
    * @param {Object} config `{operation, doctype?, input?, options?, agent?, parentRun?, steps?, space?, id?, …}`
    * @returns {Promise<RunContext>}
    */
@@ -190,7 +226,11 @@ export class CoworkerClient {
     return (await this.request({ type: "run", run: config })).run;
   }
 
-  /** Sets `path` (dotted like `output.value`, or a JSON Pointer) of a live run. Coalesced: the last value per frame. */
+  /**
+   * Sets `path` (dotted like `output.value`, or a JSON Pointer) of a live run. Coalesced: the last value per frame.
+   * Like every write, it rejects with `.code` when the server refuses its frame, e.g. `run_too_large`,
+   * `quota_state_bytes` or `over_capacity` past a state budget (protocol.md §9).
+   */
   updateRunField(runId, path, value) {
     return this.writes.queue(runId, { op: "set", path, value }, path);
   }
@@ -212,7 +252,8 @@ export class CoworkerClient {
 
   /** Completes a run right after its buffered writes; resolves with its final context. */
   async complete(runId, output) {
-    this.writes.flushRun(runId);
+    const draining = this.writes.drain(runId);
+    if (draining) await draining;
     const msg = { type: "complete", run: runId };
     if (output !== undefined) msg.output = output;
     return (await this.request(msg)).run;
@@ -223,7 +264,8 @@ export class CoworkerClient {
    * @param {string} runId @param {string|Error|{message: string, code?: string}} error
    */
   async fail(runId, error) {
-    this.writes.flushRun(runId);
+    const draining = this.writes.drain(runId);
+    if (draining) await draining;
     let err = error;
     if (typeof error === "string") err = { message: error };
     else if (error instanceof Error) err = typeof error.code === "string" ? { message: error.message, code: error.code } : { message: error.message };
@@ -276,8 +318,9 @@ export class CoworkerClient {
 }
 
 /**
- * Connects to a Coworker server. Resolves with the client once the socket is open (and the token accepted); rejects
- * with `.code` (`connect_failed`, `unauthenticated`, …) when the first attempt fails. Later losses reconnect.
+ * Connects to a Coworker server. Resolves with the client once the socket is open and its `hello` answered (the
+ * token accepted); rejects with `.code` (`connect_failed`, `unauthenticated`, …) when the first attempt fails. Later
+ * losses reconnect.
  * @param {string} url e.g. `ws://127.0.0.1:8080/ws`
  * @param {ConnectOptions} [options]
  * @returns {Promise<CoworkerClient>}

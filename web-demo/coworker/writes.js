@@ -1,6 +1,8 @@
 // Local writes to live runs: buffered per run and sent as one `patch` frame per run per animation frame
-// (protocol.md §2.3), split in order past the server's limits (ops per patch, message bytes, §9), and held while
-// offline. Each write's promise settles with the reply to the frame that carried it.
+// (protocol.md §2.3), split in order past the server's limits (ops per patch, message bytes: from the `hello` reply,
+// §9), and held while the connection cannot take them: offline, and before its `hello` is answered. Each write's
+// promise settles with the reply to the frame that carried it, so a refused frame (a bad op, a budget such as
+// `run_too_large`) rejects exactly its own writes.
 import { CoworkerError } from "./errors.js";
 
 /** UTF-8 length of a string (what the server counts against its message limit). */
@@ -35,28 +37,39 @@ export class Writes {
   /**
    * @param {import("./requests.js").Requests} requests
    * @param {{schedule?: (fn: () => void) => void, maxOpsPerPatch?: number, maxMessageBytes?: number}} options
-   *   `maxOpsPerPatch` and `maxMessageBytes`: the server's limits
+   *   `maxOpsPerPatch` and `maxMessageBytes` are used until the server tells its own, and stay when lower
    */
   constructor(requests, { schedule, maxOpsPerPatch, maxMessageBytes }) {
     this.requests = requests;
     this.schedule = schedule ?? nextFrame;
+    this.caps = { maxOpsPerPatch, maxMessageBytes };
     this.maxOpsPerPatch = maxOpsPerPatch ?? 256;
     this.maxMessageBytes = maxMessageBytes ?? 65536;
     this.buffers = new Map(); // run id → [{text, set, waiters}] writes waiting for the next frame
     this.flushScheduled = false;
-    this.sendable = false; // the connection is open
+    this.sendable = false; // this connection's `hello` is answered
+    this.wakers = []; // whenSendable() promises waiting for `sendable` to change
     this.closed = false;
   }
 
-  /** The connection is open: send what waited. */
+  /** Takes the server's limits (a `hello` reply's `limits`, protocol.md §2.1); a lower option stays in force. */
+  limit(limits) {
+    const pick = (option, server, current) => (Number.isInteger(server) && server > 0 ? Math.min(option ?? server, server) : current);
+    this.maxOpsPerPatch = pick(this.caps.maxOpsPerPatch, limits.maxOpsPerPatch, this.maxOpsPerPatch);
+    this.maxMessageBytes = pick(this.caps.maxMessageBytes, limits.maxMessageBytes, this.maxMessageBytes);
+  }
+
+  /** The connection may take writes now (its `hello` is answered): send what waited. */
   resume() {
     this.sendable = true;
+    this.wake();
     this.flush();
   }
 
   /** The connection is gone: hold the writes for the next one. */
   pause() {
     this.sendable = false;
+    this.wake();
   }
 
   /** The client stopped: reject every buffered write with `error`, and every later one with `closed`. */
@@ -66,6 +79,23 @@ export class Writes {
     const buffers = [...this.buffers.values()];
     this.buffers.clear();
     for (const entries of buffers) for (const e of entries) for (const w of e.waiters) w.reject(error);
+  }
+
+  wake() {
+    for (const wake of this.wakers.splice(0)) wake();
+  }
+
+  /**
+   * Sends the run's buffered writes now; when the open connection cannot take them yet, returns a promise that does
+   * so once it can (or resolves when the connection is lost, with the writes still buffered).
+   * @returns {Promise<void>|undefined}
+   */
+  drain(runId) {
+    if (this.sendable || !this.requests.isOpen()) {
+      this.flushRun(runId);
+      return undefined;
+    }
+    return new Promise((resolve) => this.wakers.push(resolve)).then(() => this.flushRun(runId));
   }
 
   /**
