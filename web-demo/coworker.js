@@ -2,8 +2,8 @@
 // package's). It speaks protocol.md. This entry module wires the parts and is the public API (`connect`,
 // `CoworkerClient`, `CoworkerError`, `applyDiff`, `shape`); each part owns one concern and knows the others only
 // through the narrow calls made here:
-//   coworker/transport.js      the socket: reconnection with jittered backoff, final closes and the status. Pure
-//                              connection logic, so it knows nothing of message types.
+//   coworker/transport.js      the socket: reconnection with jittered backoff, final closes, the dead-socket watchdog
+//                              and the status. Pure connection logic, so it knows nothing of message types.
 //   coworker/requests.js       request ids matched to their `reply`/`error`; the one place that settles promises.
 //   coworker/writes.js         writes coalesced per run per animation frame, split past the server's limits, held
 //                              until the connection's `hello` is answered. Batching rules live apart from the socket.
@@ -13,7 +13,7 @@
 //                              pure data, testable without a socket.
 //   coworker/errors.js         `CoworkerError`, shared by all.
 // The client itself decides what goes on the wire at the protocol level: `hello` on every connection (its `limits`
-// feed the writes' splitting), and the dispatch of received frames.
+// feed the writes' splitting and the watchdog), the probe, and the dispatch of received frames.
 import { CoworkerError } from "./coworker/errors.js";
 import { Transport } from "./coworker/transport.js";
 import { Requests } from "./coworker/requests.js";
@@ -42,8 +42,8 @@ export { applyDiff, shape } from "./coworker/mirror.js";
 /**
  * @typedef {Object} ConnectOptions
  * @property {typeof WebSocket} [WebSocket] the WebSocket constructor (required in Node: e.g. the `ws` package's)
- * @property {string} [token] a JWT, sent with `hello` on every (re)connection (default: the token of a `bearer.<jwt>`
- *   entry of `protocols`)
+ * @property {string} [token] a JWT, sent with `hello` on every (re)connection and with each probe (default: the
+ *   token of a `bearer.<jwt>` entry of `protocols`)
  * @property {string|string[]} [protocols] WebSocket subprotocols (e.g. `["coworker.v1", "bearer.<jwt>"]`)
  * @property {number} [minBackoffMs=250] first reconnection delay, doubled per failed attempt (times 0.5–1)
  * @property {number} [maxBackoffMs=5000] longest reconnection delay
@@ -53,7 +53,13 @@ export { applyDiff, shape } from "./coworker/mirror.js";
  *   or this when lower (256 while the server has not told)
  * @property {number} [maxMessageBytes] bytes per message: the server's `maxMessageBytes` from the `hello` reply,
  *   or this when lower (65536 while the server has not told)
+ * @property {number} [deadSocketMs] silence after which the client probes the connection with a `hello`
+ *   (default: the server's `pingIntervalMs`, 20000 until it is known); a socket not open by then is lost too
+ * @property {number} [probeTimeoutMs=5000] how long after a probe a silent connection counts as lost
  */
+
+/** A request that the server answers while the token is expired (with `token_expired`), without closing. */
+const EXPIRED_PROBE = { type: "unsubscribe", sub: 0 };
 
 /** The JWT of a `bearer.<jwt>` subprotocol, if there is one. */
 function bearerToken(protocols) {
@@ -71,10 +77,12 @@ export class CoworkerClient {
     this.token = options.token ?? bearerToken(options.protocols);
     /** @type {Limits|null} the server's limits, from the last `hello` reply */
     this.limits = null;
+    this.tokenExpired = false; // the server said `token_expired` and no fresh `hello` has succeeded since
     this.listeners = new Map(); // event name → Set<fn>
     this.transport = new Transport(url, options, {
       opened: (first) => this.opened(first),
       received: (text) => this.receive(text),
+      probe: () => this.probe(),
       lost: (error) => this.lost(error),
       stopped: (error) => this.stopped(error),
       status: (status) => this.emit("status", status),
@@ -117,11 +125,15 @@ export class CoworkerClient {
     return this.token ? { type: "hello", token: this.token } : { type: "hello" };
   }
 
-  /** A `hello` reply: its limits now apply. */
+  /** A `hello` reply: its limits now apply, and a valid token is no longer expired. */
   helloAnswered(frame) {
+    this.tokenExpired = false;
     if (!frame.limits) return;
     this.limits = frame.limits;
     this.writes.limit(frame.limits);
+    if (this.options.deadSocketMs === undefined && frame.limits.pingIntervalMs > 0) {
+      this.transport.setDeadSocketMs(frame.limits.pingIntervalMs);
+    }
   }
 
   /**
@@ -129,6 +141,7 @@ export class CoworkerClient {
    * authenticated), and the writes once it is answered.
    */
   opened(first) {
+    this.tokenExpired = false;
     const hello = this.requests.request(this.hello(), (frame) => {
       this.helloAnswered(frame);
       this.writes.resume();
@@ -142,6 +155,12 @@ export class CoworkerClient {
         else this.emit("error", e);
       },
     );
+  }
+
+  /** The connection was silent for `deadSocketMs`: ask for an answer (any frame will do). */
+  probe() {
+    const msg = this.tokenExpired ? EXPIRED_PROBE : this.hello();
+    this.requests.request(msg, (frame) => this.helloAnswered(frame)).catch(() => {});
   }
 
   /** The socket is gone: what waited for an answer rejects, writes wait for the next connection's `hello`. */
@@ -199,6 +218,7 @@ export class CoworkerClient {
         this.subscriptions.event(frame);
         return;
       case "error":
+        if (frame.code === "token_expired") this.tokenExpired = true;
         this.emit("error", new CoworkerError(frame.code, frame.message, frame.run));
         return;
       default:
