@@ -1,7 +1,8 @@
 // The live demo page: every active run of one space (`?space=`, default `default`), rendered from the client's
 // snapshot shape at most once per animation frame, and controls that start dialogs, AI streams, pipelines, a
 // failing run and a data select. Cards are kept per run id and only touched when their run object changed
-// (snapshots are immutable, so an unchanged run is the same object).
+// (snapshots are immutable, so an unchanged run is the same object). A write this page made that the server refused
+// (a state budget such as `run_too_large`, protocol.md §9) is shown on its run's card.
 import { CoworkerClient } from "./coworker.js";
 
 const params = new URLSearchParams(location.search);
@@ -67,6 +68,13 @@ const finished = new Map();
 const KEEP_FINISHED_MS = 20000;
 const events = [];
 let eventsAdded = 0;
+/** Writes of this page that the server refused, by run id: shown on the run's card while it is on screen. */
+const writeErrors = new Map(); // run id → {error, at}
+const BUDGETS = {
+  run_too_large: "the run is at its size budget",
+  quota_state_bytes: "this owner's runs are at their state budget",
+  over_capacity: "the server's state budget is spent",
+};
 
 client.subscribe((snapshot) => {
   view = snapshot;
@@ -149,12 +157,17 @@ function render() {
     frameArrivedAt = null;
   }
   for (const [id, f] of finished) if (f.until < now || view.activeRuns[id]) finished.delete(id);
+  // A refusal stays while its run is on screen (a completed run's `after:run` may come a moment after the diff).
+  for (const [id, w] of writeErrors) if (!view.activeRuns[id] && !finished.has(id) && now - w.at > 5000) writeErrors.delete(id);
   const runs = Object.values(view.activeRuns);
   const recent = [...finished.values()].map((f) => f.run);
 
   // Dialogs: every running dialog of the space, and failed ones while they linger.
   const dialogs = [...view.activeDialogs, ...runs.filter((r) => r.operation === "dialog" && r.status === "failed")];
-  reconcile($("dialogs"), dialogs, (r) => r.id, dialogCard, updateDialogCard);
+  reconcile($("dialogs"), dialogs, (r) => r.id, dialogCard, (el, run) => {
+    updateDialogCard(el, run);
+    showWriteError(el, [run.id]);
+  });
 
   // AI: running interpret runs (also pipeline steps), failed ones while they linger, recently completed ones.
   const ai = [
@@ -162,7 +175,10 @@ function render() {
     ...runs.filter((r) => r.operation === "interpret" && r.status === "failed"),
     ...recent.filter((r) => r.operation === "interpret" && !r.parentRun),
   ];
-  reconcile($("ai-runs"), ai, (r) => r.id, aiCard, (el, run) => updateAiCard(el, run, now));
+  reconcile($("ai-runs"), ai, (r) => r.id, aiCard, (el, run) => {
+    updateAiCard(el, run, now);
+    showWriteError(el, [run.id]);
+  });
 
   // Pipelines: groups with members or a pipeline root, and pipelines that completed recently.
   const groups = Object.entries(view.activePipelines)
@@ -171,7 +187,10 @@ function render() {
   for (const run of recent) {
     if (run.operation === "pipeline" && !view.activePipelines[run.id]) groups.push({ rootId: run.id, root: run, members: [run] });
   }
-  reconcile($("pipelines"), groups, (g) => g.rootId, pipelineCard, (el, g) => updatePipelineCard(el, g, recent));
+  reconcile($("pipelines"), groups, (g) => g.rootId, pipelineCard, (el, g) => {
+    const children = updatePipelineCard(el, g, recent);
+    showWriteError(el, [g.rootId, ...children.map((c) => c.id)]);
+  });
 
   // Every run of the space.
   reconcile($("all-runs"), runs, (r) => r.id, runRow, (el, run) => updateRunRow(el, run, now));
@@ -191,11 +210,23 @@ function cardShell(kind, run, ...body) {
   const id = h("code", { class: "id", title: run.id }, short(run.id));
   const extra = h("span", { class: "extra" });
   const error = h("div", { class: "error-line", "data-testid": "run-error", hidden: true });
+  const writeError = h("div", { class: "error-line write-error", "data-testid": "write-error", role: "alert", hidden: true });
   const el = h("article", { class: `card ${kind}`, "data-testid": `${kind}-card`, "data-run-id": run.id },
-    h("div", { class: "meta" }, status, label, id, extra), ...body, error);
-  Object.assign(el, { _status: status, _label: label, _extra: extra, _error: error, _run: null });
+    h("div", { class: "meta" }, status, label, id, extra), ...body, error, writeError);
+  Object.assign(el, { _status: status, _label: label, _extra: extra, _error: error, _writeError: writeError, _run: null });
   return el;
 }
+
+/** The latest refused write of this page to any of `ids` (a card's run, or a pipeline's runs), on the card. */
+function showWriteError(el, ids) {
+  const refused = ids.map((id) => writeErrors.get(id)).find(Boolean);
+  const text = refused ? describe(refused.error) : "";
+  setText(el._writeError, text);
+  el._writeError.hidden = !text;
+}
+
+/** `code: what it means` for the budget codes, the error's own message otherwise. */
+const describe = (e) => (BUDGETS[e.code] ? `${e.code}: ${BUDGETS[e.code]}` : String(e.message ?? e));
 
 /** A failed run's error, on its own line under the card. */
 function showError(el, run) {
@@ -302,6 +333,7 @@ function updatePipelineCard(el, g, recent) {
       const tokens = Array.isArray(c.output?.tokens) ? c.output.tokens.join("") : "";
       setText(out, c.status === "failed" ? c.error?.message ?? "" : tokens);
     });
+  return children;
 }
 
 function runRow(run) {
@@ -391,17 +423,34 @@ function note(e) {
   noticeTimer = setTimeout(() => (el.textContent = ""), 8000);
 }
 
+/** A write to `runId` was refused: shown on the run's card (the page goes on). */
+function writeFailed(runId, error) {
+  writeErrors.set(runId, { error, at: Date.now() });
+  queueRender();
+}
+
+/** A later write to `runId` went through: its card no longer shows the refusal. */
+function writeAccepted(runId) {
+  if (writeErrors.delete(runId)) queueRender();
+}
+
 // Dialog: the first keystroke starts a dialog run; every keystroke sets the whole `output.value`.
 const input = $("dialog-input");
 let dialogRun = null; // a promise of the run's id
 input.addEventListener("input", async () => {
   const mine = (dialogRun ??= client.run({ operation: "dialog", space, agent: "browser", input: { prompt: "Type here" } })
     .then((run) => run.id));
+  let id;
   try {
-    const id = await mine;
+    id = await mine;
     // The field's text now: keystrokes that landed while the run was starting collapse into this one write.
     await client.updateRunField(id, "output.value", input.value);
+    writeAccepted(id);
   } catch (e) {
+    if (id && BUDGETS[e.code]) {
+      writeFailed(id, e); // the run is still there: a shorter text fits again
+      return;
+    }
     if (dialogRun === mine) dialogRun = null; // the next keystroke starts a new run
     note(e);
   }
@@ -420,7 +469,8 @@ $("dialog-form").addEventListener("submit", async (ev) => {
 });
 
 // AI: words at the chosen rate; a timer paces them (animation frames stop in hidden tabs), the client coalesces
-// each frame's tokens into one patch, and `output.sentAt` carries the send time for the latency figure.
+// each frame's tokens into one patch, and `output.sentAt` carries the send time for the latency figure. A refused
+// write (e.g. `run_too_large`) stops the stream: the card shows why, and the run completes with what was accepted.
 const WORDS = "Runs are context objects that are also their own audit records; the server coalesces every change into one diff per tick for every subscriber. ".split(/(?<= )/);
 const rateInput = $("ai-rate");
 rateInput.addEventListener("input", () => setText($("ai-rate-value"), `${rateInput.value}/s`));
@@ -437,24 +487,28 @@ $("ai-start").addEventListener("click", async () => {
   const started = performance.now();
   let sent = 0;
   let broken = null;
-  const stop = (e) => (broken ??= e);
   while (sent < count && !broken) {
     const due = Math.min(count, Math.floor(((performance.now() - started) / 1000) * rate) + 1);
     if (due > sent) {
-      for (; sent < due; sent++) client.append(run.id, "output.tokens", WORDS[sent % WORDS.length]).catch(stop);
-      client.updateRunField(run.id, "output.sentAt", Date.now()).catch(stop);
+      const writes = [];
+      for (; sent < due; sent++) writes.push(client.append(run.id, "output.tokens", WORDS[sent % WORDS.length]));
+      writes.push(client.updateRunField(run.id, "output.sentAt", Date.now()));
+      // Settled before the next tokens are queued: once a frame is refused no later one can land, so the text the
+      // server keeps has no gap (a smaller frame sent behind a refused one could still fit).
+      broken = (await Promise.allSettled(writes)).find((r) => r.status === "rejected")?.reason ?? null;
     }
-    await sleep(Math.max(4, Math.min(16, 1000 / rate)));
+    if (!broken) await sleep(Math.max(4, Math.min(16, 1000 / rate)));
   }
+  if (broken) writeFailed(run.id, broken);
   try {
-    if (broken) throw broken;
     await client.complete(run.id);
   } catch (e) {
     note(e);
   }
 });
 
-// Pipeline: a root with three steps; each step runs a child that streams a little and completes (or fails).
+// Pipeline: a root with three steps; each step runs a child that streams a little and completes (or fails). A
+// refused write is shown on the pipeline's card, and the pipeline goes on.
 $("pipeline-start").addEventListener("click", async () => {
   const names = ["fetch", "analyze", "summarize"];
   const says = { fetch: ["Fetching ", "3 sources", "… done"], analyze: ["Analyzing ", "the sources", "… done"],
@@ -464,21 +518,21 @@ $("pipeline-start").addEventListener("click", async () => {
     const root = await client.run({ operation: "pipeline", space, agent: "browser",
       input: { plan: names }, steps: names.map((name) => ({ name, status: "pending" })) });
     for (const [i, name] of names.entries()) {
-      client.updateRunStep(root.id, i, { status: "running" });
+      client.updateRunStep(root.id, i, { status: "running" }).catch((e) => writeFailed(root.id, e));
       const child = await client.run({ operation: "interpret", parentRun: root.id, agent: name, input: { step: name } });
       for (const w of says[name]) {
         await sleep(220);
-        client.append(child.id, "output.tokens", w);
+        client.append(child.id, "output.tokens", w).catch((e) => writeFailed(child.id, e));
       }
       await sleep(250);
       if (i === failAt) {
         await client.fail(child.id, { message: `${name} failed (on purpose)`, code: "demo" });
-        await client.updateRunStep(root.id, i, { status: "failed" });
+        await client.updateRunStep(root.id, i, { status: "failed" }).catch((e) => writeFailed(root.id, e));
         await client.fail(root.id, { message: `step ${name} failed`, code: "demo" });
         return;
       }
       await client.complete(child.id);
-      await client.updateRunStep(root.id, i, { status: "done" });
+      await client.updateRunStep(root.id, i, { status: "done" }).catch((e) => writeFailed(root.id, e));
     }
     await sleep(600);
     await client.complete(root.id, { summary: `${names.length} steps done` });
@@ -491,7 +545,7 @@ $("pipeline-start").addEventListener("click", async () => {
 $("fail-start").addEventListener("click", async () => {
   try {
     const run = await client.run({ operation: "dialog", space, agent: "doomed", input: { will: "fail" } });
-    await client.updateRunField(run.id, "output.value", "about to fail…");
+    await client.updateRunField(run.id, "output.value", "about to fail…").catch((e) => writeFailed(run.id, e));
     await sleep(600);
     await client.fail(run.id, { message: "failed on purpose", code: "demo" });
   } catch (e) {

@@ -153,6 +153,37 @@ test("the current run shows a select result as a table with the schema's columns
   assert.equal(await table.locator("tbody tr").count(), 4);
 });
 
+test("a stream past the server's --max-run-bytes shows run_too_large on its card, completes with what was accepted, and the page goes on", async () => {
+  const small = await startServer(["--max-run-bytes", "20000"]);
+  let page;
+  try {
+    page = await openPage(`${small.http}/?space=${SPACE}-budget`, "budget");
+    await page.getByTestId("ai-count").fill("500");
+    await page.getByTestId("ai-rate").fill("1000");
+    await page.getByTestId("ai-start").click();
+    const card = page.getByTestId("ai-card").filter({ has: page.getByTestId("write-error").filter({ hasText: "run_too_large" }) });
+    await card.waitFor({ timeout: 10000 });
+    assert.equal(await card.getByTestId("write-error").textContent(), "run_too_large: the run is at its size budget");
+    // The stream stopped there and the run completed with the tokens the server took (the card shows its final context).
+    await card.filter({ has: page.locator(".badge.completed") }).waitFor({ timeout: 10000 });
+    const kept = Number((await card.getByTestId("ai-count-seen").textContent()).split(" ")[0]);
+    assert.ok(kept > 50 && kept < 500, `${kept} tokens kept`);
+    assert.equal(await card.getByTestId("ai-text").textContent(),
+      Array.from({ length: kept }, (_, i) => WORDS[i % WORDS.length]).join(""));
+    // The page goes on: a short stream completes whole, with no error on its card.
+    await page.getByTestId("ai-count").fill("20");
+    await page.getByTestId("ai-start").click();
+    const next = page.getByTestId("ai-card").filter({ has: page.getByTestId("ai-count-seen").filter({ hasText: /^20 tokens/ }) });
+    await next.filter({ has: page.locator(".badge.completed") }).waitFor({ timeout: 10000 });
+    assert.equal(await next.getByTestId("write-error").isHidden(), true);
+    assert.equal(await page.getByTestId("status").textContent(), "open");
+    await page.screenshot({ path: join(ROOT, "tests", "browser", "artifacts", "budget.png") });
+  } finally {
+    await page?.close(); // before its server stops: reconnection attempts would log console errors
+    await small.stop();
+  }
+});
+
 test("a screenshot of the page mid-activity, and no console errors", async () => {
   await a.getByTestId("ai-count").fill("4000");
   await a.getByTestId("ai-rate").fill("60");
