@@ -444,6 +444,19 @@ impl Session {
         let Some(auth) = &self.auth else {
             return self.send(protocol::hello_reply(&id, None, None, &self.client_limits())).await;
         };
+        // Without a token, on a connection that has one, `hello` asks what it stands on (a liveness probe): the
+        // reply as for the token it holds, or `token_expired`; the connection stays as it is.
+        match (&token, &self.state) {
+            (None, AuthState::Valid(c)) => {
+                let reply = protocol::hello_reply(&id, c.owner.as_deref(), c.expires, &self.client_limits());
+                return self.send(reply).await;
+            }
+            (None, AuthState::Expired) => {
+                let e = Error::new(ErrorCode::TokenExpired, "token expired: send a fresh hello");
+                return self.send(error_frame(&id, &e, None)).await;
+            }
+            _ => {}
+        }
         let verified = match token {
             Some(t) => auth.verify(&t),
             None => Err(Error::new(ErrorCode::Unauthenticated, "`hello` needs a `token`")),

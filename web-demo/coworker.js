@@ -58,9 +58,6 @@ export { applyDiff, shape } from "./coworker/mirror.js";
  * @property {number} [probeTimeoutMs=5000] how long after a probe a silent connection counts as lost
  */
 
-/** A request that the server answers while the token is expired (with `token_expired`), without closing. */
-const EXPIRED_PROBE = { type: "unsubscribe", sub: 0 };
-
 /** The JWT of a `bearer.<jwt>` subprotocol, if there is one. */
 function bearerToken(protocols) {
   const list = typeof protocols === "string" ? [protocols] : protocols ?? [];
@@ -77,7 +74,6 @@ export class CoworkerClient {
     this.token = options.token ?? bearerToken(options.protocols);
     /** @type {Limits|null} the server's limits, from the last `hello` reply */
     this.limits = null;
-    this.tokenExpired = false; // the server said `token_expired` and no fresh `hello` has succeeded since
     this.listeners = new Map(); // event name → Set<fn>
     this.transport = new Transport(url, options, {
       opened: (first) => this.opened(first),
@@ -125,9 +121,8 @@ export class CoworkerClient {
     return this.token ? { type: "hello", token: this.token } : { type: "hello" };
   }
 
-  /** A `hello` reply: its limits now apply, and a valid token is no longer expired. */
+  /** A `hello` reply: its limits now apply. */
   helloAnswered(frame) {
-    this.tokenExpired = false;
     if (!frame.limits) return;
     this.limits = frame.limits;
     this.writes.limit(frame.limits);
@@ -141,7 +136,6 @@ export class CoworkerClient {
    * authenticated), and the writes once it is answered.
    */
   opened(first) {
-    this.tokenExpired = false;
     const hello = this.requests.request(this.hello(), (frame) => {
       this.helloAnswered(frame);
       this.writes.resume();
@@ -157,10 +151,12 @@ export class CoworkerClient {
     );
   }
 
-  /** The connection was silent for `deadSocketMs`: ask for an answer (any frame will do). */
+  /**
+   * The connection was silent for `deadSocketMs`: ask for an answer (any frame will do). A `hello` without a token
+   * does not re-authenticate: the server answers with the limits, or `token_expired`, and keeps the connection.
+   */
   probe() {
-    const msg = this.tokenExpired ? EXPIRED_PROBE : this.hello();
-    this.requests.request(msg, (frame) => this.helloAnswered(frame)).catch(() => {});
+    this.requests.request({ type: "hello" }, (frame) => this.helloAnswered(frame)).catch(() => {});
   }
 
   /** The socket is gone: what waited for an answer rejects, writes wait for the next connection's `hello`. */
@@ -218,7 +214,6 @@ export class CoworkerClient {
         this.subscriptions.event(frame);
         return;
       case "error":
-        if (frame.code === "token_expired") this.tokenExpired = true;
         this.emit("error", new CoworkerError(frame.code, frame.message, frame.run));
         return;
       default:

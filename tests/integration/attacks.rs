@@ -165,8 +165,13 @@ async fn an_expired_connection_gets_no_data_until_it_presents_a_valid_token() {
     let mut ann = Raw::connect(&server).await;
     let short = sign(json!({"sub": "ann", "read": ["*"], "write": [], "exp": now() + 2}));
     hello(&mut ann, &short).await;
+    // A `hello` without a token asks what the connection stands on, and changes nothing.
+    let probe = ann.request(json!({"type": "hello", "id": "probe"})).await;
+    assert_eq!((&probe["owner"], &probe["limits"]["tickMs"]), (&json!("ann"), &json!(16)), "{probe}");
     assert_eq!(ann.request(json!({"type": "subscribe", "id": 1})).await["type"], "snapshot");
     assert_eq!(ann.recv().await["code"], "token_expired");
+    let probe = ann.request(json!({"type": "hello", "id": "probe"})).await;
+    assert_eq!((&probe["code"], &probe["id"]), (&json!("token_expired"), &json!("probe")), "the connection stays");
     for i in 0..5 {
         let p = json!({"type": "patch", "id": i, "run": run, "ops": [{"op": "set", "path": "output.v", "value": i}]});
         assert_eq!(agent.request(p).await["type"], "reply");
