@@ -3,7 +3,7 @@
 //! record. Each iteration submits `IN_FLIGHT` records at once, as many concurrent completions would, and waits until
 //! all are durable. The database is a real file in a temporary directory on the machine's disk.
 
-use coworker::store::{Request, SqliteStore, Store, StoreOptions};
+use coworker::store::{AuditTrail, SqliteStore, StoreOptions};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
@@ -33,13 +33,12 @@ fn bench(c: &mut Criterion) {
     group.sample_size(10).measurement_time(Duration::from_secs(8)).warm_up_time(Duration::from_secs(1));
     for (label, max_batch) in [("group_commit", 1024), ("fsync_per_run", 1)] {
         let dir = tempfile::tempdir_in(std::env::current_dir().unwrap()).unwrap();
-        let store = SqliteStore::open(Some(dir.path()), StoreOptions { max_batch }).unwrap();
+        let store = SqliteStore::open(Some(dir.path()), StoreOptions { max_batch, ..StoreOptions::default() }).unwrap();
         let next = AtomicU64::new(0);
         group.bench_function(label, |b| {
             b.to_async(&rt).iter(|| {
-                let futs: Vec<_> = (0..IN_FLIGHT)
-                    .map(|_| store.call(Request::Record(record(next.fetch_add(1, Ordering::Relaxed)))))
-                    .collect();
+                let futs: Vec<_> =
+                    (0..IN_FLIGHT).map(|_| store.append(record(next.fetch_add(1, Ordering::Relaxed)))).collect();
                 async move {
                     for f in futs {
                         f.await.unwrap();

@@ -81,6 +81,11 @@ pub struct Limits {
     /// Runs with a server-side operation (data operations included) one connection may have executing at once;
     /// past it the server stops reading the connection until one ends.
     pub max_operations_per_connection: usize,
+    /// Bytes of documents one data operation's output carries at most (`select`'s rows, the documents an
+    /// `update` or `delete` changed); a longer output is cut and says so (`meta.truncated`).
+    pub max_output_bytes: usize,
+    /// The longest one store statement may run before it is interrupted (`query_timeout`).
+    pub query_timeout: Duration,
 }
 
 /// A quarter of the machine's memory (`MemTotal` in /proc/meminfo), or 1 GiB where that cannot be read: the
@@ -133,6 +138,8 @@ impl Default for Limits {
             max_connection_pending_bytes: 8 << 20,
             max_reply_bytes: 8 << 20,
             max_operations_per_connection: 16,
+            max_output_bytes: 1 << 20,
+            query_timeout: Duration::from_secs(2),
         }
     }
 }

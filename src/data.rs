@@ -8,7 +8,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::hooks::{Hooks, Operation, Plugin, RunContext};
 use crate::patch::type_name;
 use crate::protocol::RunSpec;
-use crate::store::{self, Cmp, Cond, Query, Request, Store};
+use crate::store::{Cmp, Cond, DocQuery, Paging, RunQuery, Scalar, Store, Target};
 use dashmap::DashMap;
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -20,6 +20,10 @@ pub const DEFAULT_TAKE: u64 = 100;
 pub const MAX_TAKE: u64 = 1000;
 /// The largest `skip` of a `select`: the largest offset SQL takes.
 pub const MAX_SKIP: u64 = i64::MAX as u64;
+/// Conditions one `where` may hold: each is a term of the query, and a query's cost grows with them.
+pub const MAX_CONDITIONS: usize = 16;
+/// Fields one `orderBy` may hold.
+pub const MAX_ORDER: usize = 4;
 
 /// The doctype whose documents are schemas.
 pub const SCHEMA_DOCTYPE: &str = "Schema";
@@ -127,29 +131,37 @@ fn check_type(f: &Field, v: &Value) -> std::result::Result<(), String> {
     if ok { Ok(()) } else { Err(format!("must be of type {}, got {}", f.fieldtype, type_name(v))) }
 }
 
-/// Schemas by doctype, kept equal to the stored `Schema` documents.
-type SchemaCache = DashMap<String, Arc<Schema>>;
+/// Schemas by space and doctype, kept equal to the stored `Schema` documents.
+type SchemaCache = DashMap<(String, String), Arc<Schema>>;
 
 struct Shared {
     store: Arc<dyn Store>,
     schemas: SchemaCache,
     /// With authentication on, `select` on `Run` shows only the caller's own runs.
     own_runs_only: bool,
+    /// The most bytes of documents one operation's output carries.
+    max_output_bytes: usize,
 }
 
 /// Installs the data operations and the validating before-hook, loading the schema cache from the store. With
-/// `own_runs_only` (authentication on), the `Run` doctype shows each owner only their own runs.
-pub async fn install(hooks: &mut Hooks, store: Arc<dyn Store>, own_runs_only: bool) -> Result<()> {
+/// `own_runs_only` (authentication on), the `Run` doctype shows each owner only their own runs. An output carries
+/// at most `max_output_bytes` of documents (a longer page is cut, and says so).
+pub async fn install(
+    hooks: &mut Hooks,
+    store: Arc<dyn Store>,
+    own_runs_only: bool,
+    max_output_bytes: usize,
+) -> Result<()> {
     let schemas = SchemaCache::new();
-    for doc in store::load_all(&*store, SCHEMA_DOCTYPE).await? {
+    for (space, doc) in store.all(SCHEMA_DOCTYPE.into()).await? {
         match Schema::parse(&doc) {
             Ok(s) => {
-                schemas.insert(s.doctype.clone(), Arc::new(s));
+                schemas.insert((space, s.doctype.clone()), Arc::new(s));
             }
             Err(e) => tracing::warn!(error = %e, "a stored Schema document does not parse; ignored"),
         }
     }
-    let shared = Arc::new(Shared { store, schemas, own_runs_only });
+    let shared = Arc::new(Shared { store, schemas, own_runs_only, max_output_bytes });
     for (name, kind) in
         [("select", Kind::Select), ("create", Kind::Create), ("update", Kind::Update), ("delete", Kind::Delete)]
     {
@@ -159,7 +171,7 @@ pub async fn install(hooks: &mut Hooks, store: Arc<dyn Store>, own_runs_only: bo
     Ok(())
 }
 
-/// Validates `create` and `update` of doctypes that have a schema, before the run starts.
+/// Validates `create` and `update` of doctypes that have a schema in the run's space, before the run starts.
 struct Validator {
     shared: Arc<Shared>,
 }
@@ -172,7 +184,8 @@ impl Plugin for Validator {
             _ => return Ok(()),
         };
         let Some(doctype) = run.get("doctype").and_then(Value::as_str) else { return Ok(()) };
-        let Some(schema) = self.shared.schemas.get(doctype).map(|s| s.clone()) else { return Ok(()) };
+        let key = (run.space().to_string(), doctype.to_string());
+        let Some(schema) = self.shared.schemas.get(&key).map(|s| s.clone()) else { return Ok(()) };
         match run.get("input").and_then(|i| i.get("data")).and_then(Value::as_object) {
             Some(data) => schema.validate(data, full),
             None => Err(format!("{doctype}: `input.data` must be an object")),
@@ -203,36 +216,68 @@ impl Operation for DataOp {
                 .filter(|d| !d.is_empty())
                 .ok_or_else(|| bad("a data operation needs a `doctype`"))?
                 .to_string();
+            // Documents live in the space of the run that reads or writes them (whose write permission the run
+            // needed to start).
+            let space = run.get("space").and_then(Value::as_str).unwrap_or("default").to_string();
             let input = run.get("input").cloned().unwrap_or(Value::Null);
             match kind {
-                Kind::Select => select(&shared, &engine, &run, &doctype, &input).await,
+                Kind::Select => select(&shared, &engine, &run, &space, &doctype, &input).await,
                 Kind::Create | Kind::Update | Kind::Delete if doctype == RUN_DOCTYPE => {
                     Err(bad("the Run doctype is the audit trail: it is read-only"))
                 }
-                Kind::Create => create(&shared, &doctype, &input).await,
-                Kind::Update => update(&shared, &doctype, &input).await,
-                Kind::Delete => delete(&shared, &doctype, &input).await,
+                Kind::Create => create(&shared, &space, &doctype, &input).await,
+                Kind::Update => update(&shared, &space, &doctype, &input).await,
+                Kind::Delete => delete(&shared, &space, &doctype, &input).await,
             }
         }
         .boxed()
     }
+
+    /// A read keeps a summary in the audit trail (its `meta`), not what it read: so reading the trail never
+    /// records the trail again, and the records stay as small as the request. Writes keep their output.
+    fn audit_output(&self, output: &Value) -> Option<Value> {
+        match self.kind {
+            Kind::Select => Some(json!({"meta": output.get("meta").cloned().unwrap_or(Value::Null)})),
+            Kind::Create | Kind::Update | Kind::Delete => None,
+        }
+    }
 }
 
+/// The conditions of a `where`: `{field: scalar}` (equality) or `{field: {cmp: scalar, …}}`, at most
+/// [`MAX_CONDITIONS`], with field names of at most 128 bytes.
 fn filter_of(where_: Option<&Value>) -> Result<Vec<Cond>> {
     let Some(w) = where_.filter(|w| !w.is_null()) else { return Ok(vec![]) };
     let w = w.as_object().ok_or_else(|| bad("`where` must be an object"))?;
     let mut out = Vec::new();
+    let mut push = |field: &str, cmp: Cmp, v: &Value| -> Result<()> {
+        if field.is_empty() || field.len() > 128 {
+            return Err(bad("a `where` field name must be 1 to 128 bytes"));
+        }
+        let value = Scalar::of(v)
+            .ok_or_else(|| bad(format!("`where.{field}` compares with a string, a number, a boolean or null")))?;
+        if value == Scalar::Null && !matches!(cmp, Cmp::Eq | Cmp::Ne) {
+            return Err(bad("null compares with eq or ne only"));
+        }
+        out.push(Cond { field: field.to_string(), cmp, value });
+        if out.len() > MAX_CONDITIONS {
+            return Err(Error::new(
+                ErrorCode::LimitExceeded,
+                format!("more than {MAX_CONDITIONS} conditions in `where`"),
+            ));
+        }
+        Ok(())
+    };
     for (field, v) in w {
         match v {
             Value::Object(ops) => {
                 for (op, v) in ops {
                     let cmp = Cmp::from_key(op)
                         .ok_or_else(|| bad(format!("unknown comparison `{op}` (eq, ne, gt, gte, lt, lte)")))?;
-                    out.push(Cond { field: field.clone(), cmp, value: v.clone() });
+                    push(field, cmp, v)?;
                 }
             }
             Value::Array(_) => return Err(bad(format!("`where.{field}` must be a scalar or a comparison object"))),
-            v => out.push(Cond { field: field.clone(), cmp: Cmp::Eq, value: v.clone() }),
+            v => push(field, Cmp::Eq, v)?,
         }
     }
     Ok(out)
@@ -240,7 +285,9 @@ fn filter_of(where_: Option<&Value>) -> Result<Vec<Cond>> {
 
 fn target_filter(input: &Value) -> Result<Vec<Cond>> {
     match (input.get("name"), input.get("where")) {
-        (Some(Value::String(n)), _) => Ok(vec![Cond { field: "name".into(), cmp: Cmp::Eq, value: json!(n) }]),
+        (Some(Value::String(n)), _) => {
+            Ok(vec![Cond { field: "name".into(), cmp: Cmp::Eq, value: Scalar::Text(n.clone()) }])
+        }
         (Some(_), _) => Err(bad("`name` must be a string")),
         (None, Some(w)) => filter_of(Some(w)),
         (None, None) => Err(bad("give `name` or `where`")),
@@ -251,10 +298,27 @@ fn data_of(input: &Value) -> Result<Map<String, Value>> {
     input.get("data").and_then(Value::as_object).cloned().ok_or_else(|| bad("`input.data` must be an object"))
 }
 
+/// `orderBy`: `{field: "asc"|"desc"}`, at most [`MAX_ORDER`] fields.
+fn order_of(o: Option<&Value>) -> Result<Vec<(String, bool)>> {
+    let Some(o) = o.filter(|o| !o.is_null()) else { return Ok(vec![]) };
+    let o = o.as_object().ok_or_else(|| bad("`orderBy` must be an object"))?;
+    if o.len() > MAX_ORDER {
+        return Err(Error::new(ErrorCode::LimitExceeded, format!("more than {MAX_ORDER} fields in `orderBy`")));
+    }
+    o.iter()
+        .map(|(field, dir)| match dir.as_str() {
+            Some("asc") => Ok((field.clone(), false)),
+            Some("desc") => Ok((field.clone(), true)),
+            _ => Err(bad(format!("`orderBy.{field}` must be \"asc\" or \"desc\""))),
+        })
+        .collect()
+}
+
 async fn select(
     shared: &Shared,
     engine: &Engine,
     run: &Map<String, Value>,
+    space: &str,
     doctype: &str,
     input: &Value,
 ) -> Result<Value> {
@@ -273,24 +337,17 @@ async fn select(
             .filter(|s| *s <= MAX_SKIP)
             .ok_or_else(|| bad(format!("`skip` must be an integer from 0 to {MAX_SKIP}")))?,
     };
-    let mut order = Vec::new();
-    if let Some(o) = input.get("orderBy").filter(|o| !o.is_null()) {
-        for (field, dir) in o.as_object().ok_or_else(|| bad("`orderBy` must be an object"))? {
-            let desc = match dir.as_str() {
-                Some("asc") => false,
-                Some("desc") => true,
-                _ => return Err(bad(format!("`orderBy.{field}` must be \"asc\" or \"desc\""))),
-            };
-            order.push((field.clone(), desc));
-        }
-    }
-    let mut filter = filter_of(input.get("where"))?;
-    if doctype == RUN_DOCTYPE && shared.own_runs_only {
-        let owner = run.get("owner").cloned().unwrap_or(Value::Null);
-        filter.push(Cond { field: "owner".into(), cmp: Cmp::Eq, value: owner });
-    }
-    let query = Query { doctype: doctype.to_string(), filter, order, take, skip };
-    let found = shared.store.call(Request::Select(query)).await?;
+    let order = order_of(input.get("orderBy"))?;
+    let filter = filter_of(input.get("where"))?;
+    let paging = Paging { take, skip, max_bytes: shared.max_output_bytes };
+    let page = if doctype == RUN_DOCTYPE {
+        let owner =
+            shared.own_runs_only.then(|| run.get("owner").and_then(Value::as_str).unwrap_or_default().to_string());
+        shared.store.runs(RunQuery { filter, owner, order, paging }).await?
+    } else {
+        let q = DocQuery { space: space.to_string(), doctype: doctype.to_string(), filter, order, paging };
+        shared.store.select(q).await?
+    };
     let include_schema =
         run.get("options").and_then(|o| o.get("includeSchema")).and_then(Value::as_bool).unwrap_or(true);
     let (schema, view_config) = if include_schema && doctype != SCHEMA_DOCTYPE && doctype != RUN_DOCTYPE {
@@ -315,15 +372,16 @@ async fn select(
     } else {
         (Value::Null, Value::Null)
     };
+    let returned = page.docs.len();
     Ok(json!({
-        "data": found["data"],
+        "data": page.docs,
         "schema": schema,
-        "meta": {"total": found["total"], "take": take, "skip": skip},
+        "meta": {"total": page.total, "take": take, "skip": skip, "returned": returned, "truncated": page.truncated},
         "viewConfig": view_config,
     }))
 }
 
-async fn create(shared: &Shared, doctype: &str, input: &Value) -> Result<Value> {
+async fn create(shared: &Shared, space: &str, doctype: &str, input: &Value) -> Result<Value> {
     let mut doc = data_of(input)?;
     let schema = if doctype == SCHEMA_DOCTYPE {
         let s = Schema::parse(&doc)?;
@@ -339,60 +397,66 @@ async fn create(shared: &Shared, doctype: &str, input: &Value) -> Result<Value> 
         }
         Some(_) => return Err(bad("`name` must be a non-empty string")),
     }
-    let out = shared.store.call(Request::Create { doctype: doctype.to_string(), doc }).await?;
+    shared.store.create(space.to_string(), doctype.to_string(), doc.clone()).await?;
     if let Some(s) = schema {
-        shared.schemas.insert(s.doctype.clone(), Arc::new(s));
+        shared.schemas.insert((space.to_string(), s.doctype.clone()), Arc::new(s));
     }
-    Ok(with_affected(out))
+    Ok(json!({"data": [doc], "meta": {"affected": 1, "truncated": false}}))
 }
 
-async fn update(shared: &Shared, doctype: &str, input: &Value) -> Result<Value> {
+fn affected_output(a: crate::store::Affected) -> Value {
+    json!({"data": a.docs, "meta": {"affected": a.count, "truncated": a.truncated}})
+}
+
+async fn update(shared: &Shared, space: &str, doctype: &str, input: &Value) -> Result<Value> {
     let data = data_of(input)?;
     if data.contains_key("name") {
         return Err(bad("`name` cannot be changed"));
     }
     let by_name = input.get("name").is_some();
-    let filter = target_filter(input)?;
-    let out = shared.store.call(Request::Update { doctype: doctype.to_string(), filter, data }).await?;
-    let docs = out["data"].as_array().cloned().unwrap_or_default();
-    if by_name && docs.is_empty() {
+    let target = Target {
+        space: space.to_string(),
+        doctype: doctype.to_string(),
+        filter: target_filter(input)?,
+        max_bytes: shared.max_output_bytes,
+    };
+    let out = shared.store.update(target, data).await?;
+    if by_name && out.count == 0 {
         return Err(Error::new(ErrorCode::NotFound, format!("no {doctype} named {}", input["name"])));
     }
     if doctype == SCHEMA_DOCTYPE {
-        for d in docs.iter().filter_map(Value::as_object) {
+        for d in &out.docs {
             match Schema::parse(d) {
                 Ok(s) => {
-                    shared.schemas.insert(s.doctype.clone(), Arc::new(s));
+                    shared.schemas.insert((space.to_string(), s.doctype.clone()), Arc::new(s));
                 }
                 Err(e) => tracing::warn!(error = %e, "an updated Schema document does not parse"),
             }
         }
     }
-    Ok(with_affected(out))
+    Ok(affected_output(out))
 }
 
-async fn delete(shared: &Shared, doctype: &str, input: &Value) -> Result<Value> {
+async fn delete(shared: &Shared, space: &str, doctype: &str, input: &Value) -> Result<Value> {
     let by_name = input.get("name").is_some();
-    let filter = target_filter(input)?;
-    let out = shared.store.call(Request::Delete { doctype: doctype.to_string(), filter }).await?;
-    let docs = out["data"].as_array().cloned().unwrap_or_default();
-    if by_name && docs.is_empty() {
+    let target = Target {
+        space: space.to_string(),
+        doctype: doctype.to_string(),
+        filter: target_filter(input)?,
+        max_bytes: shared.max_output_bytes,
+    };
+    let out = shared.store.delete(target).await?;
+    if by_name && out.count == 0 {
         return Err(Error::new(ErrorCode::NotFound, format!("no {doctype} named {}", input["name"])));
     }
     if doctype == SCHEMA_DOCTYPE {
-        for d in &docs {
+        for d in &out.docs {
             if let Some(t) = d.get("_schema_doctype").and_then(Value::as_str) {
-                shared.schemas.remove(t);
+                shared.schemas.remove(&(space.to_string(), t.to_string()));
             }
         }
     }
-    Ok(with_affected(out))
-}
-
-fn with_affected(mut out: Value) -> Value {
-    let n = out["data"].as_array().map_or(0, Vec::len);
-    out["meta"] = json!({"affected": n});
-    out
+    Ok(affected_output(out))
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use crate::notifier;
 use crate::patch::{self, PatchOp};
 use crate::protocol::{EventName, ReqId, RunSpec};
 use crate::space::{Joining, RunCell, Space};
-use crate::store::{Request, Store};
+use crate::store::Store;
 use crate::subscriber::{Outbox, SubSlot};
 use crate::views::ViewSet;
 use dashmap::DashMap;
@@ -341,19 +341,7 @@ impl Engine {
         if self.shared.registry.contains_key(&id) || self.shared.finished.lock().set.contains(&id) {
             return Err(taken);
         }
-        let query = crate::store::Query {
-            doctype: "Run".into(),
-            filter: vec![crate::store::Cond {
-                field: "id".into(),
-                cmp: crate::store::Cmp::Eq,
-                value: json!(id.to_string()),
-            }],
-            order: vec![],
-            take: 1,
-            skip: 0,
-        };
-        let found = self.shared.store.call(Request::Select(query)).await?;
-        if found["total"].as_u64().unwrap_or(0) > 0 { Err(taken) } else { Ok(()) }
+        if self.shared.store.contains(id).await? { Err(taken) } else { Ok(()) }
     }
 
     /// Another request took this run's id between the check and the insert (after `before_run` passed): the run
@@ -467,14 +455,26 @@ impl Engine {
                 st.journal.event(EventName::AfterRun, ctx.clone());
             }
             space.changed(&mut st);
-            Finished { durable: self.record(&ctx), run: ctx }
+            Finished { durable: self.record(&self.completed_record(&ctx)), run: ctx }
         };
         self.shared.hooks.after(&ctx.run);
         Ok(ctx)
     }
 
     fn record(&self, ctx: &Arc<Map<String, Value>>) -> BoxFuture<'static, Result<()>> {
-        self.shared.store.call(Request::Record(ctx.clone())).map(|r| r.map(|_| ())).boxed()
+        self.shared.store.append(ctx.clone()).map(|r| r.map_err(Error::from)).boxed()
+    }
+
+    /// The record of a completed run: its context, with the output its operation chooses to keep.
+    fn completed_record(&self, ctx: &Arc<Map<String, Value>>) -> Arc<Map<String, Value>> {
+        let operation = ctx.get("operation").and_then(Value::as_str).unwrap_or_default();
+        let summary = self.shared.hooks.handler(operation).and_then(|h| h.audit_output(&ctx["output"]));
+        match summary {
+            None => ctx.clone(),
+            Some(output) => Arc::new(
+                ctx.iter().map(|(k, v)| (k.clone(), if k == "output" { output.clone() } else { v.clone() })).collect(),
+            ),
+        }
     }
 
     /// Fails a run: it stays in `activeRuns`, visible as failed, for the linger period. Returns its context and

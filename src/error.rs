@@ -77,6 +77,12 @@ pub enum ErrorCode {
     Conflict,
     /// The database could not be written (full disk, read-only file, ...): nothing was acknowledged.
     StorageFailed,
+    /// A data operation's query ran past the store's time limit and was stopped.
+    QueryTimeout,
+    /// Too many data operations wait for the store; nothing was done.
+    StoreBusy,
+    /// The store could not be reached within its wait; nothing was done.
+    StoreUnavailable,
     /// A bug or an unexpected condition on the server; details are in the server log only.
     Internal,
 }
@@ -120,12 +126,15 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::Conflict => "conflict",
             ErrorCode::StorageFailed => "storage_failed",
+            ErrorCode::QueryTimeout => "query_timeout",
+            ErrorCode::StoreBusy => "store_busy",
+            ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::Internal => "internal",
         }
     }
 
     /// Every code, for the protocol-doc test.
-    pub const ALL: [ErrorCode; 36] = [
+    pub const ALL: [ErrorCode; 39] = [
         ErrorCode::BadJson,
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
@@ -161,6 +170,9 @@ impl ErrorCode {
         ErrorCode::NotFound,
         ErrorCode::Conflict,
         ErrorCode::StorageFailed,
+        ErrorCode::QueryTimeout,
+        ErrorCode::StoreBusy,
+        ErrorCode::StoreUnavailable,
         ErrorCode::Internal,
     ];
 }

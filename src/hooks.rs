@@ -90,6 +90,13 @@ pub trait Operation: Send + Sync + 'static {
         run: Map<String, Value>,
         engine: crate::engine::Engine,
     ) -> BoxFuture<'static, Result<Value, Error>>;
+
+    /// What the audit trail records of a completed run's output: `None` (the default) keeps all of it. The reply
+    /// and `currentRun` always get the whole output; a read returns a summary here, so that the trail does not
+    /// record what it read.
+    fn audit_output(&self, _output: &Value) -> Option<Value> {
+        None
+    }
 }
 
 /// The plugins and operations an engine was built with.

@@ -54,10 +54,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(config.data_dir.as_deref(), StoreOptions::default()).map_err(std::io::Error::other)?,
+        SqliteStore::open(
+            config.data_dir.as_deref(),
+            StoreOptions { query_timeout: config.engine.limits.query_timeout, ..StoreOptions::default() },
+        )
+        .map_err(std::io::Error::other)?,
     );
     let mut hooks = hooks;
-    data::install(&mut hooks, store.clone(), config.auth.is_some()).await.map_err(std::io::Error::other)?;
+    data::install(&mut hooks, store.clone(), config.auth.is_some(), config.engine.limits.max_output_bytes)
+        .await
+        .map_err(std::io::Error::other)?;
     let engine = Engine::new(config.engine.clone(), hooks, store);
     let state = AppState {
         engine: engine.clone(),

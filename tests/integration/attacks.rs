@@ -223,3 +223,170 @@ async fn spaces_count_against_their_creator_and_empty_ones_are_reclaimed() {
     let r = mallory.request(json!({"type": "subscribe", "id": 1, "space": "junk-again"})).await;
     assert_eq!(r["type"], "snapshot", "{r}");
 }
+
+fn data_run(operation: &str, doctype: &str, input: Value, space: Option<&str>) -> Value {
+    let mut run = json!({"operation": operation, "doctype": doctype, "input": input});
+    if let Some(s) = space {
+        run["space"] = json!(s);
+    }
+    json!({"type": "run", "id": operation, "run": run})
+}
+
+/// Finding 1: a `select` on `Run` is itself a run, and its whole output was recorded in the trail, so the next
+/// `select` returned it again inside a bigger output: from ~110-byte requests, the reply doubled every time (2.2 MB
+/// at the 10th, 562 MB at the 18th). It also reached every subscriber of the space as `currentRun`.
+#[tokio::test]
+async fn reading_the_trail_does_not_record_what_it_read() {
+    let server = start_server().await;
+    let mut c = Raw::connect(&server).await;
+    for _ in 0..5 {
+        let id = c.start(json!({"operation": "interpret"})).await;
+        assert_eq!(c.request(json!({"type": "complete", "id": "c", "run": id})).await["type"], "reply");
+    }
+    let mut sizes = Vec::new();
+    for _ in 0..18 {
+        let text = {
+            c.send(data_run("select", "Run", json!({"take": 1000}), None)).await;
+            c.ws_next_text().await
+        };
+        let reply: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(reply["type"], "reply", "{text}");
+        sizes.push(text.len());
+    }
+    // Each select adds one small record (its request and a summary of what it returned), not its output.
+    assert!(sizes[17] <= sizes[1] + 16 * 2_000, "replies grew from {} to {} bytes: {sizes:?}", sizes[1], sizes[17]);
+    let selects =
+        c.request(data_run("select", "Run", json!({"where": {"operation": "select"}, "take": 1}), None)).await;
+    let recorded = &selects["run"]["output"]["data"][0];
+    let output = recorded["output"].as_object().unwrap();
+    assert_eq!(output.keys().collect::<Vec<_>>(), ["meta"], "the trail keeps a summary of a read: {recorded}");
+    assert_eq!(recorded["output"]["meta"]["take"], 1000, "{recorded}");
+    assert!(recorded["output"]["meta"]["returned"].as_u64().is_some_and(|n| n > 5), "{recorded}");
+}
+
+/// Every server-produced output is bounded: a `select` of large documents stops at `max_output_bytes` and says so.
+#[tokio::test]
+async fn a_select_output_is_bounded_and_says_it_was_cut() {
+    let limits = Limits { max_output_bytes: 100_000, ..Limits::default() };
+    let server = start_with(EngineConfig { limits, ..EngineConfig::default() }, Hooks::default()).await;
+    let mut c = Raw::connect(&server).await;
+    let blob = "d".repeat(30_000);
+    for i in 0..10 {
+        let r =
+            c.request(data_run("create", "Big", json!({"data": {"name": format!("b{i}"), "blob": blob}}), None)).await;
+        assert_eq!(r["type"], "reply", "{r}");
+    }
+    let r = c.request(data_run("select", "Big", json!({"take": 10}), None)).await;
+    let meta = &r["run"]["output"]["meta"];
+    assert_eq!((meta["total"].as_u64(), meta["truncated"].as_bool()), (Some(10), Some(true)), "{meta}");
+    let returned = meta["returned"].as_u64().unwrap();
+    assert!((1..10).contains(&returned) && r["run"]["output"]["data"].as_array().unwrap().len() as u64 == returned);
+    // The rest is there to page through.
+    let r = c.request(data_run("select", "Big", json!({"take": 10, "skip": returned}), None)).await;
+    assert_eq!(r["run"]["output"]["data"][0]["name"], format!("b{returned}"));
+}
+
+/// Finding 3: documents and schemas had no tenant boundary: bob read alice's `Invoice` (with its `iban`), created a
+/// `Schema` for `Invoice` that then rejected alice's next create, and deleted all her invoices with `{"where":{}}`.
+#[tokio::test]
+async fn documents_and_schemas_belong_to_a_space() {
+    let server = secured(Limits::default()).await;
+    let mut alice = Raw::connect(&server).await;
+    hello(&mut alice, &token("alice", &["alice"], &["alice"])).await;
+    let mut bob = Raw::connect(&server).await;
+    hello(&mut bob, &token("bob", &["bob"], &["bob"])).await;
+    let invoice = json!({"data": {"name": "inv-1", "iban": "DE89 3704 0044 0532 0130 00"}});
+    let r = alice.request(data_run("create", "Invoice", invoice, Some("alice"))).await;
+    assert_eq!(r["type"], "reply", "{r}");
+    // Bob cannot run in alice's space at all; in his own, he sees no invoice.
+    let r = bob.request(data_run("select", "Invoice", json!({}), Some("alice"))).await;
+    assert_eq!(r["code"], "forbidden", "{r}");
+    let r = bob.request(data_run("select", "Invoice", json!({"where": {}}), Some("bob"))).await;
+    assert_eq!(r["run"]["output"]["meta"]["total"], 0, "{r}");
+    assert!(!r.to_string().contains("DE89"));
+    // His schema binds his space only.
+    let schema =
+        json!({"data": {"_schema_doctype": "Invoice", "fields": [{"fieldname": "x", "fieldtype": "Data", "reqd": 1}]}});
+    assert_eq!(bob.request(data_run("create", "Schema", schema, Some("bob"))).await["type"], "reply");
+    let r = alice.request(data_run("create", "Invoice", json!({"data": {"name": "inv-2"}}), Some("alice"))).await;
+    assert_eq!(r["type"], "reply", "bob's schema does not apply in alice's space: {r}");
+    let r = bob.request(data_run("create", "Invoice", json!({"data": {"name": "b-1"}}), Some("bob"))).await;
+    assert_eq!(r["code"], "rejected", "it applies in his: {r}");
+    // His delete of everything deletes his documents only.
+    let r = bob.request(data_run("delete", "Invoice", json!({"where": {}}), Some("bob"))).await;
+    assert_eq!(r["run"]["output"]["meta"]["affected"], 0, "{r}");
+    let r = alice.request(data_run("select", "Invoice", json!({}), Some("alice"))).await;
+    assert_eq!(r["run"]["output"]["meta"]["total"], 2, "{r}");
+}
+
+/// Finding 2: all store work ran on one thread, one request after another: a `select` on `Run` with 900 `where`
+/// keys that matched nothing took 21 s of CPU on a 100,000-run trail, ten of them delayed another client's
+/// `complete` reply by 218 s, and 1,100 keys failed with SQLite's own error text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_read_holds_no_acknowledgement_and_queries_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { query_timeout: std::time::Duration::from_millis(100), ..Limits::default() };
+    let config = Config {
+        data_dir: Some(dir.path().to_path_buf()),
+        engine: EngineConfig { limits, ..EngineConfig::default() },
+        ..Config::default()
+    };
+    let server = start_config(config, Hooks::default()).await;
+    let mut c = Raw::connect(&server).await;
+    // A trail of 30,000 runs, written straight into the file.
+    {
+        let mut db = rusqlite::Connection::open(coworker::store::db_path(dir.path())).unwrap();
+        db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+        let tx = db.transaction().unwrap();
+        for i in 0..30_000 {
+            let id = format!("00000000-0000-7000-8000-{i:012}");
+            let ctx = json!({"id": id, "timestamp": i, "operation": "interpret", "owner": "x", "input": {"n": i, "pad": "p".repeat(100)}});
+            tx.execute("INSERT INTO runs (id, timestamp, owner, operation, status, ctx) VALUES (?1, ?2, 'x', 'interpret', 'completed', ?3)",
+                rusqlite::params![id, i, ctx.to_string()]).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    // 1,100 `where` keys: refused before any SQL, with our own words.
+    let many: serde_json::Map<String, Value> = (0..1_100).map(|i| (format!("k{i}"), json!(i))).collect();
+    let r = c.request(data_run("select", "Run", json!({"where": many}), None)).await;
+    assert_eq!(r["run"]["error"], json!({"code": "limit_exceeded", "message": "more than 16 conditions in `where`"}));
+    // Ten slow reads (a full scan and sort on a JSON field, under conditions that hold for every row), then a
+    // completion on another connection: its acknowledgement does not wait for them.
+    let heavy = json!({"where": {"input": {"ne": "a", "gt": "", "gte": "", "lt": "~", "lte": "~"}},
+                       "orderBy": {"input": "desc"}});
+    let started = std::time::Instant::now();
+    let mut readers = Vec::new();
+    for _ in 0..10 {
+        let mut r = Raw::connect(&server).await;
+        r.send(data_run("select", "Run", heavy.clone(), None)).await;
+        readers.push(tokio::spawn(async move {
+            let f = r.recv().await;
+            (std::time::Instant::now(), f)
+        }));
+    }
+    let mut producer = Raw::connect(&server).await;
+    let id = producer.start(json!({"operation": "interpret"})).await;
+    let done = producer.request(json!({"type": "complete", "id": "c", "run": id})).await;
+    assert_eq!(done["type"], "reply", "{done}");
+    let acknowledged = std::time::Instant::now();
+    // Each read either finished or was stopped at the time limit, with our code and words.
+    let (mut timeouts, mut last) = (0, started);
+    for r in readers {
+        let (at, f) = r.await.unwrap();
+        last = last.max(at);
+        if f["run"]["error"]["code"] == "query_timeout" {
+            timeouts += 1;
+            let text = f["run"]["error"].to_string().to_lowercase();
+            assert!(!text.contains("sqlite") && !text.contains("interrupt"), "{text}");
+        } else {
+            assert_eq!(f["type"], "reply", "{}", f["code"]);
+        }
+    }
+    assert!(timeouts > 0, "no read ran into the time limit: the check proves nothing");
+    assert!(
+        acknowledged < last,
+        "the completion was acknowledged after {:?}, once every read had ended ({:?})",
+        acknowledged - started,
+        last - started
+    );
+}
