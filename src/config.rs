@@ -50,6 +50,10 @@ pub struct Limits {
     pub max_active_runs_per_owner: usize,
     /// Subscriptions one connection may hold.
     pub max_subscriptions_per_connection: usize,
+    /// Distinct view sets among one connection's subscriptions (each is rendered apart).
+    pub max_view_sets_per_connection: usize,
+    /// Distinct view sets one space renders (those of its subscribers, and of the last minute's).
+    pub max_view_sets_per_space: usize,
     /// Authenticated connections one owner may hold.
     pub max_connections_per_owner: usize,
     /// Connections (HTTP and WebSocket) open at once; more are refused at accept.
@@ -126,6 +130,8 @@ impl Default for Limits {
             run_burst_per_owner: 10_000,
             max_active_runs_per_owner: 100_000,
             max_subscriptions_per_connection: 64,
+            max_view_sets_per_connection: 8,
+            max_view_sets_per_space: 16,
             max_connections_per_owner: 1_000,
             max_connections: 16_384,
             handshake_timeout: Duration::from_secs(10),

@@ -560,6 +560,9 @@ impl Engine {
                 // Reclaimed since it was looked up: look it up (or create it) again.
                 continue;
             }
+            if !st.renders(views) && st.view_sets() >= self.shared.config.limits.max_view_sets_per_space {
+                return Err(Error::new(ErrorCode::LimitExceeded, "too many distinct view sets in this space"));
+            }
             let slot = SubSlot::new(id, space.name.clone(), views, events, outbox.clone());
             st.joining.push(Joining { slot: slot.clone(), req_id, since });
             crate::telemetry::SUBSCRIPTIONS.increment(1.0);

@@ -569,8 +569,18 @@ impl Session {
                 self.send_when_durable(id, finished);
             }
             ClientMsg::Subscribe { id, space, views, events, since } => {
-                if self.subs.len() >= self.engine.config().limits.max_subscriptions_per_connection {
+                let limits = &self.engine.config().limits;
+                if self.subs.len() >= limits.max_subscriptions_per_connection {
                     let e = Error::new(ErrorCode::QuotaSubscriptions, "too many subscriptions on this connection");
+                    return self.send(error_frame(&id, &e, None)).await;
+                }
+                // Each distinct view set is rendered apart (diffs, and snapshots): bound how many one connection
+                // makes the server render.
+                let mut sets: Vec<_> = self.subs.values().map(|s| s.views).collect();
+                sets.sort_unstable();
+                sets.dedup();
+                if !sets.contains(&views) && sets.len() >= limits.max_view_sets_per_connection {
+                    let e = Error::new(ErrorCode::LimitExceeded, "too many distinct view sets on this connection");
                     return self.send(error_frame(&id, &e, None)).await;
                 }
                 match self.engine.subscribe(

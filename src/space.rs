@@ -104,6 +104,20 @@ impl SpaceState {
             && self.history.is_empty()
     }
 
+    /// Whether the space renders diffs for this view set now (a subscriber has it, or had it within the window).
+    pub fn renders(&self, views: ViewSet) -> bool {
+        self.history.sets().contains(&views) || self.joining.iter().any(|j| j.slot.views == views)
+    }
+
+    /// Distinct view sets the space renders now, or will from its next flush.
+    pub fn view_sets(&self) -> usize {
+        let mut sets = self.history.sets();
+        sets.extend(self.joining.iter().map(|j| j.slot.views));
+        sets.sort_unstable();
+        sets.dedup();
+        sets.len()
+    }
+
     /// When the space may be reclaimed if nothing more happens: `None` while it holds runs or subscribers.
     pub fn idle_at(&self) -> Option<Instant> {
         if !self.runs.is_empty() || !self.groups.is_empty() || !self.joining.is_empty() || !self.resync.is_empty() {

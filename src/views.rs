@@ -51,7 +51,7 @@ impl View {
 }
 
 /// A set of views, as a subscriber selected them. Subscribers with equal sets share serialized frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ViewSet(u8);
 
 impl ViewSet {

@@ -35,22 +35,6 @@ async fn bare_client(server: &TestServer) -> TcpStream {
     s
 }
 
-/// One masked text frame, as a client must send it.
-fn text_frame(payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![0x81];
-    match payload.len() {
-        n if n < 126 => f.push(0x80 | n as u8),
-        n => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-    }
-    let mask = [1u8, 2, 3, 4];
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
-}
-
 /// Reads until the server closes the socket; returns the close code of the last close frame seen, if any.
 async fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
     let mut all = Vec::new();

@@ -237,3 +237,98 @@ async fn a_slow_subscriber_of_a_large_state_is_not_resynced_in_a_loop() {
     assert!(snapshots <= 3, "{snapshots} snapshots");
     assert!(during <= 2.0, "the state was rendered {during} times while the subscriber read nothing");
 }
+
+/// Finding 8 of the attack probe: one connection that never reads, holding subscriptions with many distinct view
+/// sets on a space with a large state while a producer patches every 5 ms, pushed the server to 123 % CPU and
+/// another client's patch round trip to a p99 of 753 ms: the state was rendered again, under the space lock, for
+/// each view set, every other tick. Now a view set's state is rendered once per seq, a subscriber gets a resync only
+/// once its writer has written what it took (this one's never has), and the distinct view sets are bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_never_reads_causes_no_resync_storm() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Process::start(&["--data-dir", dir.path().to_str().unwrap(), "--max-pending-bytes", "16384"]);
+    let c = Client::connect(&server.url).await.unwrap();
+    // A 4 MB state: four runs of 1 MB.
+    let blob = "s".repeat(50_000);
+    let mut runs = Vec::new();
+    for _ in 0..4 {
+        let run = c.run(json!({"operation": "interpret", "space": "storm"})).await.unwrap();
+        let id = run["id"].as_str().unwrap().to_string();
+        for _ in 0..20 {
+            c.patch(&id, json!([{"op": "append", "path": "output.text", "value": blob}])).await.unwrap();
+        }
+        runs.push(id);
+    }
+    // A raw client that subscribes with eight distinct view sets and then never reads a byte.
+    let views = ["activeRuns", "activeAI", "activeDialogs", "activePipelines", "isLoading", "currentRun"];
+    let sets: Vec<Vec<&str>> = (1..=8)
+        .map(|i: usize| views.iter().enumerate().filter(|(b, _)| (i + 8) >> b & 1 == 1).map(|(_, v)| *v).collect())
+        .collect();
+    let mut stuck = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    stuck
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    for (i, set) in sets.iter().enumerate() {
+        let payload = json!({"type": "subscribe", "id": i, "space": "storm", "views": set}).to_string();
+        stuck.write_all(&text_frame(payload.as_bytes())).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let subscribed = metric(&http_get(server.addr(), "/metrics").await, "coworker_subscriptions");
+    assert_eq!(subscribed, Some(8.0), "the stuck client's subscriptions are in place");
+    let rendered = |body: &str| metric(body, "coworker_snapshots_rendered_total").unwrap_or(0.0);
+    let before = rendered(&http_get(server.addr(), "/metrics").await);
+    // Two seconds of a producer patching every 5 ms, and another client's patch round trips meanwhile.
+    let producer = Client::connect(&server.url).await.unwrap();
+    let stream = runs[0].clone();
+    let streaming = tokio::spawn(async move {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(2) {
+            producer
+                .patch_nowait(&stream, json!([{"op": "append", "path": "output.tokens", "value": "t".repeat(1000)}]))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let other = Client::connect(&server.url).await.unwrap();
+    let mine = other.run(json!({"operation": "interpret", "space": "elsewhere"})).await.unwrap();
+    let mine = mine["id"].as_str().unwrap().to_string();
+    let mut rtts = Vec::new();
+    while !streaming.is_finished() {
+        let t = Instant::now();
+        other.patch(&mine, json!([{"op": "set", "path": "output.n", "value": rtts.len()}])).await.unwrap();
+        rtts.push(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let during = rendered(&http_get(server.addr(), "/metrics").await) - before;
+    rtts.sort();
+    let p99 = rtts[rtts.len() * 99 / 100];
+    eprintln!(
+        "resync storm: {during} states rendered in 2 s of streaming; another client's patch p99 {p99:?} over {} round trips",
+        rtts.len()
+    );
+    assert!(during <= 2.0, "{during} states rendered for a reader that never read");
+    assert!(p99 < Duration::from_millis(500), "another client's patch round trip p99 was {p99:?}");
+    // A ninth distinct view set on one connection is refused.
+    let mut raw = tokio_tungstenite::connect_async(&server.url).await.unwrap().0;
+    use futures::{SinkExt, StreamExt};
+    let mut answers = Vec::new();
+    for (i, set) in sets.iter().chain([&vec!["activeRuns", "currentRun", "isLoading"]]).enumerate() {
+        let m = json!({"type": "subscribe", "id": i, "space": "quiet", "views": set}).to_string();
+        raw.send(tokio_tungstenite::tungstenite::Message::Text(m.into())).await.unwrap();
+        let f: serde_json::Value = loop {
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = raw.next().await.unwrap().unwrap() {
+                break serde_json::from_str(t.as_str()).unwrap();
+            }
+        };
+        answers.push(f["type"].as_str().unwrap().to_string() + "/" + f["code"].as_str().unwrap_or(""));
+    }
+    assert_eq!(answers.last().unwrap(), "error/limit_exceeded", "{answers:?}");
+    assert!(answers[..8].iter().all(|a| a == "snapshot/"), "{answers:?}");
+    drop(stuck);
+}

@@ -322,3 +322,19 @@ impl Process {
         self.url.trim_start_matches("ws://").trim_end_matches("/ws").parse().expect("a socket address")
     }
 }
+
+/// One masked text frame, as a client must send it.
+pub fn text_frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x81];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    let mask = [1u8, 2, 3, 4];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
