@@ -5,21 +5,14 @@ import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
 import { connect, CoworkerError } from "../../web-demo/coworker.js";
-import { startServer } from "./server.mjs";
+import { harness } from "./server.mjs";
 
-const servers = [];
-const clients = [];
+const { server, open } = harness(connect, WebSocket, after);
+/** A client of a server of its own, started with `args`. */
 async function client(args, options = {}) {
-  const s = await startServer(args);
-  servers.push(s);
-  const c = await connect(s.url, { WebSocket, ...options });
-  clients.push(c);
-  return c;
+  const s = await server(args);
+  return open(s.url, options);
 }
-after(async () => {
-  for (const c of clients) c.close();
-  for (const s of servers) await s.stop();
-});
 
 const space = `budgets-${process.pid}`;
 const token = (frame, i) => `${frame}.${i} ${"t".repeat(200)}`;

@@ -5,23 +5,13 @@ import assert from "node:assert/strict";
 import { createServer } from "node:net";
 import WebSocket from "ws";
 import { connect, shape, applyDiff, CoworkerClient } from "../../web-demo/coworker.js";
-import { startServer, until } from "./server.mjs";
+import { harness, startServer, until } from "./server.mjs";
 
+const started = harness(connect, WebSocket, after);
+const { open, track } = started;
 let server;
 before(async () => {
-  server = await startServer();
-});
-// Every client is closed at the end, also when a test failed half-way: a client left open keeps reconnecting to
-// the stopped server, and the test process would never exit.
-const clients = [];
-async function open(url, options = {}) {
-  const c = await connect(url, { WebSocket, ...options });
-  clients.push(c);
-  return c;
-}
-after(async () => {
-  for (const c of clients) c.close();
-  await server?.stop();
+  server = await started.server();
 });
 
 /** A WebSocket class that records every frame the client sends and receives (parsed). */
@@ -48,7 +38,7 @@ const range = (n, f = (i) => `${i}`) => Array.from({ length: n }, (_, i) => f(i)
 test("connect, run, field writes, steps, complete and fail answer with contexts; close ends with 'closed'", async () => {
   const statuses = [];
   const c = new CoworkerClient(server.url, { WebSocket });
-  clients.push(c);
+  track(c);
   c.on("status", (s) => statuses.push(s));
   assert.equal(c.status, "connecting");
   assert.equal(await c.ready, c);
@@ -381,7 +371,7 @@ test("a close that reconnecting cannot fix (4001, bad token) stops the client in
       }
     }
     const c = new CoworkerClient(authed.url, { WebSocket: Counting, token: "not-a-jwt", minBackoffMs: 10, maxBackoffMs: 20 });
-    clients.push(c);
+    track(c);
     const errors = [];
     c.on("error", (e) => errors.push(e.code));
     await assert.rejects(c.ready, { code: "unauthenticated" });
@@ -402,7 +392,7 @@ test("connecting to nothing rejects with connect_failed and does not retry", asy
     });
   });
   const c = new CoworkerClient(`ws://127.0.0.1:${port}/ws`, { WebSocket, minBackoffMs: 10 });
-  clients.push(c);
+  track(c);
   await assert.rejects(c.ready, { code: "connect_failed" });
   assert.equal(c.status, "closed");
 });

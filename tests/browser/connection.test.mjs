@@ -7,24 +7,9 @@ import { createHmac } from "node:crypto";
 import { createServer, connect as tcpConnect } from "node:net";
 import WebSocket from "ws";
 import { connect } from "../../web-demo/coworker.js";
-import { startServer, until } from "./server.mjs";
+import { harness, until } from "./server.mjs";
 
-const servers = [];
-const clients = [];
-async function server(args = []) {
-  const s = await startServer(args);
-  servers.push(s);
-  return s;
-}
-async function open(url, options = {}) {
-  const c = await connect(url, { WebSocket, ...options });
-  clients.push(c);
-  return c;
-}
-after(async () => {
-  for (const c of clients) c.close();
-  for (const s of servers) await s.stop();
-});
+const { server, open } = harness(connect, WebSocket, after);
 
 /**
  * A WebSocket class that logs what the client sends and receives, in order, as [connection number, "sent" or

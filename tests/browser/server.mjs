@@ -90,3 +90,36 @@ export async function until(check, ms = 10000, what = "condition") {
   }
   throw new Error(`timed out waiting for ${what}; last: ${last instanceof Error ? last.message : JSON.stringify(last)}`);
 }
+
+/**
+ * Clients and servers a test file starts, closed at its end also when a test failed half-way (a client left open
+ * keeps reconnecting to a stopped server, and the test process would never exit). Call it at the top of a file.
+ * @param {Function} connect the client's `connect`; @param {Function} WebSocket the constructor for Node
+ */
+export function harness(connect, WebSocket, after) {
+  const servers = [];
+  const clients = [];
+  after(async () => {
+    for (const c of clients) c.close();
+    for (const s of servers) await s.stop();
+  });
+  return {
+    /** A server process of its own, with extra flags. */
+    async server(args = []) {
+      const s = await startServer(args);
+      servers.push(s);
+      return s;
+    },
+    /** A client, closed at the end. */
+    async open(url, options = {}) {
+      const c = await connect(url, { WebSocket, ...options });
+      clients.push(c);
+      return c;
+    },
+    /** A client made otherwise, closed at the end too. */
+    track(c) {
+      clients.push(c);
+      return c;
+    },
+  };
+}

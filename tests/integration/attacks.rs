@@ -2,38 +2,14 @@
 //! each asserting the code or behaviour that stops it and that the attacker's target is unharmed. The probe that
 //! measured them before and after is `examples/attack_probe.rs`.
 
+use crate::support::jwt::{hello, now, sign, token};
 use crate::support::*;
-use coworker::auth::Auth;
 use coworker::config::{Config, EngineConfig, Limits};
 use coworker::hooks::Hooks;
-use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::{Value, json};
 
-const SECRET: &[u8] = b"attack-secret";
-
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
-
-fn sign(claims: Value) -> String {
-    encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET)).unwrap()
-}
-
-fn token(sub: &str, read: &[&str], write: &[&str]) -> String {
-    sign(json!({"sub": sub, "read": read, "write": write, "exp": now() + 3600}))
-}
-
 async fn secured(limits: Limits) -> TestServer {
-    let config = Config {
-        auth: Some(Auth::hs256(SECRET)),
-        engine: EngineConfig { limits, ..EngineConfig::default() },
-        ..Config::default()
-    };
-    start_config(config, Hooks::default()).await
-}
-
-async fn hello(c: &mut Raw, token: &str) -> Value {
-    c.request(json!({"type": "hello", "id": "h", "token": token})).await
+    crate::support::jwt::secured(limits, vec![]).await
 }
 
 /// Finding 6: an `exp` of 2^64-1 panicked the session ("overflow when adding duration to instant") and leaked the

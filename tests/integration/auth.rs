@@ -1,44 +1,14 @@
 //! Authentication and permissions: bad tokens are refused before any run data is sent, owners cannot touch each
 //! other's runs, spaces follow the token's read and write lists, the Origin allowlist, token expiry.
 
+use crate::support::jwt::*;
 use crate::support::*;
-use coworker::auth::Auth;
-use coworker::config::{Config, EngineConfig, Limits};
-use coworker::hooks::Hooks;
+use coworker::config::Limits;
 use futures::StreamExt;
-use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-const SECRET: &[u8] = b"test-secret";
-
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
-
-fn token_with(claims: Value, key: &[u8]) -> String {
-    encode(&Header::default(), &claims, &EncodingKey::from_secret(key)).unwrap()
-}
-
-fn token(sub: &str, read: &[&str], write: &[&str]) -> String {
-    token_with(json!({"sub": sub, "read": read, "write": write, "exp": now() + 3600}), SECRET)
-}
-
-async fn secured(limits: Limits, origins: Vec<String>) -> TestServer {
-    let config = Config {
-        auth: Some(Auth::hs256(SECRET)),
-        allowed_origins: origins,
-        engine: EngineConfig { limits, ..EngineConfig::default() },
-        ..Config::default()
-    };
-    start_config(config, Hooks::default()).await
-}
-
-async fn hello(c: &mut Raw, token: &str) -> Value {
-    c.request(json!({"type": "hello", "id": "h", "token": token})).await
-}
 
 #[tokio::test]
 async fn bad_tokens_are_refused_before_any_run_data() {

@@ -338,3 +338,48 @@ pub fn text_frame(payload: &[u8]) -> Vec<u8> {
     f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     f
 }
+
+/// Authenticated-mode helpers: one HS256 secret, tokens with its claims, a server that verifies them.
+pub mod jwt {
+    use super::{Raw, TestServer, start_config};
+    use coworker::auth::Auth;
+    use coworker::config::{Config, EngineConfig, Limits};
+    use coworker::hooks::Hooks;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::{Value, json};
+
+    pub const SECRET: &[u8] = b"test-secret";
+
+    pub fn now() -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    }
+
+    pub fn token_with(claims: Value, key: &[u8]) -> String {
+        encode(&Header::default(), &claims, &EncodingKey::from_secret(key)).unwrap()
+    }
+
+    /// A token signed with [`SECRET`].
+    pub fn sign(claims: Value) -> String {
+        token_with(claims, SECRET)
+    }
+
+    /// A token for `sub` with these spaces, valid for an hour.
+    pub fn token(sub: &str, read: &[&str], write: &[&str]) -> String {
+        sign(json!({"sub": sub, "read": read, "write": write, "exp": now() + 3600}))
+    }
+
+    /// A server in authenticated mode (and with this Origin allowlist).
+    pub async fn secured(limits: Limits, origins: Vec<String>) -> TestServer {
+        let config = Config {
+            auth: Some(Auth::hs256(SECRET)),
+            allowed_origins: origins,
+            engine: EngineConfig { limits, ..EngineConfig::default() },
+            ..Config::default()
+        };
+        start_config(config, Hooks::default()).await
+    }
+
+    pub async fn hello(c: &mut Raw, token: &str) -> Value {
+        c.request(json!({"type": "hello", "id": "h", "token": token})).await
+    }
+}
