@@ -300,6 +300,7 @@ async fn documents_and_schemas_belong_to_a_space() {
 /// `complete` reply by 218 s, and 1,100 keys failed with SQLite's own error text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_read_holds_no_acknowledgement_and_queries_are_bounded() {
+    let _turn = heavy().await;
     let dir = tempfile::tempdir().unwrap();
     let limits = Limits { query_timeout: std::time::Duration::from_millis(100), ..Limits::default() };
     let config = Config {

@@ -54,6 +54,7 @@ async fn flood(url: String, owner: String, stop: Arc<AtomicBool>) -> Vec<String>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attack_on_memory_is_held_to_the_budget() {
+    let _turn = heavy().await;
     let dir = tempfile::tempdir().unwrap();
     let server =
         Process::start(&["--data-dir", dir.path().to_str().unwrap(), "--max-state-bytes", &BUDGET.to_string()]);
@@ -175,6 +176,7 @@ fn count(codes: &[String]) -> std::collections::BTreeMap<&str, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_subscriber_of_a_large_state_is_not_resynced_in_a_loop() {
+    let _turn = heavy().await;
     // A 4 MB state, a 64 KiB pending cap, and a subscriber that reads nothing for 2 s while 2 KB tokens stream:
     // it overflows and waits for a resync, which it gets once its writer has written what it took, not once a
     // tick (the state used to be rendered again at every tick, for a snapshot the writer could not take).
@@ -245,6 +247,7 @@ async fn a_slow_subscriber_of_a_large_state_is_not_resynced_in_a_loop() {
 /// once its writer has written what it took (this one's never has), and the distinct view sets are bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_never_reads_causes_no_resync_storm() {
+    let _turn = heavy().await;
     use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().unwrap();
     let server = Process::start(&["--data-dir", dir.path().to_str().unwrap(), "--max-pending-bytes", "16384"]);
@@ -277,11 +280,17 @@ async fn a_reader_that_never_reads_causes_no_resync_storm() {
         let payload = json!({"type": "subscribe", "id": i, "space": "storm", "views": set}).to_string();
         stuck.write_all(&text_frame(payload.as_bytes())).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let subscribed = metric(&http_get(server.addr(), "/metrics").await, "coworker_subscriptions");
-    assert_eq!(subscribed, Some(8.0), "the stuck client's subscriptions are in place");
+    // Its eight first snapshots are rendered (one per view set) before the measure starts.
     let rendered = |body: &str| metric(body, "coworker_snapshots_rendered_total").unwrap_or(0.0);
-    let before = rendered(&http_get(server.addr(), "/metrics").await);
+    let waited = Instant::now();
+    let before = loop {
+        let m = http_get(server.addr(), "/metrics").await;
+        if metric(&m, "coworker_subscriptions") == Some(8.0) && rendered(&m) >= 8.0 {
+            break rendered(&m);
+        }
+        assert!(waited.elapsed() < WAIT, "the stuck client's subscriptions never got their snapshots");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     // Two seconds of a producer patching every 5 ms, and another client's patch round trips meanwhile.
     let producer = Client::connect(&server.url).await.unwrap();
     let stream = runs[0].clone();

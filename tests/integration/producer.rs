@@ -85,7 +85,18 @@ async fn a_killed_producer_process_loses_its_runs() {
     })
     .await;
     assert!(lost.is_ok(), "the run of the killed producer never failed");
-    let trail =
-        watcher.run(json!({"operation": "select", "doctype": "Run", "input": {"where": {"id": id}}})).await.unwrap();
-    assert_eq!(trail["output"]["data"][0]["error"]["code"], "producer_lost");
+    // The failure is in the trail: its record may land a moment after the state change that subscribers saw
+    // (reads do not queue behind writes), so look until it is there.
+    let recorded = tokio::time::timeout(WAIT, async {
+        loop {
+            let select = json!({"operation": "select", "doctype": "Run", "input": {"where": {"id": id}}});
+            let trail = watcher.run(select).await.unwrap();
+            if let Some(run) = trail["output"]["data"].get(0) {
+                return run["error"]["code"].clone();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(recorded.expect("the failure was recorded"), "producer_lost");
 }

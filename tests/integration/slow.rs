@@ -14,6 +14,7 @@ fn now_us() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_subscribers_cost_bounded_memory_and_nobody_else_notices() {
+    let _turn = heavy().await;
     let dir = tempfile::tempdir().unwrap();
     let server = Process::start(&["--data-dir", dir.path().to_str().unwrap()]);
     let addr = server.url.trim_start_matches("ws://").trim_end_matches("/ws").to_string();

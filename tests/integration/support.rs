@@ -383,3 +383,11 @@ pub mod jwt {
         c.request(json!({"type": "hello", "id": "h", "token": token})).await
     }
 }
+
+/// Tests that load the machine for seconds, or measure latencies, take this in turn: one of them at a time, so that
+/// they neither skew each other's figures nor starve a timing-sensitive neighbour. (Tests run on their own runtimes;
+/// a tokio mutex needs none.)
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
