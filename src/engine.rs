@@ -584,7 +584,12 @@ impl Engine {
         slot.close();
         crate::telemetry::SUBSCRIPTIONS.decrement(1.0);
         if let Some(space) = self.shared.spaces.get(&slot.space).map(|s| s.clone()) {
-            space.lock().unregister(slot);
+            let mut st = space.lock();
+            if st.unregister(slot) {
+                // Wake the space's task: with its last subscriber gone it may now be reclaimed, and it must
+                // compute that deadline again (it sleeps on the one it computed while the subscriber was there).
+                space.changed(&mut st);
+            }
         }
     }
 

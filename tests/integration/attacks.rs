@@ -200,6 +200,21 @@ async fn spaces_count_against_their_creator_and_empty_ones_are_reclaimed() {
     assert_eq!(r["type"], "snapshot", "{r}");
 }
 
+/// The attack probe found this one in the fix above: a space whose last subscriber left some time after its last
+/// flush was never reclaimed (its task slept on a deadline computed while the subscriber was there).
+#[tokio::test(start_paused = true)]
+async fn a_space_is_reclaimed_when_its_subscriber_leaves_later() {
+    let _hb = heartbeat();
+    let server = start_server().await;
+    let mut c = Raw::connect(&server).await;
+    let r = c.request(json!({"type": "subscribe", "id": 1, "space": "late"})).await;
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    assert_eq!(c.request(json!({"type": "unsubscribe", "id": 2, "sub": r["sub"]})).await["type"], "reply");
+    assert_eq!(healthz(&server).await["spaces"], 1, "kept for the resume window");
+    tokio::time::sleep(std::time::Duration::from_secs(61)).await;
+    assert_eq!(healthz(&server).await["spaces"], 0, "reclaimed once the window passed");
+}
+
 fn data_run(operation: &str, doctype: &str, input: Value, space: Option<&str>) -> Value {
     let mut run = json!({"operation": operation, "doctype": doctype, "input": input});
     if let Some(s) = space {
