@@ -937,16 +937,63 @@ async fn spaces(o: &Opts) -> R<Report> {
     let health1 = healthz(&o.url).await;
     eprintln!("spaces: {total} subscribe/unsubscribe in {took:.1} s, {ok} ok, refused {refused:?}");
     let (run1, sub1) = victim_spaces(&o.url, &s, "1").await?;
-    eprintln!("spaces: carol while mallory is connected: run {run1}, subscribe {sub1}; waiting 65 s");
+    eprintln!("spaces: carol while mallory is connected: run {run1}, subscribe {sub1}");
     m.close().await;
     drop(m);
+
+    // Slow unsubscribes, by a second read-only owner: 20 spaces, each left 100 ms after its snapshot (several
+    // ticks later, when the space's task is idle). Whether each space was reclaimed is told later by a resume from
+    // its epoch: granted (`resumed`) only when the very same space still exists.
+    let slow_tok = token(&s, json!({"sub": "mallory2", "exp": now_s() + 3600, "read": ["*"], "write": []}));
+    let mut m2 = authed(&o.url, &slow_tok).await?;
+    let mut slow = Vec::new();
+    let mut slow_refused = BTreeMap::<String, u64>::new();
+    for k in 0..20 {
+        let name = format!("slow-{k}");
+        let r = m2.request(json!({"type": "subscribe", "space": name, "views": ["isLoading"]}), W).await;
+        match &r {
+            Ok((v, _, _)) if v["type"] == "snapshot" => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                m2.request(json!({"type": "unsubscribe", "sub": v["sub"]}), W).await?;
+                slow.push((name, v["epoch"].as_u64().unwrap_or(0)));
+            }
+            _ => *slow_refused.entry(outcome(&r)).or_default() += 1,
+        }
+    }
+    m2.close().await;
+    drop(m2);
+    eprintln!("spaces: {} slow subscribe/unsubscribe (refused: {slow_refused:?}); waiting 65 s", slow.len());
     tokio::time::sleep(Duration::from_secs(65)).await;
     let health2 = healthz(&o.url).await;
     let (run2, sub2) = victim_spaces(&o.url, &s, "2").await?;
+    let mut check = authed(&o.url, &slow_tok).await?;
+    let mut still = 0u64;
+    for (name, epoch) in &slow {
+        let r = check
+            .request(
+                json!({"type": "subscribe", "space": name, "views": ["isLoading"], "since": {"epoch": epoch, "seq": 0}}),
+                W,
+            )
+            .await;
+        if let Ok((v, _, _)) = &r {
+            if v["resumed"] == true {
+                still += 1;
+            }
+            if let Some(sub) = v["sub"].as_u64() {
+                check.request(json!({"type": "unsubscribe", "sub": sub}), W).await?;
+            }
+        }
+    }
+    check.close().await;
+    let slow_line = if slow.is_empty() {
+        format!("slow unsubscribes: none granted ({})", codes(&slow_refused))
+    } else {
+        format!("of {} spaces left 100 ms after their snapshot, {still} still existed after 65 s", slow.len())
+    };
     let line = format!(
         "spaces: 10,000 subscribe+unsubscribe in {took:.1} s, {ok} granted, refused {}; another owner's run in a \
          new space: {run1}, subscribe to a new space: {sub1}; 65 s after the attacker left: run {run2}, subscribe \
-         {sub2} (unsubscribes refused: {}; healthz spaces {} then {})",
+         {sub2} (unsubscribes refused: {}; healthz spaces {} then {}); {slow_line}",
         codes(&refused),
         codes(&unsub_refused),
         health1["spaces"],
@@ -957,7 +1004,8 @@ async fn spaces(o: &Opts) -> R<Report> {
         line,
         json: json!({"seconds": took, "granted": ok, "refused": refused, "unsubscribes_refused": unsub_refused,
             "victim_now": {"run": run1, "subscribe": sub1}, "victim_after_65s": {"run": run2, "subscribe": sub2},
-            "healthz_spaces": [health1["spaces"], health2["spaces"]]}),
+            "healthz_spaces": [health1["spaces"], health2["spaces"]],
+            "slow_unsubscribe": {"granted": slow.len(), "refused": slow_refused, "still_existing_after_65s": still}}),
     })
 }
 
