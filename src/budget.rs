@@ -116,6 +116,15 @@ impl Budget {
     }
 }
 
+/// Adds `grown` (negative: takes it away) to `counter`.
+fn add_signed(counter: &AtomicUsize, grown: isize) {
+    if grown >= 0 {
+        counter.fetch_add(grown as usize, Ordering::Relaxed);
+    } else {
+        counter.fetch_sub(grown.unsigned_abs(), Ordering::Relaxed);
+    }
+}
+
 /// Adds `n` to `counter` unless that takes it past `cap`.
 fn add_within(counter: &AtomicUsize, n: usize, cap: usize) -> bool {
     counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_add(n).filter(|t| *t <= cap)).is_ok()
@@ -172,22 +181,13 @@ impl Budgets {
     /// Counts `grown` state bytes (negative: freed) for the account and the server, whatever the budgets say
     /// (for changes that are never refused: a failure's `error`, and bytes given back).
     pub fn grow(&self, account: &Account, grown: isize) {
-        if grown >= 0 {
-            account.bytes.fetch_add(grown as usize, Ordering::Relaxed);
-            self.state.fetch_add(grown as usize, Ordering::Relaxed);
-        } else {
-            account.bytes.fetch_sub(grown.unsigned_abs(), Ordering::Relaxed);
-            self.state.fetch_sub(grown.unsigned_abs(), Ordering::Relaxed);
-        }
+        add_signed(&account.bytes, grown);
+        add_signed(&self.state, grown);
     }
 
     /// Counts state bytes that belong to no owner (a space's `currentRun`).
     pub fn grow_shared(&self, grown: isize) {
-        if grown >= 0 {
-            self.state.fetch_add(grown as usize, Ordering::Relaxed);
-        } else {
-            self.state.fetch_sub(grown.unsigned_abs(), Ordering::Relaxed);
-        }
+        add_signed(&self.state, grown);
     }
 
     /// The owner's account, created on first use.

@@ -139,18 +139,6 @@ impl Frame {
             }
         }
     }
-
-    /// The length of the rendered frame, about (the state plus a short envelope).
-    pub fn len(&self) -> usize {
-        match self {
-            Frame::Text(t) => t.len(),
-            Frame::Snapshot { state, .. } => state.len() + 96,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// What a subscription's first frame (or a resync) is.
