@@ -33,10 +33,10 @@
 //!
 //! Run with `cargo bench --bench patch`.
 
-use coworker::auth::Caller;
-use coworker::context::RunId;
-use coworker::patch::PatchOp;
-use coworker::path::{Path, PathLimits};
+use coworker::model::context::RunId;
+use coworker::model::patch::PatchOp;
+use coworker::model::path::{Path, PathLimits};
+use coworker::net::auth::Caller;
 use coworker::protocol::{self, ClientMsg, ParseLimits, RunSpec};
 use coworker::store::{SqliteStore, StoreOptions};
 use coworker::{Engine, EngineConfig, Hooks};

@@ -63,7 +63,7 @@ pub struct Limits {
     /// After a producer's connection drops, its live runs wait this long for it (or any connection allowed to)
     /// to change them again; then they fail with `producer_lost`.
     pub producer_grace: Duration,
-    /// State bytes ([`crate::size`]) one run may hold: a write that would take it past this is refused whole
+    /// State bytes ([`crate::model::size`]) one run may hold: a write that would take it past this is refused whole
     /// (`run_too_large`).
     pub max_run_bytes: usize,
     /// State bytes the live runs of one owner may hold together (`quota_state_bytes`).
@@ -178,7 +178,7 @@ pub struct Config {
     /// Where the database lives; `None` keeps it in memory (nothing survives a restart).
     pub data_dir: Option<PathBuf>,
     /// Token verification; `None` is development mode (every caller trusted).
-    pub auth: Option<crate::auth::Auth>,
+    pub auth: Option<crate::net::auth::Auth>,
     /// Origins allowed to open a WebSocket (exact match). Empty: the server's own origin, and localhost origins.
     pub allowed_origins: Vec<String>,
     /// Serve `/autobahn`, an echo endpoint on the production accept path and limits, for the conformance suite.

@@ -1,9 +1,9 @@
 //! The `coworker` binary: reads flags and environment, binds, and serves until Ctrl-C or SIGTERM.
 
 use clap::Parser;
-use coworker::auth::Auth;
 use coworker::config::{Config, EngineConfig, Limits};
-use coworker::hooks::Hooks;
+use coworker::net::auth::Auth;
+use coworker::plugin::hooks::Hooks;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

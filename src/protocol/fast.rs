@@ -12,7 +12,7 @@
 //! and taught to that test's generator.
 
 use super::{ClientMsg, ParseLimits, WireOp, escaped_in_json, json_depth_exceeds, parse_uuid, patch_op, valid_id};
-use crate::patch::PatchOp;
+use crate::model::patch::PatchOp;
 use serde_json::Value;
 use std::borrow::Cow;
 
@@ -92,7 +92,7 @@ impl<'a> Scan<'a> {
         let mut string = Scan(self.0);
         if let Some(text) = string.plain_string() {
             self.0 = string.0;
-            return Some((Value::String(text.to_owned()), Some(crate::size::plain_string(text.len()))));
+            return Some((Value::String(text.to_owned()), Some(crate::model::size::plain_string(text.len()))));
         }
         let mut values = serde_json::Deserializer::from_str(self.0).into_iter::<Value>();
         let value = values.next()?.ok()?;
@@ -157,7 +157,7 @@ impl<'a> Scan<'a> {
 mod tests {
     use super::super::parse_general;
     use super::*;
-    use crate::path::PathLimits;
+    use crate::model::path::PathLimits;
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestRunner};
 

@@ -7,8 +7,8 @@
 pub mod contract;
 pub mod sqlite;
 
-use crate::context::RunId;
 use crate::error::{Error, ErrorCode};
+use crate::model::context::RunId;
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 use std::sync::Arc;

@@ -9,8 +9,8 @@ use super::{
     Affected, AuditTrail, Cmp, Cond, DocQuery, Documents, Page, Paging, RunQuery, Scalar, SpacedDocs, StoreError,
     StoreResult, Target,
 };
-use crate::context::RunId;
 use crate::error::{Error, ErrorCode};
+use crate::model::context::RunId;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use rusqlite::{Connection, OpenFlags, params_from_iter, types::Value as Sql};

@@ -5,7 +5,7 @@
 use crate::support::jwt::{hello, now, sign, token};
 use crate::support::*;
 use coworker::config::{Config, EngineConfig, Limits};
-use coworker::hooks::Hooks;
+use coworker::plugin::hooks::Hooks;
 use serde_json::{Value, json};
 
 async fn secured(limits: Limits) -> TestServer {

@@ -4,7 +4,7 @@
 
 use crate::support::*;
 use coworker::config::{EngineConfig, Limits};
-use coworker::hooks::Hooks;
+use coworker::plugin::hooks::Hooks;
 use serde_json::{Value, json};
 
 fn server_with(limits: Limits) -> impl std::future::Future<Output = TestServer> {

@@ -6,7 +6,7 @@
 use crate::support::*;
 use coworker::client::{Client, Subscription};
 use coworker::config::EngineConfig;
-use coworker::hooks::Hooks;
+use coworker::plugin::hooks::Hooks;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use std::time::Duration;

@@ -4,7 +4,7 @@ use crate::support::*;
 use coworker::config::EngineConfig;
 use coworker::engine::Engine;
 use coworker::error::{Error, ErrorCode};
-use coworker::hooks::{Hooks, Operation};
+use coworker::plugin::hooks::{Hooks, Operation};
 use coworker::protocol::RunSpec;
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -41,7 +41,7 @@ impl Operation for Nested {
                 input: json!({"inner": run["input"].clone()}),
                 ..RunSpec::default()
             };
-            let inner = engine.run(spec, &coworker::auth::Caller::trusted()).await.map_err(|f| f.error)?;
+            let inner = engine.run(spec, &coworker::net::auth::Caller::trusted()).await.map_err(|f| f.error)?;
             Ok(inner["output"].clone())
         }
         .boxed()

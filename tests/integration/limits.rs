@@ -4,7 +4,7 @@
 use crate::support::*;
 use coworker::client::ClientError;
 use coworker::config::{EngineConfig, Limits};
-use coworker::hooks::Hooks;
+use coworker::plugin::hooks::Hooks;
 use futures::SinkExt;
 use serde_json::json;
 use std::time::Duration;

@@ -38,7 +38,7 @@ async fn run_replies_with_the_whole_context() {
     }
     // In one fixed order: patches find the top-level fields by their position.
     let keys: Vec<&str> = run.as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(keys, coworker::context::FIELDS);
+    assert_eq!(keys, coworker::model::context::FIELDS);
     // A client-supplied UUID is kept; a string request id is echoed.
     let mine = "0190f5c2-7a4e-7c1a-9a3e-2f4b5c6d7e8f";
     let r = c.request(json!({"type": "run", "id": "x", "run": {"id": mine, "operation": "dialog"}})).await;

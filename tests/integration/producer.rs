@@ -54,7 +54,7 @@ async fn a_killed_producer_process_loses_its_runs() {
     use coworker::config::{Config, EngineConfig, Limits};
     let limits = Limits { producer_grace: std::time::Duration::from_millis(300), ..Limits::default() };
     let config = Config { engine: EngineConfig { limits, ..EngineConfig::default() }, ..Config::default() };
-    let server = start_config(config, coworker::hooks::Hooks::default()).await;
+    let server = start_config(config, coworker::plugin::hooks::Hooks::default()).await;
     let watcher = Client::connect(&server.url()).await.unwrap();
     let mut sub = watcher.subscribe("default", Some(&["activeAI"]), false).await.unwrap();
     let id = "0190f5c2-7a4e-7c1a-9a3e-2f4b5c6d7e8f";

@@ -2,7 +2,7 @@
 //! that records hook calls.
 
 use coworker::config::{Config, EngineConfig};
-use coworker::hooks::{Hooks, Plugin, RunContext};
+use coworker::plugin::hooks::{Hooks, Plugin, RunContext};
 use futures::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -342,9 +342,9 @@ pub fn text_frame(payload: &[u8]) -> Vec<u8> {
 /// Authenticated-mode helpers: one HS256 secret, tokens with its claims, a server that verifies them.
 pub mod jwt {
     use super::{Raw, TestServer, start_config};
-    use coworker::auth::Auth;
     use coworker::config::{Config, EngineConfig, Limits};
-    use coworker::hooks::Hooks;
+    use coworker::net::auth::Auth;
+    use coworker::plugin::hooks::Hooks;
     use jsonwebtoken::{EncodingKey, Header, encode};
     use serde_json::{Value, json};
 

@@ -5,7 +5,7 @@
 use crate::support::*;
 use coworker::client::Client;
 use coworker::config::EngineConfig;
-use coworker::hooks::Hooks;
+use coworker::plugin::hooks::Hooks;
 use futures::SinkExt;
 use serde_json::json;
 use std::time::Duration;

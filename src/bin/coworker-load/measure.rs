@@ -91,7 +91,7 @@ impl Tally {
 
 /// A map keyed by run (stream) id. The checkers look one up per frame and run, up to millions of times a second
 /// at the ceiling: the server's hasher for run ids, not SipHash.
-pub type RunMap<V> = HashMap<String, V, coworker::context::RunHasher>;
+pub type RunMap<V> = HashMap<String, V, coworker::model::context::RunHasher>;
 
 /// Checks that each stream's items arrive numbered 0, 1, 2, … with no gap and no step back, and counts the items
 /// each stream brought, so that a whole list can be told apart from what was already seen of it.

@@ -3,15 +3,15 @@
 //! Protocol errors are answered with an `error` frame and the connection stays open; transport errors end it
 //! quietly; an oversized frame or invalid UTF-8 closes it with 1009 or 1007.
 
-use crate::auth::{Auth, Caller};
 use crate::config::Limits;
-use crate::context::{RunHasher, RunId};
+use crate::engine::ratelimit::{ConnectionRate, Verdict};
 use crate::engine::{Engine, SubscribeRequest};
 use crate::error::{Error, ErrorCode};
-use crate::path::PathLimits;
+use crate::feed::subscriber::{Frame, Outbox, SubSlot};
+use crate::model::context::{RunHasher, RunId};
+use crate::model::path::PathLimits;
+use crate::net::auth::{Auth, Caller};
 use crate::protocol::{self, ClientMsg, ParseLimits};
-use crate::ratelimit::{ConnectionRate, Verdict};
-use crate::subscriber::{Frame, Outbox, SubSlot};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
@@ -91,7 +91,7 @@ struct Session {
     /// Server-side operations of this connection running at once.
     operations: Arc<tokio::sync::Semaphore>,
     /// The owner whose connection quota this connection holds (given back when the session is dropped).
-    counted_owner: Option<crate::budget::ConnectionQuota>,
+    counted_owner: Option<crate::engine::budget::ConnectionQuota>,
 }
 
 /// Connection ids, unique for the process (0 is never used).

@@ -3,12 +3,12 @@
 //! to new and resyncing subscribers at that same seq, and then, without the lock, renders the diff once per view
 //! set and hands the same bytes to every subscriber of that set.
 
-use crate::context::Class;
 use crate::engine::Shared;
-use crate::journal::{Cut, Journal, Rendered, RunDelta};
-use crate::space::{Group, Joining, Space, SpaceState};
-use crate::subscriber::Delivery;
-use crate::views::ViewSet;
+use crate::engine::space::{Group, Joining, Space, SpaceState};
+use crate::feed::journal::{Cut, Journal, Rendered, RunDelta};
+use crate::feed::subscriber::Delivery;
+use crate::model::context::Class;
+use crate::space::views::ViewSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{Instant, sleep, sleep_until};

@@ -5,12 +5,12 @@
 //! new value itself (once for the run, once for the change).
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::path::{Path, RawSeg, Seg};
+use crate::model::path::{Path, RawSeg, Seg};
 use compact_str::CompactString;
 use serde_json::{Map, Value};
 
 /// One patch op, already validated for shape (see `protocol`). `cost` is its value's state bytes
-/// ([`crate::size::value`]), measured once where the value was read: build ops with the constructors below.
+/// ([`crate::model::size::value`]), measured once where the value was read: build ops with the constructors below.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PatchOp {
     /// The seed's `updateRunField`: set the value at `path`, creating missing intermediate objects.
@@ -25,15 +25,15 @@ pub enum PatchOp {
 
 impl PatchOp {
     pub fn set(path: Path, value: Value) -> PatchOp {
-        PatchOp::Set { cost: crate::size::value(&value), path, value }
+        PatchOp::Set { cost: crate::model::size::value(&value), path, value }
     }
 
     pub fn append(path: Path, value: Value) -> PatchOp {
-        PatchOp::Append { cost: crate::size::value(&value), path, value }
+        PatchOp::Append { cost: crate::model::size::value(&value), path, value }
     }
 
     pub fn step(index: usize, value: Map<String, Value>) -> PatchOp {
-        PatchOp::Step { cost: crate::size::object(&value), index, value }
+        PatchOp::Step { cost: crate::model::size::object(&value), index, value }
     }
 
     pub fn remove(path: Path) -> PatchOp {
@@ -78,7 +78,7 @@ enum Undo {
     Insert { path: Vec<Seg>, value: Value },
 }
 
-/// What an applied patch did: its changes, in order, and how much the run's state bytes ([`crate::size`]) moved.
+/// What an applied patch did: its changes, in order, and how much the run's state bytes ([`crate::model::size`]) moved.
 #[derive(Debug)]
 pub struct Applied {
     pub changes: Vec<Change>,
@@ -106,13 +106,13 @@ pub fn apply(ctx: &mut Map<String, Value>, ops: Vec<PatchOp>) -> Result<Applied>
 /// target is missing, the objects built along its path (and a comma). Costs O(ops).
 pub fn growth_bound(ops: &[PatchOp]) -> usize {
     let path_bound = |path: &Path| -> usize {
-        path.segs.iter().map(|s| 2 * crate::size::NODE + 6 + 6 * s.text.len()).sum::<usize>() + 1
+        path.segs.iter().map(|s| 2 * crate::model::size::NODE + 6 + 6 * s.text.len()).sum::<usize>() + 1
     };
     ops.iter()
         .map(|op| match op {
             PatchOp::Set { path, cost, .. } => cost + path_bound(path),
-            PatchOp::Append { path, cost, .. } => cost + crate::size::NODE + 3 + path_bound(path),
-            PatchOp::Step { cost, .. } => cost + 2 * crate::size::NODE + 16,
+            PatchOp::Append { path, cost, .. } => cost + crate::model::size::NODE + 3 + path_bound(path),
+            PatchOp::Step { cost, .. } => cost + 2 * crate::model::size::NODE + 16,
             PatchOp::Remove { .. } => 0,
         })
         .sum()
@@ -161,7 +161,7 @@ enum Slot<'a> {
 
 /// Where `key` is in `m`, when it is at position `hint`. Reaching a position costs no hashing and reads one entry,
 /// where the map's own lookup hashes the key and reads its table first: the top-level fields of a context sit at
-/// known positions ([`crate::context::field_position`]), and every patch passes through one of them.
+/// known positions ([`crate::model::context::field_position`]), and every patch passes through one of them.
 fn member_at(m: &Map<String, Value>, key: &str, hint: Option<usize>) -> Option<usize> {
     hint.filter(|&i| m.iter().nth(i).is_some_and(|(k, _)| k == key))
 }
@@ -229,7 +229,7 @@ impl<'a> Slot<'a> {
     /// The state bytes of a new entry at this slot whose value costs `value` (a member's key counts).
     fn entry_cost(&self, value: usize) -> usize {
         match self {
-            Slot::Obj(_, k, _) => crate::size::member(k, value),
+            Slot::Obj(_, k, _) => crate::model::size::member(k, value),
             Slot::Arr(..) => value,
         }
     }
@@ -268,7 +268,7 @@ fn navigate(root: &mut Map<String, Value>, path: Path, create: bool) -> Result<T
     let mut iter = path.segs.into_iter();
     let first = iter.next().expect("a parsed path has a segment");
     resolved.push(Seg::Key(first.text.clone()));
-    let hint = crate::context::field_position(&first.text);
+    let hint = crate::model::context::field_position(&first.text);
     let mut slot = Slot::Obj(root, first.text, hint);
     while let Some(next) = iter.next() {
         let last = iter.len() == 0;
@@ -326,7 +326,7 @@ fn put_target(
     changes: &mut Vec<Change>,
     undo: Option<&mut Vec<Undo>>,
 ) -> isize {
-    use crate::size;
+    use crate::model::size;
     let new_cost = size::wrapped(cost, t.rest.iter().map(|s| s.text.as_str()));
     let value = if t.rest.is_empty() { value } else { build(t.rest, value) };
     let entry_cost = t.slot.entry_cost(new_cost);
@@ -350,7 +350,7 @@ fn apply_one(
     changes: &mut Vec<Change>,
     undo: Option<&mut Vec<Undo>>,
 ) -> Result<isize> {
-    use crate::size;
+    use crate::model::size;
     let grown = match op {
         PatchOp::Set { path, value, cost } => {
             debug_assert_eq!(cost, size::value(&value), "an op's cost is its value's");
@@ -434,7 +434,7 @@ fn step(
     changes: &mut Vec<Change>,
     undo: Option<&mut Vec<Undo>>,
 ) -> Result<isize> {
-    use crate::size;
+    use crate::model::size;
     let steps_path = || vec![Seg::Key("steps".into())];
     let present = ctx.contains_key("steps");
     if !present && index != 0 {
@@ -583,7 +583,7 @@ fn undo_one(ctx: &mut Map<String, Value>, entry: Undo) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::path::PathLimits;
+    use crate::model::path::PathLimits;
     use serde_json::json;
 
     const LIMITS: PathLimits = PathLimits { max_bytes: 1024, max_depth: 32 };
@@ -624,7 +624,7 @@ mod tests {
             .iter()
             .map(|ch| {
                 let mut s = String::new();
-                crate::path::write_pointer(&mut s, &ch.path);
+                crate::model::path::write_pointer(&mut s, &ch.path);
                 json!([format!("{:?}", ch.kind), s, ch.value])
             })
             .collect();
@@ -706,7 +706,7 @@ mod tests {
 
     /// A context with every field in the engine's order, or with `output` and `error` swapped.
     fn full_ctx(swapped: bool) -> Map<String, Value> {
-        let mut names = crate::context::FIELDS.to_vec();
+        let mut names = crate::model::context::FIELDS.to_vec();
         if swapped {
             let (o, e) = (names.iter().position(|n| *n == "output"), names.iter().position(|n| *n == "error"));
             names.swap(o.unwrap(), e.unwrap());
@@ -756,7 +756,7 @@ mod tests {
     /// past its headroom changes nothing.
     mod size_accounting {
         use super::*;
-        use crate::size;
+        use crate::model::size;
         use proptest::prelude::*;
 
         fn value() -> impl Strategy<Value = Value> {
@@ -839,20 +839,24 @@ mod tests {
         #[test]
         fn finishing_a_run_keeps_its_count() {
             let mut ctx = Map::new();
-            for f in crate::context::FIELDS {
+            for f in crate::model::context::FIELDS {
                 ctx.insert(f.to_string(), Value::Null);
             }
-            let mut run = crate::context::Run {
-                id: crate::context::RunId::nil(),
+            let mut run = crate::model::context::Run {
+                id: crate::model::context::RunId::nil(),
                 parent: None,
-                kind: crate::context::Kind::Ai,
-                status: crate::context::Status::Running,
+                kind: crate::model::context::Kind::Ai,
+                status: crate::model::context::Status::Running,
                 started: tokio::time::Instant::now(),
                 bytes: size::run(&ctx),
                 ctx,
                 producer: 0,
             };
-            run.finish(crate::context::Status::Failed, Some(json!({"big": "x".repeat(100)})), Some(json!({"m": 1})));
+            run.finish(
+                crate::model::context::Status::Failed,
+                Some(json!({"big": "x".repeat(100)})),
+                Some(json!({"m": 1})),
+            );
             assert_eq!(run.bytes, size::run(&run.ctx));
         }
     }

@@ -4,7 +4,7 @@
 //! across all spaces ([`HistoryBudget`]); a view set stays rendered for [`History::WINDOW`] after its last
 //! subscriber left, so that subscriber can come back.
 
-use crate::views::ViewSet;
+use crate::space::views::ViewSet;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -192,7 +192,7 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::views::View;
+    use crate::space::views::View;
 
     #[test]
     fn resumes_only_from_what_it_still_holds() {

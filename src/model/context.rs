@@ -2,8 +2,8 @@
 //! fields (status, parent, kind) and keeps them equal to the JSON context the wire sees; every other change to a
 //! run goes through `patch`.
 
-use crate::patch::{Change, ChangeKind};
-use crate::path::Seg;
+use crate::model::patch::{Change, ChangeKind};
+use crate::model::path::Seg;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -138,7 +138,7 @@ pub struct Run {
     pub ctx: Map<String, Value>,
     /// The connection that last started or changed the run (0: none); when it drops, the run may be orphaned.
     pub producer: u64,
-    /// Its state bytes ([`crate::size::run`]), kept up to date by every change.
+    /// Its state bytes ([`crate::model::size::run`]), kept up to date by every change.
     pub bytes: usize,
 }
 
@@ -179,10 +179,10 @@ impl Run {
         fields
             .into_iter()
             .map(|(k, v)| {
-                let (len, new_cost) = (self.ctx.len(), crate::size::value(&v));
+                let (len, new_cost) = (self.ctx.len(), crate::model::size::value(&v));
                 let grown = match self.ctx.insert(k.to_string(), v.clone()) {
-                    Some(old) => crate::size::delta(crate::size::value(&old), new_cost),
-                    None => crate::size::added(len, crate::size::member(k, new_cost)) as isize,
+                    Some(old) => crate::model::size::delta(crate::model::size::value(&old), new_cost),
+                    None => crate::model::size::added(len, crate::model::size::member(k, new_cost)) as isize,
                 };
                 self.bytes = self.bytes.saturating_add_signed(grown);
                 Change { kind: ChangeKind::Replace, path: vec![Seg::Key(k.into())], value: v }
@@ -194,7 +194,7 @@ impl Run {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::path::CORE_FIELDS;
+    use crate::model::path::CORE_FIELDS;
 
     #[test]
     fn field_positions_are_the_positions_in_fields() {

@@ -3,11 +3,11 @@
 //! the last written subtree fold into it). At the tick the journal is cut into a [`Cut`], which is rendered once:
 //! each run's ops, each view op and each scalar op are serialized one time, then assembled per view set.
 
-use crate::context::{Class, RunHasher, RunId};
-use crate::patch::{Change, ChangeKind};
-use crate::path::Seg;
+use crate::model::context::{Class, RunHasher, RunId};
+use crate::model::patch::{Change, ChangeKind};
+use crate::model::path::Seg;
 use crate::protocol::{self, EventName};
-use crate::views::{View, ViewOp, ViewSet};
+use crate::space::views::{View, ViewOp, ViewSet};
 use indexmap::IndexMap;
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -349,7 +349,7 @@ mod tests {
     fn apply_all(mut doc: Value, list: &[Change]) -> Value {
         for c in list {
             let mut ptr = String::new();
-            crate::path::write_pointer(&mut ptr, &c.path);
+            crate::model::path::write_pointer(&mut ptr, &c.path);
             let (parent, last) = ptr.rsplit_once('/').unwrap();
             let target = doc.pointer_mut(parent).unwrap();
             let last = last.replace("~1", "/").replace("~0", "~");

@@ -3,7 +3,7 @@
 //! context. Each change updates them in O(1) (O(group) when a pipeline root leaves) and records the state-document
 //! ops that describe it, with array indexes valid at that moment, so the ops replay exactly.
 
-use crate::context::{Class, RunId};
+use crate::model::context::{Class, RunId};
 use indexmap::{IndexMap, IndexSet};
 use std::collections::HashMap;
 use std::sync::Arc;

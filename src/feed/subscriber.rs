@@ -9,7 +9,7 @@
 //! never waits on a socket.
 
 use crate::protocol::{self, ReqId};
-use crate::views::ViewSet;
+use crate::space::views::ViewSet;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

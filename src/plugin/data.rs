@@ -5,8 +5,8 @@
 
 use crate::engine::Engine;
 use crate::error::{Error, ErrorCode, Result};
-use crate::hooks::{Hooks, Operation, Plugin, RunContext};
-use crate::patch::type_name;
+use crate::model::patch::type_name;
+use crate::plugin::hooks::{Hooks, Operation, Plugin, RunContext};
 use crate::protocol::RunSpec;
 use crate::store::{Cmp, Cond, DocQuery, Paging, RunQuery, Scalar, Store, Target};
 use dashmap::DashMap;
@@ -361,7 +361,7 @@ async fn select(
             parent_run: run.get("id").and_then(Value::as_str).and_then(|s| s.parse().ok()),
             ..RunSpec::default()
         };
-        let ctx = engine.run(spec, &crate::auth::Caller::trusted()).await.map_err(|f| f.error)?;
+        let ctx = engine.run(spec, &crate::net::auth::Caller::trusted()).await.map_err(|f| f.error)?;
         let schema = ctx.get("output").and_then(|o| o["data"].get(0)).cloned().unwrap_or(Value::Null);
         let view = schema
             .as_object()

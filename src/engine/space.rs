@@ -2,12 +2,12 @@
 //! the journal of the tick in progress, its sequence number, the failed runs waiting out their linger, and its
 //! subscribers grouped by view set. Lock order everywhere: space, then a run, then a registry shard.
 
-use crate::context::{Class, Run, RunHasher, RunId};
-use crate::history::History;
-use crate::journal::Journal;
+use crate::feed::history::History;
+use crate::feed::journal::Journal;
+use crate::feed::subscriber::SubSlot;
+use crate::model::context::{Class, Run, RunHasher, RunId};
 use crate::protocol::{self, ReqId, StateParts};
-use crate::subscriber::SubSlot;
-use crate::views::{ViewSet, Views};
+use crate::space::views::{ViewSet, Views};
 use indexmap::IndexMap;
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::VecDeque;
@@ -22,7 +22,7 @@ pub struct RunCell {
     pub space: Arc<Space>,
     pub run: Mutex<Run>,
     /// The owner's account, which the run's state bytes and its active-run slot count against.
-    pub account: Arc<crate::budget::Account>,
+    pub account: Arc<crate::engine::budget::Account>,
 }
 
 /// Subscribers that share a view set, and so share rendered frames.
@@ -74,7 +74,7 @@ pub struct SpaceState {
 }
 
 impl SpaceState {
-    pub fn new(history: crate::history::History) -> SpaceState {
+    pub fn new(history: crate::feed::history::History) -> SpaceState {
         SpaceState {
             seq: 0,
             runs: IndexMap::default(),
@@ -220,14 +220,14 @@ pub struct Space {
     /// Wakes the notifier: a change after an idle period is flushed at once.
     wake: Notify,
     /// The creator's space quota, given back when the space is dropped.
-    _quota: Option<crate::budget::SpaceQuota>,
+    _quota: Option<crate::engine::budget::SpaceQuota>,
 }
 
 impl Space {
     pub fn new(
         name: Arc<str>,
-        history: Arc<crate::history::HistoryBudget>,
-        quota: Option<crate::budget::SpaceQuota>,
+        history: Arc<crate::feed::history::HistoryBudget>,
+        quota: Option<crate::engine::budget::SpaceQuota>,
     ) -> Arc<Space> {
         let state = SpaceState::new(History::new(history));
         let epoch = uuid::Uuid::now_v7().as_u64_pair().1 & ((1 << 53) - 1);

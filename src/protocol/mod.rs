@@ -2,11 +2,11 @@
 //! and renders every server frame (`reply`, `error`, `snapshot`, `diff`, `event`) and the state-document ops.
 //! protocol.md documents exactly what this module does; `tests/integration/protocol_doc.rs` keeps the two in step.
 
-use crate::context::RunId;
 use crate::error::{Error, ErrorCode, Result};
-use crate::patch::{ChangeKind, PatchOp};
-use crate::path::{Path, PathLimits, Seg, push_escaped, write_pointer};
-use crate::views::{View, ViewOp, ViewSet};
+use crate::model::context::RunId;
+use crate::model::patch::{ChangeKind, PatchOp};
+use crate::model::path::{Path, PathLimits, Seg, push_escaped, write_pointer};
+use crate::space::views::{View, ViewOp, ViewSet};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -387,7 +387,7 @@ fn patch_op(op: WireOp<'_>, limits: &ParseLimits) -> Result<PatchOp> {
         // A value the fast path read as a plain string comes with its cost; any other is measured here, once.
         "set" | "append" => {
             let (path, value) = (path(&op)?, value(&mut op)?);
-            let cost = op.cost.unwrap_or_else(|| crate::size::value(&value));
+            let cost = op.cost.unwrap_or_else(|| crate::model::size::value(&value));
             if op.op == "set" { PatchOp::Set { path, value, cost } } else { PatchOp::Append { path, value, cost } }
         }
         "remove" => PatchOp::remove(path(&op)?),

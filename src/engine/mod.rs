@@ -3,19 +3,23 @@
 //! It also owns the rest of the lifecycle (`patch`, `complete`, `fail`, linger expiry) and the registry: a
 //! `DashMap` from run id to [`RunCell`]. No registry guard is held across an `.await`, a hook call, or a second key.
 
-use crate::auth::Caller;
-use crate::budget::{Account, Budgets, ConnectionQuota};
+pub mod budget;
+pub mod ratelimit;
+pub mod space;
+pub mod ticker;
+
 use crate::config::EngineConfig;
-use crate::context::{Class, Kind, Run, RunHasher, RunId, Status};
+use crate::engine::budget::{Account, Budgets, ConnectionQuota};
+use crate::engine::space::{Joining, RunCell, Space};
 use crate::error::{Error, ErrorCode, Result};
-use crate::hooks::Hooks;
-use crate::notifier;
-use crate::patch::{self, PatchOp};
+use crate::feed::subscriber::{Outbox, SubSlot};
+use crate::model::context::{Class, Kind, Run, RunHasher, RunId, Status};
+use crate::model::patch::{self, PatchOp};
+use crate::net::auth::Caller;
+use crate::plugin::hooks::Hooks;
 use crate::protocol::{EventName, ReqId, RunSpec};
-use crate::space::{Joining, RunCell, Space};
+use crate::space::views::ViewSet;
 use crate::store::Store;
-use crate::subscriber::{Outbox, SubSlot};
-use crate::views::ViewSet;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use futures::FutureExt;
@@ -104,7 +108,7 @@ pub struct Shared {
     /// Memory budgets, and each owner's usage and quotas.
     budgets: Budgets,
     /// What every space's resume history holds.
-    history: Arc<crate::history::HistoryBudget>,
+    history: Arc<crate::feed::history::HistoryBudget>,
     /// Cancelled on shutdown: stops the notifiers.
     pub shutdown: CancellationToken,
 }
@@ -123,7 +127,7 @@ impl Engine {
     pub fn new(config: EngineConfig, hooks: Hooks, store: Arc<dyn Store>) -> Engine {
         crate::telemetry::install();
         let budgets = Budgets::new(config.limits.clone());
-        let history = crate::history::HistoryBudget::new(config.limits.max_history_bytes);
+        let history = crate::feed::history::HistoryBudget::new(config.limits.max_history_bytes);
         Engine {
             shared: Arc::new(Shared {
                 registry: DashMap::with_hasher(RunHasher::default()),
@@ -210,7 +214,7 @@ impl Engine {
         ctx.insert("error".into(), Value::Null);
         ctx.insert("success".into(), Value::Bool(false));
         ctx.insert("duration".into(), Value::from(0));
-        let bytes = crate::size::run(&ctx);
+        let bytes = crate::model::size::run(&ctx);
         let mut quota = quota;
         quota.admit(bytes)?;
 
@@ -328,7 +332,7 @@ impl Engine {
             Entry::Vacant(v) => {
                 let space = Space::new(Arc::from(name), self.shared.history.clone(), quota);
                 crate::telemetry::SPACES.increment(1.0);
-                tokio::spawn(notifier::run(space.clone(), self.shared.clone()));
+                tokio::spawn(ticker::run(space.clone(), self.shared.clone()));
                 v.insert(space).clone()
             }
         };
@@ -448,7 +452,7 @@ impl Engine {
             if kind == Kind::Data {
                 let json: Arc<str> = serde_json::to_string(&*ctx).expect("a context serializes").into();
                 let old = st.views.set_current(json.clone()).map_or(0, |old| old.len());
-                self.shared.budgets.grow_shared(crate::size::delta(old, json.len()));
+                self.shared.budgets.grow_shared(crate::model::size::delta(old, json.len()));
                 st.journal.current_changed();
             }
             if st.events_wanted > 0 {
@@ -523,7 +527,7 @@ impl Engine {
             let (before, bytes) = (run.class(), run.bytes);
             let changes = run.finish(Status::Failed, None, Some(error));
             // A failure may grow the run (its `error`): never refused, and given back when its linger ends.
-            self.shared.budgets.grow(&cell.account, crate::size::delta(bytes, run.bytes));
+            self.shared.budgets.grow(&cell.account, crate::model::size::delta(bytes, run.bytes));
             let after = run.class();
             let ctx = Arc::new(run.ctx.clone());
             drop(run);

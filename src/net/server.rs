@@ -2,13 +2,13 @@
 //! every session, and shuts down in order: stop accepting, close every socket with 1001, wait (bounded), stop the
 //! engine.
 
-use crate::auth::Auth;
 use crate::config::Config;
-use crate::data;
 use crate::engine::Engine;
-use crate::hooks::Hooks;
+use crate::net::auth::Auth;
+use crate::net::session;
+use crate::plugin::data;
+use crate::plugin::hooks::Hooks;
 use crate::protocol::PROTOCOL_VERSION;
-use crate::session;
 use crate::store::{SqliteStore, Store, StoreOptions};
 use axum::Router;
 use axum::extract::State;

@@ -1,12 +1,12 @@
 //! Memory budgets and owner quotas: what the live state may hold, per run, per owner and for the whole server, in
-//! state bytes ([`crate::size`]), and the per-owner counters (active runs, run starts, connections). Each owner has
+//! state bytes ([`crate::model::size`]), and the per-owner counters (active runs, run starts, connections). Each owner has
 //! one [`Account`], shared by its runs and connections, so the patch path updates it through a pointer without a
 //! map lookup. Accounts of owners that hold nothing are swept away, so the map does not grow with every owner ever
 //! seen.
 
 use crate::config::Limits;
+use crate::engine::ratelimit::{TokenBucket, Verdict};
 use crate::error::{Error, ErrorCode, Result};
-use crate::ratelimit::{TokenBucket, Verdict};
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use std::sync::Arc;

@@ -1,0 +1,5 @@
+//! The network edge: routes and shutdown, one session per WebSocket, token checks.
+
+pub mod auth;
+pub mod server;
+pub mod session;
