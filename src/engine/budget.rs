@@ -7,6 +7,7 @@
 use crate::config::Limits;
 use crate::engine::ratelimit::{TokenBucket, Verdict};
 use crate::error::{Error, ErrorCode, Result};
+use crate::model::size::Budget;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -48,9 +49,18 @@ impl RunQuota<'_> {
     /// Admits the new run's `bytes`, or says which budget they would pass.
     pub fn admit(&mut self, bytes: usize) -> Result<()> {
         let account = self.account.as_ref().expect("a quota not yet kept");
-        self.budgets.admit(account, 0, bytes as isize).map_err(|b| b.refusal(bytes))?;
+        self.budgets.admit(account, 0, bytes as isize).map_err(|b| {
+            let e = b.refusal(bytes);
+            crate::telemetry::refusal(e.code);
+            e
+        })?;
         self.bytes += bytes;
         Ok(())
+    }
+
+    /// The account the quota was taken from.
+    pub fn account(&self) -> Arc<Account> {
+        self.account.clone().expect("a quota not yet kept")
     }
 
     /// The run now holds the slot and its bytes: [`Budgets::end_run`] gives them back.
@@ -90,29 +100,6 @@ pub struct SpaceQuota(Arc<Account>);
 impl Drop for SpaceQuota {
     fn drop(&mut self) {
         self.0.spaces.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Which budget refused a write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Budget {
-    Run,
-    Owner,
-    Server,
-}
-
-impl Budget {
-    /// The error a write refused by this budget gets.
-    pub fn refusal(self, grown: usize) -> Error {
-        let (code, what) = match self {
-            Budget::Run => (ErrorCode::RunTooLarge, "the run would exceed its size budget (max_run_bytes)"),
-            Budget::Owner => {
-                (ErrorCode::QuotaStateBytes, "the owner's live runs would exceed their budget (max_owner_state_bytes)")
-            }
-            Budget::Server => (ErrorCode::OverCapacity, "the server's state budget is spent (max_state_bytes)"),
-        };
-        crate::telemetry::refusal(code);
-        Error::new(code, format!("{what}; the write, {grown} state bytes, was not applied"))
     }
 }
 
@@ -176,6 +163,25 @@ impl Budgets {
             return Err(Budget::Server);
         }
         Ok(())
+    }
+
+    /// Reserves whatever growth both the owner's and the server's budgets have left, for a write whose growth
+    /// bound did not fit: its allowance, with the budget that bounds it. The write settles it with
+    /// [`Budgets::grow`] by what it grew minus the allowance (or gives it all back when refused).
+    pub fn reserve_headroom(&self, account: &Account) -> crate::space::event::Allowance {
+        let take_all = |counter: &AtomicUsize, cap: usize, most: usize| {
+            let mut taken = 0;
+            let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                taken = cap.saturating_sub(v).min(most);
+                Some(v + taken)
+            });
+            taken
+        };
+        let owner = take_all(&account.bytes, self.limits.max_owner_state_bytes, usize::MAX);
+        let both = take_all(&self.state, self.limits.max_state_bytes, owner);
+        account.bytes.fetch_sub(owner - both, Ordering::Relaxed);
+        let budget = if both < owner { Budget::Server } else { Budget::Owner };
+        crate::space::event::Allowance { bytes: both as u64, budget }
     }
 
     /// Counts `grown` state bytes (negative: freed) for the account and the server, whatever the budgets say

@@ -1,23 +1,34 @@
 //! The engine and its one entry point, [`Engine::run`]: it builds a run's context, asks the before-hooks, puts the
 //! run into its space (or executes its server-side operation), and fires the after- or error-hooks when it ends.
-//! It also owns the rest of the lifecycle (`patch`, `complete`, `fail`, linger expiry) and the registry: a
-//! `DashMap` from run id to [`RunCell`]. No registry guard is held across an `.await`, a hook call, or a second key.
+//! It also owns the rest of the lifecycle (`patch`, `complete`, `fail`, linger expiry, lost producers).
+//!
+//! Every state change is a command in three steps: decide (check the caller, admit the budgets, read the clock,
+//! mint ids: everything that is not a function of the state goes into the [`SpaceEvent`]); submit the event to
+//! the [`Sequencer`], which applies it to the space's pure state machine at a position in its log; then run the
+//! side effects of what it applied, once, here: registry, quota release, the audit record, hooks, the reply.
+//! The registry is this node's index from run id to the space that holds the run: a `DashMap` whose guards are
+//! never held across an `.await`, a hook call, a space lock or a second key.
 
 pub mod budget;
 pub mod ratelimit;
+pub mod sequencer;
 pub mod space;
 pub mod ticker;
 
 use crate::config::EngineConfig;
 use crate::engine::budget::{Account, Budgets, ConnectionQuota};
-use crate::engine::space::{Joining, RunCell, Space};
+use crate::engine::sequencer::{Refusal, Sequenced, Sequencer};
+use crate::engine::space::Space;
 use crate::error::{Error, ErrorCode, Result};
+use crate::feed::Joining;
 use crate::feed::subscriber::{Outbox, SubSlot};
-use crate::model::context::{Class, Kind, Run, RunHasher, RunId, Status};
+use crate::model::context::{ProducerId, RunHasher, RunId, Status};
 use crate::model::patch::{self, PatchOp};
 use crate::net::auth::Caller;
 use crate::plugin::hooks::Hooks;
-use crate::protocol::{EventName, ReqId, RunSpec};
+use crate::protocol::{ReqId, RunSpec};
+use crate::space::event::{Allowance, End, SpaceEvent};
+use crate::space::model::{Applied, Rules};
 use crate::space::views::ViewSet;
 use crate::store::Store;
 use dashmap::DashMap;
@@ -73,7 +84,8 @@ impl Finished {
     }
 }
 
-/// Finished run ids remembered for `run_finished` errors and duplicate-id checks (bounded, oldest forgotten first).
+/// Finished run ids this node remembers (bounded, oldest forgotten first): it tells `run_finished` from
+/// `unknown_run` for a run id it no longer routes, and refuses reused ids early. Each space's model keeps its own.
 #[derive(Debug, Default)]
 struct FinishedIds {
     set: HashSet<RunId>,
@@ -93,23 +105,59 @@ impl FinishedIds {
     }
 }
 
-/// State shared by the engine handles and the notifier tasks.
+/// Where the registry routes a run id: its space, and the owner's account its state bytes count against.
+#[derive(Debug)]
+pub struct Route {
+    pub space: Arc<Space>,
+    pub owner: Arc<str>,
+    account: Arc<Account>,
+}
+
+/// Wall-clock milliseconds read from tokio's clock: monotonic, and exact under paused time in tests. Run
+/// timestamps, end times (and so durations) and linger deadlines are all on it.
+#[derive(Debug)]
+pub struct Clock {
+    wall: u64,
+    at: Instant,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        Clock { wall, at: Instant::now() }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.wall + self.at.elapsed().as_millis() as u64
+    }
+
+    /// The instant at which [`Clock::now_ms`] reaches `ms`.
+    pub fn instant_at(&self, ms: u64) -> Instant {
+        self.at + std::time::Duration::from_millis(ms.saturating_sub(self.wall))
+    }
+}
+
+/// State shared by the engine handles and the tickers.
 #[derive(Debug)]
 pub struct Shared {
-    /// Every run in any space's `activeRuns`, by id: O(1) lookup for patches from any connection.
-    registry: DashMap<RunId, Arc<RunCell>, RunHasher>,
+    /// Every run in some space's `activeRuns`, by id: O(1) routing for patches from any connection.
+    registry: DashMap<RunId, Arc<Route>, RunHasher>,
     finished: Mutex<FinishedIds>,
     spaces: DashMap<Arc<str>, Arc<Space>>,
     hooks: Hooks,
     /// Where finished runs are recorded.
     store: Arc<dyn Store>,
+    sequencer: Arc<dyn Sequencer>,
     pub config: EngineConfig,
+    /// This node's id, random per process: with a connection number it names a producer on any node.
+    node: u64,
+    pub clock: Clock,
     next_sub: AtomicU64,
     /// Memory budgets, and each owner's usage and quotas.
     budgets: Budgets,
     /// What every space's resume history holds.
     history: Arc<crate::feed::history::HistoryBudget>,
-    /// Cancelled on shutdown: stops the notifiers.
+    /// Cancelled on shutdown: stops the tickers.
     pub shutdown: CancellationToken,
 }
 
@@ -119,12 +167,18 @@ pub struct Engine {
     shared: Arc<Shared>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 impl Engine {
+    /// An engine with the single-node sequencer.
     pub fn new(config: EngineConfig, hooks: Hooks, store: Arc<dyn Store>) -> Engine {
+        Engine::with_sequencer(config, hooks, store, Arc::new(sequencer::Local))
+    }
+
+    pub fn with_sequencer(
+        config: EngineConfig,
+        hooks: Hooks,
+        store: Arc<dyn Store>,
+        sequencer: Arc<dyn Sequencer>,
+    ) -> Engine {
         crate::telemetry::install();
         let budgets = Budgets::new(config.limits.clone());
         let history = crate::feed::history::HistoryBudget::new(config.limits.max_history_bytes);
@@ -135,7 +189,10 @@ impl Engine {
                 spaces: DashMap::new(),
                 hooks,
                 store,
+                sequencer,
                 config,
+                node: uuid::Uuid::now_v7().as_u64_pair().1,
+                clock: Clock::new(),
                 next_sub: AtomicU64::new(1),
                 budgets,
                 history,
@@ -148,7 +205,17 @@ impl Engine {
         &self.shared.config
     }
 
-    /// Stops every notifier. Pending diffs are not flushed after this.
+    /// The rules every space's state machine applies with.
+    pub fn rules(&self) -> Rules {
+        let c = &self.shared.config;
+        Rules {
+            linger_ms: c.linger.as_millis() as u64,
+            max_run_bytes: c.limits.max_run_bytes,
+            finished_memory: c.limits.finished_memory,
+        }
+    }
+
+    /// Stops every ticker. Pending diffs are not flushed after this.
     pub fn shutdown(&self) {
         self.shared.shutdown.cancel();
     }
@@ -160,13 +227,17 @@ impl Engine {
 
     /// Whether a run is active and not finished (a live or pending run).
     pub fn is_live(&self, id: RunId) -> bool {
-        let Some(cell) = self.shared.registry.get(&id).map(|c| c.clone()) else { return false };
-        !cell.run.lock().status.is_finished()
+        let Some(route) = self.shared.registry.get(&id).map(|r| r.clone()) else { return false };
+        route.space.lock().model.run(id).is_some_and(|r| !r.status.is_finished())
     }
 
     /// Runs in any space's `activeRuns`.
     pub fn active_runs(&self) -> usize {
         self.shared.registry.len()
+    }
+
+    fn producer(&self, caller: &Caller) -> Option<ProducerId> {
+        (caller.connection != 0).then_some(ProducerId { node: self.shared.node, connection: caller.connection })
     }
 
     /// The one entry point: starts a run. A live run (no server-side operation) is returned `running` at once; a run
@@ -187,18 +258,18 @@ impl Engine {
         }
         let owner = spec.owner.clone().unwrap_or_else(|| "system".into());
         // Given back on every early return below (a guard).
-        let quota = self.shared.budgets.start_run(&owner)?;
+        let mut quota = self.shared.budgets.start_run(&owner)?;
         let handler = self.shared.hooks.handler(&spec.operation);
-        let (space, parent) = self.resolve_space(&spec, caller)?;
+        let (mut space, parent) = self.resolve_space(&spec, caller)?;
         if !caller.can_write(&space.name) {
             return Err(Error::new(ErrorCode::Forbidden, "the token may not write to this space").into());
         }
         let id = spec.id.unwrap_or_else(RunId::now_v7);
+        let timestamp = self.shared.clock.now_ms();
         let status = if handler.is_some() { Status::Pending } else { Status::Running };
-        let kind = Kind::of(&spec.operation);
         let mut ctx = Map::new();
         ctx.insert("id".into(), Value::String(id.to_string()));
-        ctx.insert("timestamp".into(), Value::from(now_ms()));
+        ctx.insert("timestamp".into(), Value::from(timestamp));
         ctx.insert("operation".into(), Value::String(spec.operation));
         ctx.insert("doctype".into(), spec.doctype);
         ctx.insert("flow".into(), spec.flow);
@@ -214,72 +285,61 @@ impl Engine {
         ctx.insert("error".into(), Value::Null);
         ctx.insert("success".into(), Value::Bool(false));
         ctx.insert("duration".into(), Value::from(0));
-        let bytes = crate::model::size::run(&ctx);
-        let mut quota = quota;
-        quota.admit(bytes)?;
+        quota.admit(crate::model::size::run(&ctx))?;
 
         if let Err(e) = self.shared.hooks.before(&ctx) {
             drop(quota);
             ctx.insert("status".into(), Value::from(Status::Failed.as_str()));
             ctx.insert("error".into(), json!({"code": e.code.as_str(), "message": e.message}));
             self.shared.hooks.error(&ctx, &e);
-            let ctx = Arc::new(ctx);
             // Its id is used up: it is in the trail.
             self.shared.finished.lock().insert(id, self.shared.config.limits.finished_memory);
-            let durable = {
-                let mut st = space.lock();
-                if st.events_wanted > 0 {
-                    st.journal.event(EventName::ErrorRun, ctx.clone());
-                    space.changed(&mut st);
-                }
-                self.record(&ctx)
-            };
-            durable.await?;
+            let ctx = Arc::new(ctx);
+            let _ = self.submit(&space, SpaceEvent::Rejected { id, ctx: (*ctx).clone() });
+            self.record(&ctx).await?;
             return Err(RunFailure { error: e, run: Some(ctx) });
         }
 
         let reply = ctx.clone();
-        let mut space = space;
+        let owner: Arc<str> = owner.into();
+        let producer = self.producer(caller);
+        let mut ctx = Some(ctx);
         loop {
-            let mut guard = space.lock();
-            let st = &mut *guard;
-            if st.retired {
-                // Reclaimed since it was looked up (it held nothing then): look it up, or create it, again.
-                drop(guard);
-                let name = space.name.clone();
-                space = self.space(&name, caller)?;
-                continue;
-            }
+            let route = Arc::new(Route { space: space.clone(), owner: owner.clone(), account: quota.account() });
             if self.shared.finished.lock().set.contains(&id) {
-                drop(guard);
                 return Err(self.lost_race(id, reply));
             }
-            let parent = parent.filter(|p| st.runs.contains_key(p));
-            let run =
-                Run { id, parent, kind, status, started: Instant::now(), ctx, producer: caller.connection, bytes };
-            let class = run.class();
-            let cell = match self.shared.registry.entry(id) {
-                Entry::Occupied(_) => {
-                    drop(guard);
-                    return Err(self.lost_race(id, reply));
-                }
+            match self.shared.registry.entry(id) {
+                Entry::Occupied(_) => return Err(self.lost_race(id, reply)),
                 Entry::Vacant(v) => {
-                    let account = quota.keep();
-                    let cell = Arc::new(RunCell { space: space.clone(), run: Mutex::new(run), account });
-                    v.insert(cell.clone());
-                    cell
+                    v.insert(route);
                 }
-            };
-            st.journal.touch(id, Class::ABSENT);
-            st.journal.loading(st.views.is_loading());
-            st.views.add(id, parent, class, st.journal.view_ops());
-            st.runs.insert(id, cell);
-            if st.events_wanted > 0 {
-                st.journal.event(EventName::BeforeRun, Arc::new(reply.clone()));
             }
-            space.changed(st);
-            break;
+            let event = SpaceEvent::RunStarted {
+                id,
+                timestamp,
+                parent,
+                status,
+                ctx: ctx.take().expect("submitted once"),
+                producer,
+            };
+            match self.shared.sequencer.submit(&space, event) {
+                Ok(_) => break,
+                Err(refusal) => {
+                    self.shared.registry.remove(&id);
+                    match refusal {
+                        Refusal::Refused(_) => return Err(self.lost_race(id, reply)),
+                        Refusal::Retired => {
+                            // Reclaimed since it was looked up (it held nothing then): look it up, or create it,
+                            // again.
+                            ctx = Some(reply.clone());
+                            space = self.space(&space.name.clone(), caller)?;
+                        }
+                    }
+                }
+            }
         }
+        quota.keep();
 
         let Some(handler) = handler else { return Ok(Arc::new(reply)) };
         match handler.execute(reply, self.clone()).await {
@@ -292,6 +352,14 @@ impl Engine {
         }
     }
 
+    /// Submits an event to a space that cannot be retired (it holds the run the event is about).
+    fn submit(&self, space: &Space, event: SpaceEvent) -> Result<Sequenced> {
+        self.shared.sequencer.submit(space, event).map_err(|r| match r {
+            Refusal::Refused(e) => e,
+            Refusal::Retired => Error::new(ErrorCode::UnknownRun, "no active run has this id"),
+        })
+    }
+
     fn resolve_space(&self, spec: &RunSpec, caller: &Caller) -> Result<(Arc<Space>, Option<RunId>)> {
         match spec.parent_run {
             Some(p) => {
@@ -299,7 +367,7 @@ impl Engine {
                     .shared
                     .registry
                     .get(&p)
-                    .map(|cell| cell.space.clone())
+                    .map(|route| route.space.clone())
                     .ok_or_else(|| Error::new(ErrorCode::UnknownParent, "`parentRun` names no active run"))?;
                 if spec.space.as_deref().is_some_and(|s| s != &*space.name) {
                     return Err(Error::new(ErrorCode::SpaceMismatch, "a child run lives in its parent's space"));
@@ -316,7 +384,7 @@ impl Engine {
         }
     }
 
-    /// The space with this name, created (with its notifier) on first use. A new space counts against the
+    /// The space with this name, created (with its ticker) on first use. A new space counts against the
     /// creating caller's space quota (trusted callers have none) and the global `max_spaces`.
     fn space(&self, name: &str, caller: &Caller) -> Result<Arc<Space>> {
         if let Some(s) = self.shared.spaces.get(name) {
@@ -330,9 +398,9 @@ impl Engine {
             // Someone else created it meanwhile: the quota taken is dropped, given back.
             Entry::Occupied(e) => e.get().clone(),
             Entry::Vacant(v) => {
-                let space = Space::new(Arc::from(name), self.shared.history.clone(), quota);
+                let space = Space::new(Arc::from(name), self.rules(), self.shared.history.clone(), quota);
                 crate::telemetry::SPACES.increment(1.0);
-                tokio::spawn(ticker::run(space.clone(), self.shared.clone()));
+                tokio::spawn(ticker::run(space.clone(), self.clone()));
                 v.insert(space).clone()
             }
         };
@@ -358,29 +426,21 @@ impl Engine {
         RunFailure { error: e, run: None }
     }
 
-    /// Whether `caller` may change `run` now: a caller without the right gets exactly the error of a run that does
-    /// not exist; a finished run gets `run_finished`.
-    fn check_change(caller: &Caller, run: &Run, space: &Space) -> Result<()> {
-        // A trusted caller may change any run: skip the owner lookup (a cold hash probe per patch).
-        let owner = || run.ctx.get("owner").and_then(Value::as_str).unwrap_or_default();
-        if caller.owner.is_some() && !caller.can_change(owner(), &space.name) {
+    /// The route of a run `caller` may change: a caller without the right gets exactly the error of a run that
+    /// does not exist. (Whether the run has finished is the state machine's to say.)
+    fn route(&self, id: RunId, caller: &Caller) -> Result<Arc<Route>> {
+        let Some(route) = self.shared.registry.get(&id).map(|r| r.clone()) else {
+            return Err(if self.shared.finished.lock().set.contains(&id) {
+                Error::new(ErrorCode::RunFinished, "the run has finished")
+            } else {
+                Error::new(ErrorCode::UnknownRun, "no active run has this id")
+            });
+        };
+        // A trusted caller may change any run: no permission check.
+        if caller.owner.is_some() && !caller.can_change(&route.owner, &route.space.name) {
             return Err(Error::new(ErrorCode::UnknownRun, "no active run has this id"));
         }
-        if run.status.is_finished() {
-            return Err(Error::new(ErrorCode::RunFinished, "the run has finished"));
-        }
-        Ok(())
-    }
-
-    fn lookup(&self, id: RunId) -> Result<Arc<RunCell>> {
-        if let Some(cell) = self.shared.registry.get(&id) {
-            return Ok(cell.clone());
-        }
-        Err(if self.shared.finished.lock().set.contains(&id) {
-            Error::new(ErrorCode::RunFinished, "the run has finished")
-        } else {
-            Error::new(ErrorCode::UnknownRun, "no active run has this id")
-        })
+        Ok(route)
     }
 
     /// Applies a patch atomically and journals its changes.
@@ -395,74 +455,73 @@ impl Engine {
     }
 
     fn patch_timed(&self, id: RunId, ops: Vec<PatchOp>, caller: &Caller) -> Result<()> {
-        let cell = self.lookup(id)?;
-        let space = &cell.space;
-        let mut st = space.lock();
-        let mut run = cell.run.lock();
-        Self::check_change(caller, &run, space)?;
-        let before = run.class();
-        let (budgets, account, run_bytes) = (&self.shared.budgets, &*cell.account, run.bytes);
-        // The usual patch fits: its growth is admitted in advance, by an upper bound settled after apply, and it
-        // needs no undo log. One that may not fit is applied with its undo log and admitted by what it grew.
+        let route = self.route(id, caller)?;
+        let budgets = &self.shared.budgets;
+        // The owner's and the server's budgets are admitted here, before the event exists: the usual patch's
+        // growth bound fits and is reserved; otherwise whatever headroom is left is, and the state machine
+        // refuses the patch if it grows more. Either way the reservation is settled by what it grew.
         let bound = patch::growth_bound(&ops);
-        let reserved = budgets.admit(account, run_bytes, bound as isize).is_ok();
-        let admit = |grown: isize| {
-            if reserved {
-                budgets.grow(account, grown - bound as isize);
-                Ok(())
-            } else {
-                budgets.admit(account, run_bytes, grown).map_err(|b| b.refusal(grown.max(0) as usize))
-            }
+        let allowance = match budgets.admit(&route.account, 0, bound as isize) {
+            Ok(()) => Allowance { bytes: bound as u64, budget: crate::model::size::Budget::Server },
+            Err(_) => budgets.reserve_headroom(&route.account),
         };
-        let applied = patch::apply_admitted(&mut run.ctx, ops, !reserved, admit).map_err(|r| match r {
-            patch::Refused::Op(e) => {
-                if reserved {
-                    budgets.grow(account, -(bound as isize));
-                }
-                e
+        let event = SpaceEvent::Patched { run: id, ops, producer: self.producer(caller), allowance };
+        let reserved = allowance.bytes as isize;
+        match self.submit(&route.space, event) {
+            Ok(s) => {
+                budgets.grow(&route.account, s.applied.grown - reserved);
+                Ok(())
             }
-            patch::Refused::Admission(e) => e,
-        })?;
-        run.bytes = run.bytes.saturating_add_signed(applied.grown);
-        if caller.connection != 0 {
-            run.producer = caller.connection;
+            Err(e) => {
+                budgets.grow(&route.account, -reserved);
+                if matches!(e.code, ErrorCode::RunTooLarge | ErrorCode::QuotaStateBytes | ErrorCode::OverCapacity) {
+                    crate::telemetry::refusal(e.code);
+                }
+                Err(e)
+            }
         }
-        drop(run);
-        st.journal.changes(id, before, applied.changes);
-        space.changed(&mut st);
-        Ok(())
     }
 
     /// Completes a run: it leaves `activeRuns`; a data run becomes `currentRun`. Returns the final context and
-    /// its audit record, queued in the order of the state change.
+    /// its audit record, queued as soon as the state changed.
     pub fn complete(&self, id: RunId, output: Option<Value>, caller: &Caller) -> Result<Finished> {
-        let cell = self.lookup(id)?;
-        let space = &cell.space;
-        let ctx = {
-            let mut st = space.lock();
-            let mut run = cell.run.lock();
-            Self::check_change(caller, &run, space)?;
-            // What the budgets count for it (its final output is not counted: it leaves now).
-            let (before, kind, bytes) = (run.class(), run.kind, run.bytes);
-            run.finish(Status::Completed, output, None);
-            let ctx = Arc::new(std::mem::take(&mut run.ctx));
-            drop(run);
-            st.remove_run(id, before);
-            self.shared.forget(id, &cell.account, bytes);
-            if kind == Kind::Data {
-                let json: Arc<str> = serde_json::to_string(&*ctx).expect("a context serializes").into();
-                let old = st.views.set_current(json.clone()).map_or(0, |old| old.len());
-                self.shared.budgets.grow_shared(crate::model::size::delta(old, json.len()));
-                st.journal.current_changed();
-            }
-            if st.events_wanted > 0 {
-                st.journal.event(EventName::AfterRun, ctx.clone());
-            }
-            space.changed(&mut st);
-            Finished { durable: self.record(&self.completed_record(&ctx)), run: ctx }
-        };
-        self.shared.hooks.after(&ctx.run);
-        Ok(ctx)
+        let route = self.route(id, caller)?;
+        let at_ms = self.shared.clock.now_ms();
+        let s = self.submit(&route.space, SpaceEvent::Finished { run: id, end: End::Completed { output }, at_ms })?;
+        Ok(self.finished(s.applied).expect("a completion finishes its run"))
+    }
+
+    /// Fails a run: it stays in `activeRuns`, visible as failed, for the linger period. Returns its context and
+    /// its audit record, queued as soon as the state changed.
+    pub fn fail(&self, id: RunId, error: Value, caller: &Caller) -> Result<Finished> {
+        let route = self.route(id, caller)?;
+        let at_ms = self.shared.clock.now_ms();
+        let s = self.submit(&route.space, SpaceEvent::Finished { run: id, end: End::Failed { error }, at_ms })?;
+        Ok(self.finished(s.applied).expect("a failure finishes its run"))
+    }
+
+    /// The side effects of an applied event that finished a run (`None` for one that did not): the budgets, the
+    /// registry, the audit record and the hooks.
+    fn finished(&self, a: Applied) -> Option<Finished> {
+        let ctx = a.finished?;
+        let budgets = &self.shared.budgets;
+        budgets.grow_shared(a.current_grown);
+        if let Some(bytes) = a.left {
+            self.shared.forget(a.run, bytes);
+        } else if let Some(route) = self.shared.registry.get(&a.run).map(|r| r.clone()) {
+            // A failure may grow the run (its `error`): never refused, and given back when its linger ends.
+            budgets.grow(&route.account, a.grown);
+        }
+        if ctx.get("status").and_then(Value::as_str) == Some(Status::Completed.as_str()) {
+            let durable = self.record(&self.completed_record(&ctx));
+            self.shared.hooks.after(&ctx);
+            Some(Finished { run: ctx, durable })
+        } else {
+            let durable = self.record(&ctx);
+            let message = ctx.get("error").and_then(|e| e.get("message")).and_then(Value::as_str).unwrap_or_default();
+            self.shared.hooks.error(&ctx, &Error::new(ErrorCode::OperationFailed, message));
+            Some(Finished { run: ctx, durable })
+        }
     }
 
     fn record(&self, ctx: &Arc<Map<String, Value>>) -> BoxFuture<'static, Result<()>> {
@@ -481,12 +540,6 @@ impl Engine {
         }
     }
 
-    /// Fails a run: it stays in `activeRuns`, visible as failed, for the linger period. Returns its context and
-    /// its audit record, queued in the order of the state change.
-    pub fn fail(&self, id: RunId, error: Value, caller: &Caller) -> Result<Finished> {
-        self.fail_if(id, error, caller, |_| true)
-    }
-
     /// After a connection dropped: once the producer grace has passed, fails every run in `runs` that is still
     /// live and was last changed by that connection (`producer_lost`). Returns at once.
     pub fn connection_lost(&self, connection: u64, runs: Vec<RunId>) {
@@ -495,16 +548,20 @@ impl Engine {
         }
         let engine = self.clone();
         let grace = self.shared.config.limits.producer_grace;
+        let producer = ProducerId { node: self.shared.node, connection };
         tokio::spawn(async move {
             tokio::select! {
                 _ = tokio::time::sleep(grace) => {}
                 _ = engine.shared.shutdown.cancelled() => return,
             }
-            let error = json!({"code": "producer_lost", "message": "the producer's connection was lost"});
             for id in runs {
-                // Only live runs wait for their producer; a pending run's operation runs on the server.
-                let orphaned = |run: &Run| run.producer == connection && run.status == Status::Running;
-                if let Ok(f) = engine.fail_if(id, error.clone(), &Caller::trusted(), orphaned)
+                let Some(route) = engine.shared.registry.get(&id).map(|r| r.clone()) else { continue };
+                let at_ms = engine.shared.clock.now_ms();
+                // The state machine fails it only if it is still running and that producer's.
+                let Ok(s) = engine.submit(&route.space, SpaceEvent::ProducerLost { run: id, producer, at_ms }) else {
+                    continue;
+                };
+                if let Some(f) = engine.finished(s.applied)
                     && let Err(e) = f.durable().await
                 {
                     tracing::error!(error = %e, "could not record a run lost with its producer");
@@ -513,37 +570,16 @@ impl Engine {
         });
     }
 
-    fn fail_if(&self, id: RunId, error: Value, caller: &Caller, only_if: impl Fn(&Run) -> bool) -> Result<Finished> {
-        let cell = self.lookup(id)?;
-        let space = &cell.space;
-        let ctx = {
-            let mut guard = space.lock();
-            let st = &mut *guard;
-            let mut run = cell.run.lock();
-            Self::check_change(caller, &run, space)?;
-            if !only_if(&run) {
-                return Err(Error::new(ErrorCode::Conflict, "the run's producer came back"));
+    /// Submits the end of every lingering run of `space` whose linger is over.
+    pub fn expire_lingering(&self, space: &Space) {
+        let due = space.lock().model.linger_ended(self.shared.clock.now_ms());
+        for id in due {
+            if let Ok(s) = self.submit(space, SpaceEvent::LingerExpired { run: id })
+                && let Some(bytes) = s.applied.left
+            {
+                self.shared.forget(id, bytes);
             }
-            let (before, bytes) = (run.class(), run.bytes);
-            let changes = run.finish(Status::Failed, None, Some(error));
-            // A failure may grow the run (its `error`): never refused, and given back when its linger ends.
-            self.shared.budgets.grow(&cell.account, crate::model::size::delta(bytes, run.bytes));
-            let after = run.class();
-            let ctx = Arc::new(run.ctx.clone());
-            drop(run);
-            st.journal.loading(st.views.is_loading());
-            st.journal.changes(id, before, changes);
-            st.views.reclassify(id, before, after, st.journal.view_ops());
-            st.lingering.push_back((Instant::now() + self.shared.config.linger, id));
-            if st.events_wanted > 0 {
-                st.journal.event(EventName::ErrorRun, ctx.clone());
-            }
-            space.changed(st);
-            Finished { durable: self.record(&ctx), run: ctx }
-        };
-        let message = ctx.run.get("error").and_then(|e| e.get("message")).and_then(Value::as_str).unwrap_or_default();
-        self.shared.hooks.error(&ctx.run, &Error::new(ErrorCode::OperationFailed, message));
-        Ok(ctx)
+        }
     }
 
     /// Subscribes an outbox to a space. The snapshot arrives through the slot at the space's next flush, which the
@@ -559,21 +595,23 @@ impl Engine {
         let id = self.shared.next_sub.fetch_add(1, Ordering::Relaxed);
         loop {
             let space = self.space(space, caller)?;
-            let mut st = space.lock();
+            let mut guard = space.lock();
+            let st = &mut *guard;
             if st.retired {
                 // Reclaimed since it was looked up: look it up (or create it) again.
                 continue;
             }
-            if !st.renders(views) && st.view_sets() >= self.shared.config.limits.max_view_sets_per_space {
+            let feed = &mut st.feed;
+            if !feed.renders(views) && feed.view_sets() >= self.shared.config.limits.max_view_sets_per_space {
                 return Err(Error::new(ErrorCode::LimitExceeded, "too many distinct view sets in this space"));
             }
             let slot = SubSlot::new(id, space.name.clone(), views, events, outbox.clone());
-            st.joining.push(Joining { slot: slot.clone(), req_id, since });
+            feed.joining.push(Joining { slot: slot.clone(), req_id, since });
             crate::telemetry::SUBSCRIPTIONS.increment(1.0);
             if events {
-                st.events_wanted += 1;
+                feed.events_wanted += 1;
             }
-            space.changed(&mut st);
+            space.changed(st);
             return Ok(slot);
         }
     }
@@ -589,8 +627,8 @@ impl Engine {
         crate::telemetry::SUBSCRIPTIONS.decrement(1.0);
         if let Some(space) = self.shared.spaces.get(&slot.space).map(|s| s.clone()) {
             let mut st = space.lock();
-            if st.unregister(slot) {
-                // Wake the space's task: with its last subscriber gone it may now be reclaimed, and it must
+            if st.feed.unregister(slot) {
+                // Wake the space's ticker: with its last subscriber gone it may now be reclaimed, and it must
                 // compute that deadline again (it sleeps on the one it computed while the subscriber was there).
                 space.changed(&mut st);
             }
@@ -608,15 +646,15 @@ impl Engine {
         &self.shared.budgets
     }
 
-    /// The largest run's state bytes (a scan of the registry: for metrics, not for a hot path).
+    /// The largest run's state bytes (a scan of every space: for metrics, not for a hot path).
     pub fn largest_run_bytes(&self) -> usize {
-        let cells: Vec<Arc<RunCell>> = self.shared.registry.iter().map(|c| c.value().clone()).collect();
-        cells.iter().map(|c| c.run.lock().bytes).max().unwrap_or(0)
+        let spaces: Vec<Arc<Space>> = self.shared.spaces.iter().map(|s| s.value().clone()).collect();
+        spaces.iter().filter_map(|s| s.lock().model.runs().map(|(_, r)| r.bytes).max()).max().unwrap_or(0)
     }
 }
 
 impl Shared {
-    /// Reclaims `space` if it still holds nothing: it leaves the map (its notifier then ends) and is marked retired
+    /// Reclaims `space` if it still holds nothing: it leaves the map (its ticker then ends) and is marked retired
     /// under its lock, so whoever holds it finds that out and looks the name up again. Returns whether it was.
     pub fn reclaim(&self, space: &Arc<Space>) -> bool {
         // Lock order: the map's shard, then the space (nothing takes them the other way round).
@@ -625,7 +663,7 @@ impl Shared {
                 return false;
             }
             let mut st = s.lock();
-            st.history.expire(Instant::now());
+            st.feed.history.expire(Instant::now());
             if st.is_idle() {
                 st.retired = true;
             }
@@ -637,36 +675,12 @@ impl Shared {
         removed.is_some()
     }
 
-    /// Drops a finished run from the registry, remembers its id, and gives back its owner's active-run slot and
-    /// its state bytes.
-    fn forget(&self, id: RunId, account: &Account, bytes: usize) {
-        self.registry.remove(&id);
+    /// After a run left its space: drops it from the registry, remembers its id, and gives back its owner's
+    /// active-run slot and its state bytes.
+    fn forget(&self, id: RunId, bytes: usize) {
+        if let Some((_, route)) = self.registry.remove(&id) {
+            self.budgets.end_run(&route.account, bytes);
+        }
         self.finished.lock().insert(id, self.config.limits.finished_memory);
-        self.budgets.end_run(account, bytes);
-    }
-
-    /// Removes failed runs whose linger has passed.
-    pub fn expire_lingering(&self, space: &Space) {
-        let now = Instant::now();
-        let mut st = space.lock();
-        let mut any = false;
-        while let Some(&(due, id)) = st.lingering.front() {
-            if due > now {
-                break;
-            }
-            st.lingering.pop_front();
-            if let Some(cell) = st.runs.get(&id).cloned() {
-                let (before, bytes) = {
-                    let run = cell.run.lock();
-                    (run.class(), run.bytes)
-                };
-                st.remove_run(id, before);
-                self.forget(id, &cell.account, bytes);
-                any = true;
-            }
-        }
-        if any {
-            space.changed(&mut st);
-        }
     }
 }

@@ -46,6 +46,8 @@ struct Known {
 
 /// One tick's rendered op lists (`None` where the set saw no change), and when it was pushed.
 struct Tick {
+    /// The seq of the tick before it: this tick holds every change after `base` up to `seq`.
+    base: u64,
     seq: u64,
     diffs: Vec<(ViewSet, Option<Arc<str>>)>,
     at: Instant,
@@ -114,7 +116,7 @@ impl History {
     /// Records a closed tick's rendered diffs, then forgets what is too old or too big.
     pub fn push(&mut self, seq: u64, diffs: Vec<(ViewSet, Option<Arc<str>>)>) {
         let now = Instant::now();
-        let tick = Tick { seq, diffs, at: now };
+        let tick = Tick { base: self.last, seq, diffs, at: now };
         let bytes = tick.bytes();
         self.bytes += bytes;
         self.budget.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -166,17 +168,17 @@ impl History {
     }
 
     /// The op lists for `views` of every tick after `base` (empty: nothing changed), or `None` when they are not
-    /// all here.
-    pub fn after(&self, views: ViewSet, base: u64) -> Option<Vec<Arc<str>>> {
+    /// all here. `position` is the space's position now: a `base` past the last tick but not past `position` is
+    /// a state no tick has changed since.
+    pub fn after(&self, views: ViewSet, base: u64, position: u64) -> Option<Vec<Arc<str>>> {
         let known = self.known.iter().find(|k| k.views == views)?;
-        if base > self.last || known.since > base {
+        if base > position || known.since > base {
             return None;
         }
-        if base == self.last {
+        if base >= self.last {
             return Some(Vec::new());
         }
-        let oldest = self.ticks.front()?.seq;
-        if oldest > base + 1 {
+        if self.ticks.front()?.base > base {
             return None;
         }
         Some(
@@ -194,6 +196,10 @@ mod tests {
     use super::*;
     use crate::space::views::View;
 
+    fn after(h: &History, views: ViewSet, base: u64) -> Option<Vec<Arc<str>>> {
+        h.after(views, base, h.last())
+    }
+
     #[test]
     fn resumes_only_from_what_it_still_holds() {
         let all = ViewSet::ALL;
@@ -205,18 +211,23 @@ mod tests {
         h.push(2, vec![(all, Some(Arc::from("b"))), (ai, None)]);
         h.push(3, vec![(all, Some(Arc::from("c"))), (ai, Some(Arc::from("x")))]);
         let strs = |v: Option<Vec<Arc<str>>>| v.map(|v| v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        assert_eq!(strs(h.after(all, 0)), Some(vec!["a".into(), "b".into(), "c".into()]));
-        assert_eq!(strs(h.after(all, 2)), Some(vec!["c".into()]));
-        assert_eq!(strs(h.after(all, 3)), Some(vec![]));
-        assert_eq!(strs(h.after(ai, 1)), Some(vec!["x".into()]));
-        assert_eq!(h.after(ai, 0), None, "not rendered for that set before it was known");
-        assert_eq!(h.after(all, 4), None, "from the future");
-        assert_eq!(h.after(ViewSet::from_views([View::IsLoading]), 3), None);
+        assert_eq!(strs(after(&h, all, 0)), Some(vec!["a".into(), "b".into(), "c".into()]));
+        assert_eq!(strs(after(&h, all, 2)), Some(vec!["c".into()]));
+        assert_eq!(strs(after(&h, all, 3)), Some(vec![]));
+        assert_eq!(strs(after(&h, ai, 1)), Some(vec!["x".into()]));
+        assert_eq!(after(&h, ai, 0), None, "not rendered for that set before it was known");
+        assert_eq!(after(&h, all, 4), None, "from the future");
+        assert_eq!(
+            h.after(all, 4, 5),
+            Some(vec![]),
+            "past the last tick, not past the position: nothing changed since"
+        );
+        assert_eq!(after(&h, ViewSet::from_views([View::IsLoading]), 3), None);
         for seq in 4..(4 + History::MAX_TICKS as u64) {
             h.push(seq, vec![(all, None)]);
         }
-        assert_eq!(h.after(all, 0), None, "evicted");
-        assert!(h.after(all, h.last() - 10).is_some());
+        assert_eq!(after(&h, all, 0), None, "evicted");
+        assert!(after(&h, all, h.last() - 10).is_some());
     }
 
     #[tokio::test(start_paused = true)]
@@ -227,14 +238,14 @@ mod tests {
         a.subscribed(all, 0);
         b.subscribed(all, 0);
         a.push(1, vec![(all, Some(Arc::from("aaaaaa")))]);
-        assert!(a.after(all, 0).is_some());
+        assert!(after(&a, all, 0).is_some());
         b.push(1, vec![(all, Some(Arc::from("bbbbbb")))]);
-        assert_eq!(b.after(all, 0), None, "b went over the shared cap and forgot its own tick");
-        assert_eq!(a.after(all, 0).map(|c| c.len()), Some(1), "a keeps its tick");
+        assert_eq!(after(&b, all, 0), None, "b went over the shared cap and forgot its own tick");
+        assert_eq!(after(&a, all, 0).map(|c| c.len()), Some(1), "a keeps its tick");
         assert_eq!(budget.bytes(), 6);
         tokio::time::advance(History::WINDOW).await;
         a.expire(Instant::now());
-        assert_eq!(a.after(all, 0), None, "aged out");
+        assert_eq!(after(&a, all, 0), None, "aged out");
         assert_eq!(budget.bytes(), 0);
         drop(b);
     }

@@ -3,8 +3,8 @@
 //! the last written subtree fold into it). At the tick the journal is cut into a [`Cut`], which is rendered once:
 //! each run's ops, each view op and each scalar op are serialized one time, then assembled per view set.
 
+use crate::model::change::{Change, ChangeKind};
 use crate::model::context::{Class, RunHasher, RunId};
-use crate::model::patch::{Change, ChangeKind};
 use crate::model::path::Seg;
 use crate::protocol::{self, EventName};
 use crate::space::views::{View, ViewOp, ViewSet};

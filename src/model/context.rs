@@ -2,10 +2,10 @@
 //! fields (status, parent, kind) and keeps them equal to the JSON context the wire sees; every other change to a
 //! run goes through `patch`.
 
-use crate::model::patch::{Change, ChangeKind};
+use crate::model::change::{Change, ChangeKind};
 use crate::model::path::Seg;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tokio::time::Instant;
 use uuid::Uuid;
 
 /// A run's id: a UUID (v7 when the server assigns it).
@@ -54,8 +54,16 @@ pub fn field_position(name: &str) -> Option<usize> {
     }
 }
 
+/// Who last started or changed a run: a connection on a node. Stable across nodes (a node's id is random per
+/// process), so a timer on any node can name the producer it waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ProducerId {
+    pub node: u64,
+    pub connection: u64,
+}
+
 /// A run's lifecycle status. `Pending` while a server-side operation executes, `Running` for live runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Status {
     Pending,
     Running,
@@ -132,12 +140,13 @@ pub struct Run {
     pub parent: Option<RunId>,
     pub kind: Kind,
     pub status: Status,
-    /// Monotonic start, for `duration` (tokio's clock, so paused-time tests see exact durations).
-    pub started: Instant,
+    /// Its `timestamp` (milliseconds since the epoch, decided before the run started): `duration` is measured
+    /// from it to the end timestamp its finishing event carries.
+    pub timestamp: u64,
     /// The context as the wire sees it.
     pub ctx: Map<String, Value>,
-    /// The connection that last started or changed the run (0: none); when it drops, the run may be orphaned.
-    pub producer: u64,
+    /// The connection that last started or changed the run; when it drops, the run may be orphaned.
+    pub producer: Option<ProducerId>,
     /// Its state bytes ([`crate::model::size::run`]), kept up to date by every change.
     pub bytes: usize,
 }
@@ -159,12 +168,12 @@ impl Run {
         Class(bits)
     }
 
-    /// Moves the run to a final status, setting `status`, `success`, `duration` and `output` or `error`.
+    /// Moves the run to a final status at `at_ms`, setting `status`, `success`, `duration` and `output` or `error`.
     /// Returns the changes (for a failed run, which stays visible while it lingers); `bytes` follows.
-    pub fn finish(&mut self, status: Status, output: Option<Value>, error: Option<Value>) -> Vec<Change> {
+    pub fn finish(&mut self, status: Status, output: Option<Value>, error: Option<Value>, at_ms: u64) -> Vec<Change> {
         debug_assert!(status.is_finished() && !self.status.is_finished());
         self.status = status;
-        let duration = Instant::now().saturating_duration_since(self.started).as_millis() as u64;
+        let duration = at_ms.saturating_sub(self.timestamp);
         let mut fields = vec![
             ("status", Value::from(status.as_str())),
             ("success", Value::Bool(status == Status::Completed)),

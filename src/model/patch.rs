@@ -5,13 +5,14 @@
 //! new value itself (once for the run, once for the change).
 
 use crate::error::{Error, ErrorCode, Result};
+use crate::model::change::{Change, ChangeKind};
 use crate::model::path::{Path, RawSeg, Seg};
 use compact_str::CompactString;
 use serde_json::{Map, Value};
 
 /// One patch op, already validated for shape (see `protocol`). `cost` is its value's state bytes
 /// ([`crate::model::size::value`]), measured once where the value was read: build ops with the constructors below.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum PatchOp {
     /// The seed's `updateRunField`: set the value at `path`, creating missing intermediate objects.
     Set { path: Path, value: Value, cost: usize },
@@ -38,33 +39,6 @@ impl PatchOp {
 
     pub fn remove(path: Path) -> PatchOp {
         PatchOp::Remove { path }
-    }
-}
-
-/// What kind of state-document op a change is (RFC 6902 plus our `append`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChangeKind {
-    Add,
-    Replace,
-    Remove,
-    /// `value` is an array of items to push, or a string to concatenate.
-    Append,
-}
-
-/// One applied change, relative to the run's context.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Change {
-    pub kind: ChangeKind,
-    pub path: Vec<Seg>,
-    /// The new value (`Null` for `Remove`).
-    pub value: Value,
-}
-
-impl Change {
-    /// True when this change shifts the indexes of later array elements (an array element removed): journal
-    /// compaction must not move other ops across it.
-    pub fn is_barrier(&self) -> bool {
-        self.kind == ChangeKind::Remove && matches!(self.path.last(), Some(Seg::Index(_)))
     }
 }
 
@@ -847,15 +821,16 @@ mod tests {
                 parent: None,
                 kind: crate::model::context::Kind::Ai,
                 status: crate::model::context::Status::Running,
-                started: tokio::time::Instant::now(),
+                timestamp: 0,
                 bytes: size::run(&ctx),
                 ctx,
-                producer: 0,
+                producer: None,
             };
             run.finish(
                 crate::model::context::Status::Failed,
                 Some(json!({"big": "x".repeat(100)})),
                 Some(json!({"m": 1})),
+                7,
             );
             assert_eq!(run.bytes, size::run(&run.ctx));
         }

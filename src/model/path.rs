@@ -15,7 +15,7 @@ pub const CORE_FIELDS: [&str; 7] = ["doctype", "flow", "input", "options", "agen
 
 /// One segment as written by the client. Whether it is an object key or an array index is decided against the
 /// value it lands on; `bracket` records the seed's `[n]` form, which can only be an array index.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RawSeg {
     /// Inline up to 24 bytes (no allocation for the usual field names; cloned by copy).
     pub text: CompactString,
@@ -24,7 +24,7 @@ pub struct RawSeg {
 }
 
 /// A parsed, validated path: at least one segment, the first being a patchable top-level field.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Path {
     pub segs: Vec<RawSeg>,
 }

@@ -142,6 +142,33 @@ pub fn delta(old_cost: usize, new_cost: usize) -> isize {
     new_cost as isize - old_cost as isize
 }
 
+/// Which budget refused a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Budget {
+    Run,
+    Owner,
+    Server,
+}
+
+impl Budget {
+    /// The error a write refused by this budget gets.
+    pub fn refusal(self, grown: usize) -> crate::error::Error {
+        let (code, what) = match self {
+            Budget::Run => {
+                (crate::error::ErrorCode::RunTooLarge, "the run would exceed its size budget (max_run_bytes)")
+            }
+            Budget::Owner => (
+                crate::error::ErrorCode::QuotaStateBytes,
+                "the owner's live runs would exceed their budget (max_owner_state_bytes)",
+            ),
+            Budget::Server => {
+                (crate::error::ErrorCode::OverCapacity, "the server's state budget is spent (max_state_bytes)")
+            }
+        };
+        crate::error::Error::new(code, format!("{what}; the write, {grown} state bytes, was not applied"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

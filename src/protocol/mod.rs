@@ -3,8 +3,9 @@
 //! protocol.md documents exactly what this module does; `tests/integration/protocol_doc.rs` keeps the two in step.
 
 use crate::error::{Error, ErrorCode, Result};
+use crate::model::change::ChangeKind;
 use crate::model::context::RunId;
-use crate::model::patch::{ChangeKind, PatchOp};
+use crate::model::patch::PatchOp;
 use crate::model::path::{Path, PathLimits, Seg, push_escaped, write_pointer};
 use crate::space::views::{View, ViewOp, ViewSet};
 use serde::Deserialize;

@@ -1,12 +1,10 @@
 //! The pre-computed views of one space, kept incrementally: `activeDialogs` and `activeAI` as insertion-ordered
-//! sets, `activePipelines` as root → ordered members, `isLoading` as a counter, `currentRun` as its serialized
-//! context. Each change updates them in O(1) (O(group) when a pipeline root leaves) and records the state-document
+//! sets, `activePipelines` as root → ordered members, `isLoading` as a counter. Each change updates them in O(1) (O(group) when a pipeline root leaves) and records the state-document
 //! ops that describe it, with array indexes valid at that moment, so the ops replay exactly.
 
 use crate::model::context::{Class, RunId};
 use indexmap::{IndexMap, IndexSet};
 use std::collections::HashMap;
-use std::sync::Arc;
 
 /// The six views a subscriber can select.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,8 +187,6 @@ pub struct Views {
     pipelines: Pipelines,
     /// Runs that are pending or running.
     loading: usize,
-    /// The last completed data run, serialized once.
-    current: Option<Arc<str>>,
 }
 
 impl Views {
@@ -211,15 +207,6 @@ impl Views {
     pub fn remove(&mut self, id: RunId, before: Class, ops: &mut Vec<ViewOp>) {
         self.leave(id, before, Class::ABSENT, ops);
         self.pipelines.remove(id, ops);
-    }
-
-    /// Sets `currentRun` to a completed data run's serialized context; returns the one it replaces.
-    pub fn set_current(&mut self, json: Arc<str>) -> Option<Arc<str>> {
-        self.current.replace(json)
-    }
-
-    pub fn current(&self) -> Option<&Arc<str>> {
-        self.current.as_ref()
     }
 
     pub fn is_loading(&self) -> bool {

@@ -1,0 +1,329 @@
+//! A space's state and its one way to change: [`SpaceModel::apply`]. The model holds the active runs (in creation
+//! order), the views, the failed runs waiting out their linger, the run ids it has finished and `currentRun`. Apply
+//! is pure: no clock, no I/O, no hook, no wire. Two models fed the same events end equal. What apply returns,
+//! [`Applied`], is all the per-node feed and the side effects (audit record, hooks, quota release, reply) need.
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::model::change::Change;
+use crate::model::context::{Class, Kind, Run, RunHasher, RunId, Status};
+use crate::model::patch::{self, Refused};
+use crate::space::event::{End, SpaceEvent};
+use crate::space::views::{ViewOp, Views};
+use indexmap::IndexMap;
+use serde_json::{Map, Value, json};
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
+/// The rules every replica applies with: part of the space's definition, so equal on every node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    /// How long a failed run stays in `activeRuns`, in milliseconds.
+    pub linger_ms: u64,
+    /// A run's state bytes at most (`run_too_large` beyond).
+    pub max_run_bytes: usize,
+    /// Finished run ids the space remembers (oldest forgotten first), for `run_finished` and duplicate ids.
+    pub finished_memory: usize,
+}
+
+/// A lifecycle notice for the subscribers that asked for events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    Started,
+    Completed,
+    Failed,
+}
+
+/// What one applied event changed.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// The run it was about.
+    pub run: RunId,
+    /// The run's class before the event ([`Class::ABSENT`] for a run that was not in `activeRuns`).
+    pub before: Class,
+    /// Changes to the run's context (a patch's, a failure's), in order.
+    pub changes: Vec<Change>,
+    /// View ops, in order, indexes valid when each applies.
+    pub views: Vec<ViewOp>,
+    /// `isLoading` before the event, when the event may have changed it.
+    pub loading_before: Option<bool>,
+    /// Whether `currentRun` changed.
+    pub current_changed: bool,
+    /// How much the state bytes of `currentRun` moved.
+    pub current_grown: isize,
+    /// How much the run's state bytes moved while it stays in the space.
+    pub grown: isize,
+    /// The run left `activeRuns`, holding this many state bytes.
+    pub left: Option<usize>,
+    /// The lifecycle notice, if the event is one.
+    pub notice: Option<Lifecycle>,
+    /// The run's context as it finished (completed, failed, rejected).
+    pub finished: Option<Arc<Map<String, Value>>>,
+}
+
+impl Applied {
+    fn about(run: RunId) -> Applied {
+        Applied { run, ..Applied::default() }
+    }
+
+    /// Whether the event changed nothing (a timer for a run that is gone, a producer that came back).
+    pub fn is_noop(&self) -> bool {
+        self.before == Class::ABSENT
+            && self.left.is_none()
+            && self.notice.is_none()
+            && self.views.is_empty()
+            && self.changes.is_empty()
+            && self.grown == 0
+    }
+}
+
+/// Finished run ids, bounded, oldest forgotten first.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Finished {
+    set: HashSet<RunId, RunHasher>,
+    order: VecDeque<RunId>,
+}
+
+impl Finished {
+    fn insert(&mut self, id: RunId, cap: usize) {
+        if self.set.insert(id) {
+            self.order.push_back(id);
+            while self.order.len() > cap {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// One space's state.
+#[derive(Debug)]
+pub struct SpaceModel {
+    rules: Rules,
+    /// `activeRuns`, in creation order (removals may reorder: the view arrays carry the order).
+    runs: IndexMap<RunId, Run, RunHasher>,
+    views: Views,
+    /// Failed runs waiting out their linger: (when it ends, in milliseconds since the epoch; the run), oldest first.
+    lingering: VecDeque<(u64, RunId)>,
+    finished: Finished,
+    /// The last completed data run, and its state bytes.
+    current: Option<(Arc<Map<String, Value>>, usize)>,
+}
+
+fn unknown() -> Error {
+    Error::new(ErrorCode::UnknownRun, "no active run has this id")
+}
+
+fn finished() -> Error {
+    Error::new(ErrorCode::RunFinished, "the run has finished")
+}
+
+impl SpaceModel {
+    pub fn new(rules: Rules) -> SpaceModel {
+        SpaceModel {
+            rules,
+            runs: IndexMap::default(),
+            views: Views::default(),
+            lingering: VecDeque::new(),
+            finished: Finished::default(),
+            current: None,
+        }
+    }
+
+    /// Applies one event, all or nothing: on `Err` the model is exactly as it was.
+    pub fn apply(&mut self, event: SpaceEvent) -> Result<Applied> {
+        match event {
+            SpaceEvent::RunStarted { id, timestamp, parent, status, ctx, producer } => {
+                if self.runs.contains_key(&id) || self.finished.set.contains(&id) {
+                    return Err(Error::new(ErrorCode::DuplicateRun, format!("a run with id {id} exists")));
+                }
+                let kind = Kind::of(ctx.get("operation").and_then(Value::as_str).unwrap_or_default());
+                let parent = parent.filter(|p| self.runs.contains_key(p));
+                let bytes = crate::model::size::run(&ctx);
+                if bytes > self.rules.max_run_bytes {
+                    return Err(crate::model::size::Budget::Run.refusal(bytes));
+                }
+                let run = Run { id, parent, kind, status, timestamp, ctx, producer, bytes };
+                let class = run.class();
+                let mut a = Applied::about(id);
+                a.loading_before = Some(self.views.is_loading());
+                self.views.add(id, parent, class, &mut a.views);
+                self.runs.insert(id, run);
+                a.grown = bytes as isize;
+                a.notice = Some(Lifecycle::Started);
+                Ok(a)
+            }
+            SpaceEvent::Patched { run: id, ops, producer, allowance } => {
+                let max_run = self.rules.max_run_bytes;
+                let run = self.live_mut(id)?;
+                let run_bytes = run.bytes;
+                let bound = patch::growth_bound(&ops);
+                let fits = allowance.covers(bound) && run_bytes.saturating_add(bound) <= max_run;
+                let admit = |grown: isize| {
+                    let n = grown.max(0) as usize;
+                    if run_bytes.saturating_add(n) > max_run {
+                        Err(crate::model::size::Budget::Run.refusal(n))
+                    } else if !allowance.covers(n) {
+                        Err(allowance.budget.refusal(n))
+                    } else {
+                        Ok(())
+                    }
+                };
+                let applied = patch::apply_admitted(&mut run.ctx, ops, !fits, admit).map_err(|r| match r {
+                    Refused::Op(e) | Refused::Admission(e) => e,
+                })?;
+                run.bytes = run.bytes.saturating_add_signed(applied.grown);
+                if producer.is_some() {
+                    run.producer = producer;
+                }
+                let class = run.class();
+                Ok(Applied { before: class, changes: applied.changes, grown: applied.grown, ..Applied::about(id) })
+            }
+            SpaceEvent::Finished { run: id, end: End::Completed { output }, at_ms } => {
+                let run = self.live_mut(id)?;
+                let (before, kind, bytes) = (run.class(), run.kind, run.bytes);
+                run.finish(Status::Completed, output, None, at_ms);
+                let ctx = Arc::new(std::mem::take(&mut run.ctx));
+                let mut a =
+                    Applied { before, left: Some(bytes), notice: Some(Lifecycle::Completed), ..Applied::about(id) };
+                self.remove(id, before, &mut a);
+                if kind == Kind::Data {
+                    // `currentRun` holds the whole context, output included.
+                    let size = crate::model::size::run(&ctx);
+                    let old = self.current.replace((ctx.clone(), size)).map_or(0, |(_, s)| s);
+                    a.current_grown = crate::model::size::delta(old, size);
+                    a.current_changed = true;
+                }
+                a.finished = Some(ctx);
+                Ok(a)
+            }
+            SpaceEvent::Finished { run: id, end: End::Failed { error }, at_ms } => {
+                self.live_mut(id)?;
+                Ok(self.fail(id, error, at_ms))
+            }
+            SpaceEvent::ProducerLost { run: id, producer, at_ms } => {
+                let orphaned =
+                    self.runs.get(&id).is_some_and(|r| r.status == Status::Running && r.producer == Some(producer));
+                if !orphaned {
+                    return Ok(Applied::about(id));
+                }
+                let error = json!({"code": "producer_lost", "message": "the producer's connection was lost"});
+                Ok(self.fail(id, error, at_ms))
+            }
+            SpaceEvent::LingerExpired { run: id } => {
+                let Some(run) = self.runs.get(&id).filter(|r| r.status == Status::Failed) else {
+                    return Ok(Applied::about(id));
+                };
+                let (before, bytes) = (run.class(), run.bytes);
+                match self.lingering.front() {
+                    Some((_, first)) if *first == id => {
+                        self.lingering.pop_front();
+                    }
+                    _ => self.lingering.retain(|(_, r)| *r != id),
+                }
+                let mut a = Applied { before, left: Some(bytes), ..Applied::about(id) };
+                self.remove(id, before, &mut a);
+                Ok(a)
+            }
+            SpaceEvent::Rejected { id, ctx } => {
+                if self.runs.contains_key(&id) || self.finished.set.contains(&id) {
+                    return Err(Error::new(ErrorCode::DuplicateRun, format!("a run with id {id} exists")));
+                }
+                self.finished.insert(id, self.rules.finished_memory);
+                Ok(Applied { notice: Some(Lifecycle::Failed), finished: Some(Arc::new(ctx)), ..Applied::about(id) })
+            }
+        }
+    }
+
+    /// A run that may still change, or why not.
+    fn live_mut(&mut self, id: RunId) -> Result<&mut Run> {
+        match self.runs.get_mut(&id) {
+            Some(run) if run.status.is_finished() => Err(finished()),
+            Some(run) => Ok(run),
+            None if self.finished.set.contains(&id) => Err(finished()),
+            None => Err(unknown()),
+        }
+    }
+
+    /// Fails a live run: it stays in `activeRuns`, visible as failed, until its linger ends.
+    fn fail(&mut self, id: RunId, error: Value, at_ms: u64) -> Applied {
+        let run = self.runs.get_mut(&id).expect("a live run");
+        let (before, bytes) = (run.class(), run.bytes);
+        let changes = run.finish(Status::Failed, None, Some(error), at_ms);
+        let after = run.class();
+        let grown = crate::model::size::delta(bytes, run.bytes);
+        let ctx = Arc::new(run.ctx.clone());
+        let mut a = Applied { before, changes, grown, notice: Some(Lifecycle::Failed), ..Applied::about(id) };
+        a.loading_before = Some(self.views.is_loading());
+        self.views.reclassify(id, before, after, &mut a.views);
+        self.lingering.push_back((at_ms.saturating_add(self.rules.linger_ms), id));
+        a.finished = Some(ctx);
+        a
+    }
+
+    /// Takes a run out of `activeRuns` and remembers its id.
+    fn remove(&mut self, id: RunId, before: Class, a: &mut Applied) {
+        a.loading_before = Some(self.views.is_loading());
+        self.views.remove(id, before, &mut a.views);
+        self.runs.swap_remove(&id);
+        self.finished.insert(id, self.rules.finished_memory);
+    }
+
+    /// The runs of `activeRuns`.
+    pub fn runs(&self) -> impl Iterator<Item = (&RunId, &Run)> {
+        self.runs.iter()
+    }
+
+    pub fn run(&self, id: RunId) -> Option<&Run> {
+        self.runs.get(&id)
+    }
+
+    pub fn views(&self) -> &Views {
+        &self.views
+    }
+
+    /// `currentRun`'s context.
+    pub fn current(&self) -> Option<&Arc<Map<String, Value>>> {
+        self.current.as_ref().map(|(c, _)| c)
+    }
+
+    /// Whether the space holds no run.
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    /// When the oldest lingering run's linger ends (milliseconds since the epoch).
+    pub fn next_linger_end(&self) -> Option<u64> {
+        self.lingering.front().map(|(at, _)| *at)
+    }
+
+    /// Lingering runs whose linger has ended by `now_ms`, oldest first.
+    pub fn linger_ended(&self, now_ms: u64) -> Vec<RunId> {
+        self.lingering.iter().take_while(|(at, _)| *at <= now_ms).map(|(_, id)| *id).collect()
+    }
+
+    /// The state bytes of `currentRun`.
+    pub fn current_bytes(&self) -> usize {
+        self.current.as_ref().map_or(0, |(_, s)| *s)
+    }
+
+    /// The whole state as JSON, for tests and comparisons (not the wire's state document).
+    pub fn to_json(&self) -> Value {
+        let ids = |it: &mut dyn Iterator<Item = &RunId>| it.map(|id| Value::from(id.to_string())).collect::<Vec<_>>();
+        json!({
+            "runs": self.runs.values().map(|r| json!({
+                "ctx": r.ctx, "parent": r.parent.map(|p| p.to_string()), "bytes": r.bytes,
+                "producer": r.producer.map(|p| [p.node, p.connection]),
+            })).collect::<Vec<_>>(),
+            "activeDialogs": ids(&mut self.views.dialogs()),
+            "activeAI": ids(&mut self.views.ai()),
+            "activePipelines": self.views.pipelines().map(|(root, m)| {
+                (root.to_string(), Value::from(ids(&mut m.iter())))
+            }).collect::<Map<String, Value>>(),
+            "isLoading": self.views.is_loading(),
+            "currentRun": self.current.as_ref().map(|(c, _)| Value::Object((**c).clone())),
+            "lingering": self.lingering.iter().map(|(at, id)| json!([at, id.to_string()])).collect::<Vec<_>>(),
+            "finished": self.finished.order.iter().map(|id| id.to_string()).collect::<Vec<_>>(),
+        })
+    }
+}
