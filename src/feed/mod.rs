@@ -342,7 +342,7 @@ fn json(ctx: &serde_json::Map<String, serde_json::Value>) -> String {
 
 /// Renders the state document of `model` for one view set.
 pub fn render_state(model: &SpaceModel, views: ViewSet) -> String {
-    let runs = model.runs().filter_map(|(id, run)| views.shows(run.class()).then(|| (*id, json(&run.ctx))));
+    let runs = model.runs().filter(|(_, run)| views.shows(run.class())).map(|(id, run)| (*id, json(&run.ctx)));
     let current = model.current().map(|c| json(c));
     let v = model.views();
     protocol::state(StateParts {

@@ -4,6 +4,7 @@
 
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::engine::sequencer::{Local, Sequencer};
 use crate::net::auth::Auth;
 use crate::net::session;
 use crate::plugin::data;
@@ -53,18 +54,42 @@ pub async fn serve(
     hooks: Hooks,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(
-            config.data_dir.as_deref(),
-            StoreOptions { query_timeout: config.engine.limits.query_timeout, ..StoreOptions::default() },
-        )
-        .map_err(std::io::Error::other)?,
-    );
+    let backend = Backend::open(&config)?;
+    serve_with(listener, config, hooks, backend, shutdown).await
+}
+
+/// What a server is built from beyond its config: where finished runs and documents are kept, and what orders
+/// each space's events.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub store: Arc<dyn Store>,
+    pub sequencer: Arc<dyn Sequencer>,
+}
+
+impl Backend {
+    /// The embedded defaults: SQLite in `config.data_dir` (a scratch database without one), and the single-node
+    /// sequencer.
+    pub fn open(config: &Config) -> std::io::Result<Backend> {
+        let options = StoreOptions { query_timeout: config.engine.limits.query_timeout, ..StoreOptions::default() };
+        let store = SqliteStore::open(config.data_dir.as_deref(), options).map_err(std::io::Error::other)?;
+        Ok(Backend { store: Arc::new(store), sequencer: Arc::new(Local) })
+    }
+}
+
+/// [`serve`] with the store and the sequencer given.
+pub async fn serve_with(
+    listener: TcpListener,
+    config: Config,
+    hooks: Hooks,
+    backend: Backend,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let Backend { store, sequencer } = backend;
     let mut hooks = hooks;
     data::install(&mut hooks, store.clone(), config.auth.is_some(), config.engine.limits.max_output_bytes)
         .await
         .map_err(std::io::Error::other)?;
-    let engine = Engine::new(config.engine.clone(), hooks, store);
+    let engine = Engine::with_sequencer(config.engine.clone(), hooks, store, sequencer);
     let state = AppState {
         engine: engine.clone(),
         shutdown: CancellationToken::new(),

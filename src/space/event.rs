@@ -109,7 +109,8 @@ mod tests {
     fn events_round_trip_and_other_versions_are_refused() {
         let path = |p: &str| Path::parse(p, PathLimits { max_bytes: 256, max_depth: 8 }).unwrap();
         let id = RunId::from_u128(7);
-        let producer = Some(ProducerId { node: 3, connection: 9 });
+        let p = ProducerId { node: 3, connection: 9 };
+        let producer = Some(p);
         let mut ctx = Map::new();
         ctx.insert("id".into(), json!(id.to_string()));
         ctx.insert("input".into(), json!({"n": 1.5, "big": u64::MAX, "neg": -3, "s": "é\"\n"}));
@@ -136,7 +137,7 @@ mod tests {
             SpaceEvent::Finished { run: id, end: End::Completed { output: Some(json!(1)) }, at_ms: 5 },
             SpaceEvent::Finished { run: id, end: End::Failed { error: json!({"code": "x"}) }, at_ms: 5 },
             SpaceEvent::LingerExpired { run: id },
-            SpaceEvent::ProducerLost { run: id, producer: producer.unwrap(), at_ms: 9 },
+            SpaceEvent::ProducerLost { run: id, producer: p, at_ms: 9 },
             SpaceEvent::Rejected { id, ctx },
         ];
         for e in events {

@@ -327,3 +327,282 @@ impl SpaceModel {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::context::ProducerId;
+    use crate::model::patch::PatchOp;
+    use crate::model::path::{Path, PathLimits};
+    use crate::model::size::Budget;
+    use crate::space::event::Allowance;
+
+    const RULES: Rules = Rules { linger_ms: 1000, max_run_bytes: 16384, finished_memory: 100 };
+    const P1: ProducerId = ProducerId { node: 1, connection: 1 };
+    const P2: ProducerId = ProducerId { node: 2, connection: 1 };
+
+    fn id(n: u128) -> RunId {
+        RunId::from_u128(n)
+    }
+
+    fn ctx(n: u128, operation: &str, status: Status, at: u64) -> Map<String, Value> {
+        let v = json!({
+            "id": id(n).to_string(), "timestamp": at, "operation": operation, "doctype": null, "flow": null,
+            "input": null, "options": {}, "owner": "ann", "agent": null, "parentRun": null, "steps": [],
+            "space": "s", "status": status.as_str(), "output": null, "error": null, "success": false, "duration": 0,
+        });
+        v.as_object().unwrap().clone()
+    }
+
+    fn start(n: u128, operation: &str, parent: Option<u128>) -> SpaceEvent {
+        let status = if matches!(operation, "select" | "create") { Status::Pending } else { Status::Running };
+        SpaceEvent::RunStarted {
+            id: id(n),
+            timestamp: 100,
+            parent: parent.map(id),
+            status,
+            ctx: ctx(n, operation, status, 100),
+            producer: Some(P1),
+        }
+    }
+
+    fn path(p: &str) -> Path {
+        Path::parse(p, PathLimits { max_bytes: 256, max_depth: 16 }).unwrap()
+    }
+
+    fn patch(n: u128, ops: Vec<PatchOp>) -> SpaceEvent {
+        SpaceEvent::Patched { run: id(n), ops, producer: None, allowance: Allowance::UNLIMITED }
+    }
+
+    fn complete(n: u128, output: Value) -> SpaceEvent {
+        SpaceEvent::Finished { run: id(n), end: End::Completed { output: Some(output) }, at_ms: 350 }
+    }
+
+    fn fail(n: u128) -> SpaceEvent {
+        SpaceEvent::Finished { run: id(n), end: End::Failed { error: json!({"code": "x"}) }, at_ms: 200 }
+    }
+
+    /// The model in short: each run by its number with its status and what a test looks at.
+    fn summary(m: &SpaceModel) -> Value {
+        let n = |id: &RunId| id.as_u128().to_string();
+        let ns = |it: &mut dyn Iterator<Item = &RunId>| it.map(|i| Value::from(n(i))).collect::<Vec<_>>();
+        let mut out = json!({
+            "runs": m.runs().map(|(id, r)| {
+                let mut run = json!({"status": r.status.as_str()});
+                for k in ["output", "error", "duration"] {
+                    if !r.ctx[k].is_null() && r.ctx[k] != json!(0) {
+                        run[k] = r.ctx[k].clone();
+                    }
+                }
+                (n(id), run)
+            }).collect::<Map<String, Value>>(),
+            "dialogs": ns(&mut m.views().dialogs()),
+            "ai": ns(&mut m.views().ai()),
+            "pipelines": m.views().pipelines().map(|(r, g)| (n(r), Value::from(ns(&mut g.iter()))))
+                .collect::<Map<String, Value>>(),
+            "loading": m.views().is_loading(),
+        });
+        if let Some(c) = m.current() {
+            out["current"] =
+                json!([c["id"].as_str().map(|s| s.rsplit('-').next().unwrap().trim_start_matches('0')), c["output"]]);
+        }
+        if !m.lingering.is_empty() {
+            out["lingering"] = m.lingering.iter().map(|(at, id)| json!([at, n(id)])).collect();
+        }
+        out
+    }
+
+    /// Applies `before`, then `event`, and compares the model with `expect`.
+    fn check(before: &[SpaceEvent], event: SpaceEvent, expect: Value) -> Applied {
+        let mut m = SpaceModel::new(RULES);
+        for e in before {
+            m.apply(e.clone()).unwrap();
+        }
+        let a = m.apply(event).unwrap();
+        assert_eq!(summary(&m), expect);
+        a
+    }
+
+    /// Applies `before`, then `event`, which must be refused with `code` and change nothing.
+    fn check_err(before: &[SpaceEvent], event: SpaceEvent, code: ErrorCode) {
+        let mut m = SpaceModel::new(RULES);
+        for e in before {
+            m.apply(e.clone()).unwrap();
+        }
+        let was = m.to_json();
+        let e = m.apply(event).unwrap_err();
+        assert_eq!(e.code, code, "{}", e.message);
+        assert_eq!(m.to_json(), was, "a refused event changes nothing");
+    }
+
+    #[test]
+    fn a_started_run_enters_its_views_and_a_child_its_parents_pipeline() {
+        let a = check(
+            &[start(1, "dialog", None)],
+            start(2, "interpret", Some(1)),
+            json!({"runs": {"1": {"status": "running"}, "2": {"status": "running"}}, "dialogs": ["1"],
+                "ai": ["2"], "pipelines": {"1": ["1", "2"]}, "loading": true}),
+        );
+        assert_eq!(a.notice, Some(Lifecycle::Started));
+        assert_eq!(a.before, Class::ABSENT);
+        assert!(a.grown > 0);
+        // A parent that is not active here: a pipeline of its own.
+        check(
+            &[],
+            start(2, "task", Some(9)),
+            json!({"runs": {"2": {"status": "running"}}, "dialogs": [], "ai": [], "pipelines": {"2": ["2"]},
+                "loading": true}),
+        );
+    }
+
+    #[test]
+    fn a_run_id_is_used_once() {
+        check_err(&[start(1, "task", None)], start(1, "task", None), ErrorCode::DuplicateRun);
+        check_err(&[start(1, "task", None), complete(1, json!(1))], start(1, "task", None), ErrorCode::DuplicateRun);
+        let rejected = SpaceEvent::Rejected { id: id(1), ctx: ctx(1, "task", Status::Failed, 100) };
+        check_err(std::slice::from_ref(&rejected), start(1, "task", None), ErrorCode::DuplicateRun);
+        check_err(&[start(1, "task", None)], rejected, ErrorCode::DuplicateRun);
+        let mut big = ctx(1, "task", Status::Running, 100);
+        big.insert("input".into(), json!("x".repeat(20000)));
+        let big = SpaceEvent::RunStarted {
+            id: id(1),
+            timestamp: 100,
+            parent: None,
+            status: Status::Running,
+            ctx: big,
+            producer: None,
+        };
+        check_err(&[], big, ErrorCode::RunTooLarge);
+    }
+
+    #[test]
+    fn a_patch_applies_whole_or_not_at_all() {
+        let a = check(
+            &[start(1, "interpret", None)],
+            patch(1, vec![PatchOp::append(path("output.t"), json!("a")), PatchOp::set(path("output.n"), json!(2))]),
+            json!({"runs": {"1": {"status": "running", "output": {"t": ["a"], "n": 2}}}, "dialogs": [], "ai": ["1"],
+                "pipelines": {"1": ["1"]}, "loading": true}),
+        );
+        assert_eq!(a.changes.len(), 2);
+        assert!(a.notice.is_none() && a.left.is_none());
+        let ok_then_bad = vec![PatchOp::set(path("output.n"), json!(2)), PatchOp::remove(path("output.missing"))];
+        check_err(&[start(1, "interpret", None)], patch(1, ok_then_bad), ErrorCode::PathNotFound);
+        check_err(&[], patch(1, vec![]), ErrorCode::UnknownRun);
+        check_err(&[start(1, "task", None), fail(1)], patch(1, vec![]), ErrorCode::RunFinished);
+        check_err(&[start(1, "task", None), complete(1, json!(1))], patch(1, vec![]), ErrorCode::RunFinished);
+    }
+
+    #[test]
+    fn a_patch_is_held_to_the_run_budget_and_to_its_allowance() {
+        let big = || vec![PatchOp::set(path("output"), json!("x".repeat(20000)))];
+        check_err(&[start(1, "task", None)], patch(1, big()), ErrorCode::RunTooLarge);
+        let owner = Allowance { bytes: 100, budget: Budget::Owner };
+        let grow = || vec![PatchOp::set(path("output"), json!("x".repeat(200)))];
+        let limited = |ops, allowance| SpaceEvent::Patched { run: id(1), ops, producer: None, allowance };
+        check_err(&[start(1, "task", None)], limited(grow(), owner), ErrorCode::QuotaStateBytes);
+        let server = Allowance { bytes: 0, budget: Budget::Server };
+        check_err(&[start(1, "task", None)], limited(grow(), server), ErrorCode::OverCapacity);
+        // Shrinking always passes, with no allowance at all.
+        let shrink = limited(vec![PatchOp::set(path("output"), json!(""))], server);
+        let a = check(
+            &[start(1, "task", None), patch(1, grow())],
+            shrink,
+            json!({"runs": {"1": {"status": "running", "output": ""}}, "dialogs": [], "ai": [],
+                "pipelines": {"1": ["1"]}, "loading": true}),
+        );
+        assert!(a.grown < 0);
+    }
+
+    #[test]
+    fn a_patch_names_its_producer() {
+        let mut m = SpaceModel::new(RULES);
+        m.apply(start(1, "task", None)).unwrap();
+        let by = SpaceEvent::Patched { run: id(1), ops: vec![], producer: Some(P2), allowance: Allowance::UNLIMITED };
+        m.apply(by).unwrap();
+        assert_eq!(m.run(id(1)).unwrap().producer, Some(P2));
+        m.apply(patch(1, vec![])).unwrap();
+        assert_eq!(m.run(id(1)).unwrap().producer, Some(P2), "a producer-less patch keeps the producer");
+    }
+
+    #[test]
+    fn a_completed_run_leaves_and_a_data_run_becomes_current() {
+        let a = check(
+            &[start(1, "dialog", None), start(2, "task", Some(1))],
+            complete(1, json!("done")),
+            json!({"runs": {"2": {"status": "running"}}, "dialogs": [], "ai": [], "pipelines": {"2": ["2"]},
+                "loading": true}),
+        );
+        assert_eq!(a.notice, Some(Lifecycle::Completed));
+        let ctx = a.finished.unwrap();
+        assert_eq!(
+            (ctx["status"].clone(), ctx["duration"].clone(), ctx["success"].clone()),
+            (json!("completed"), json!(250), json!(true))
+        );
+        assert!(a.left.is_some());
+        let a = check(
+            &[start(1, "select", None)],
+            complete(1, json!([1, 2])),
+            json!({"runs": {}, "dialogs": [], "ai": [], "pipelines": {}, "loading": false, "current": ["1", [1, 2]]}),
+        );
+        assert!(a.current_changed && a.current_grown > 0);
+    }
+
+    #[test]
+    fn a_failed_run_lingers_then_leaves() {
+        let a = check(
+            &[start(1, "dialog", None)],
+            fail(1),
+            json!({"runs": {"1": {"status": "failed", "error": {"code": "x"}, "duration": 100}}, "dialogs": [],
+                "ai": [], "pipelines": {"1": ["1"]}, "loading": false, "lingering": [[1200, "1"]]}),
+        );
+        assert_eq!(a.notice, Some(Lifecycle::Failed));
+        assert!(a.left.is_none() && !a.changes.is_empty());
+        let a = check(
+            &[start(1, "dialog", None), fail(1)],
+            SpaceEvent::LingerExpired { run: id(1) },
+            json!({"runs": {}, "dialogs": [], "ai": [], "pipelines": {}, "loading": false}),
+        );
+        assert!(a.left.is_some());
+        check_err(&[start(1, "dialog", None), fail(1)], fail(1), ErrorCode::RunFinished);
+    }
+
+    #[test]
+    fn timers_for_runs_that_moved_on_are_no_ops() {
+        let running = json!({"runs": {"1": {"status": "running"}}, "dialogs": [], "ai": [], "pipelines": {"1": ["1"]},
+            "loading": true});
+        // Linger expiry of a running run, and of a run that is gone.
+        assert!(check(&[start(1, "task", None)], SpaceEvent::LingerExpired { run: id(1) }, running.clone()).is_noop());
+        let empty = json!({"runs": {}, "dialogs": [], "ai": [], "pipelines": {}, "loading": false});
+        assert!(check(&[], SpaceEvent::LingerExpired { run: id(1) }, empty.clone()).is_noop());
+        // A lost producer that is not the run's last one, a run that finished, a run that is gone.
+        let lost = |p| SpaceEvent::ProducerLost { run: id(1), producer: p, at_ms: 300 };
+        assert!(check(&[start(1, "task", None)], lost(P2), running).is_noop());
+        let failed = json!({"runs": {"1": {"status": "failed", "error": {"code": "x"}, "duration": 100}},
+            "dialogs": [], "ai": [], "pipelines": {"1": ["1"]}, "loading": false, "lingering": [[1200, "1"]]});
+        assert!(check(&[start(1, "task", None), fail(1)], lost(P1), failed).is_noop());
+        assert!(check(&[], lost(P1), empty).is_noop());
+    }
+
+    #[test]
+    fn a_lost_producer_fails_its_running_run() {
+        let a = check(
+            &[start(1, "interpret", None)],
+            SpaceEvent::ProducerLost { run: id(1), producer: P1, at_ms: 300 },
+            json!({"runs": {"1": {"status": "failed", "duration": 200,
+                "error": {"code": "producer_lost", "message": "the producer's connection was lost"}}},
+                "dialogs": [], "ai": [], "pipelines": {"1": ["1"]}, "loading": false, "lingering": [[1300, "1"]]}),
+        );
+        assert_eq!(a.notice, Some(Lifecycle::Failed));
+    }
+
+    #[test]
+    fn a_rejected_run_is_only_a_notice() {
+        let a = check(
+            &[],
+            SpaceEvent::Rejected { id: id(1), ctx: ctx(1, "task", Status::Failed, 100) },
+            json!({"runs": {}, "dialogs": [], "ai": [], "pipelines": {}, "loading": false}),
+        );
+        assert_eq!(a.notice, Some(Lifecycle::Failed));
+        assert!(a.finished.is_some() && a.views.is_empty());
+    }
+}

@@ -15,6 +15,7 @@ mod memory;
 mod messages;
 mod producer;
 mod protocol_doc;
+mod replay;
 mod resume;
 mod slow;
 mod support;

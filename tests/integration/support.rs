@@ -62,12 +62,18 @@ pub async fn start_in(dir: &std::path::Path) -> TestServer {
 }
 
 pub async fn start_config(config: Config, hooks: Hooks) -> TestServer {
+    let backend = coworker::net::server::Backend::open(&config).expect("the store opens");
+    start_backend(config, hooks, backend).await
+}
+
+/// A server with the store and sequencer given.
+pub async fn start_backend(config: Config, hooks: Hooks, backend: coworker::net::server::Backend) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let config = Config { listen: addr, ..config };
     let handle = tokio::spawn(async move {
-        coworker::serve(listener, config, hooks, async {
+        coworker::net::server::serve_with(listener, config, hooks, backend, async {
             let _ = stopped.await;
         })
         .await
