@@ -33,12 +33,12 @@
 //!
 //! Run with `cargo bench --bench patch`.
 
+use coworker::engine::caller::Caller;
 use coworker::model::context::RunId;
 use coworker::model::patch::PatchOp;
 use coworker::model::path::{Path, PathLimits};
-use coworker::net::auth::Caller;
 use coworker::protocol::{self, ClientMsg, ParseLimits, RunSpec};
-use coworker::store::{SqliteStore, StoreOptions};
+use coworker::store::sqlite::{SqliteStore, StoreOptions};
 use coworker::{Engine, EngineConfig, Hooks};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::Value;

@@ -3,7 +3,8 @@
 //! record. Each iteration submits `IN_FLIGHT` records at once, as many concurrent completions would, and waits until
 //! all are durable. The database is a real file in a temporary directory on the machine's disk.
 
-use coworker::store::{AuditTrail, SqliteStore, StoreOptions};
+use coworker::store::AuditTrail;
+use coworker::store::sqlite::{SqliteStore, StoreOptions};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::{Map, Value, json};
 use std::sync::Arc;

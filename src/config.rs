@@ -1,7 +1,5 @@
 //! Every tunable number in one place, with its default. Nothing else in the crate invents a limit.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// Limits on what one client can make the server hold or do. protocol.md lists each with its default.
@@ -163,39 +161,5 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig { tick: Duration::from_millis(16), linger: Duration::from_millis(3000), limits: Limits::default() }
-    }
-}
-
-/// Everything the server needs to start.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub listen: SocketAddr,
-    /// The folder served at `/` (the web demo); `None` serves nothing there.
-    pub web_root: Option<PathBuf>,
-    pub engine: EngineConfig,
-    /// How long shutdown waits for connections to close after sending them 1001.
-    pub shutdown_grace: Duration,
-    /// Where the database lives; `None` keeps it in memory (nothing survives a restart).
-    pub data_dir: Option<PathBuf>,
-    /// Token verification; `None` is development mode (every caller trusted).
-    pub auth: Option<crate::net::auth::Auth>,
-    /// Origins allowed to open a WebSocket (exact match). Empty: the server's own origin, and localhost origins.
-    pub allowed_origins: Vec<String>,
-    /// Serve `/autobahn`, an echo endpoint on the production accept path and limits, for the conformance suite.
-    pub autobahn_echo: bool,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            web_root: None,
-            engine: EngineConfig::default(),
-            shutdown_grace: Duration::from_secs(3),
-            data_dir: None,
-            auth: None,
-            allowed_origins: Vec::new(),
-            autobahn_echo: false,
-        }
     }
 }

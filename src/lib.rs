@@ -25,8 +25,9 @@ pub mod space;
 pub mod store;
 pub mod telemetry;
 
-pub use config::{Config, EngineConfig, Limits};
+pub use config::{EngineConfig, Limits};
 pub use engine::Engine;
 pub use error::{Error, ErrorCode};
+pub use net::server::Config;
 pub use net::server::serve;
 pub use plugin::hooks::{Hooks, Operation, Plugin, RunContext};

@@ -1,7 +1,8 @@
 //! The `coworker` binary: reads flags and environment, binds, and serves until Ctrl-C or SIGTERM.
 
 use clap::Parser;
-use coworker::config::{Config, EngineConfig, Limits};
+use coworker::Config;
+use coworker::config::{EngineConfig, Limits};
 use coworker::net::auth::Auth;
 use coworker::plugin::hooks::Hooks;
 use std::net::SocketAddr;

@@ -10,6 +10,7 @@
 //! never held across an `.await`, a hook call, a space lock or a second key.
 
 pub mod budget;
+pub mod caller;
 pub mod ratelimit;
 pub mod sequencer;
 pub mod space;
@@ -17,6 +18,7 @@ pub mod ticker;
 
 use crate::config::EngineConfig;
 use crate::engine::budget::{Account, Budgets, ConnectionQuota};
+use crate::engine::caller::Caller;
 use crate::engine::sequencer::{Refusal, Sequenced, Sequencer};
 use crate::engine::space::Space;
 use crate::error::{Error, ErrorCode, Result};
@@ -24,8 +26,7 @@ use crate::feed::Joining;
 use crate::feed::subscriber::{Outbox, SubSlot};
 use crate::model::context::{ProducerId, RunHasher, RunId, Status};
 use crate::model::patch::{self, PatchOp};
-use crate::net::auth::Caller;
-use crate::plugin::hooks::Hooks;
+use crate::plugin::hooks::{Hooks, RunStarter};
 use crate::protocol::{ReqId, RunSpec};
 use crate::space::event::{Allowance, End, SpaceEvent};
 use crate::space::model::{Applied, Rules};
@@ -342,7 +343,7 @@ impl Engine {
         quota.keep();
 
         let Some(handler) = handler else { return Ok(Arc::new(reply)) };
-        match handler.execute(reply, self.clone()).await {
+        match handler.execute(reply, Arc::new(self.clone())).await {
             Ok(output) => Ok(self.complete(id, Some(output), &Caller::trusted())?.durable().await?),
             Err(e) => {
                 let error = json!({"code": e.code.as_str(), "message": e.message});
@@ -400,7 +401,12 @@ impl Engine {
             Entry::Vacant(v) => {
                 let space = Space::new(Arc::from(name), self.rules(), self.shared.history.clone(), quota);
                 crate::telemetry::SPACES.increment(1.0);
-                tokio::spawn(ticker::run(space.clone(), self.clone()));
+                let settings = ticker::Settings {
+                    tick: self.shared.config.tick,
+                    cap: self.shared.config.limits.max_pending_bytes,
+                    shutdown: self.shared.shutdown.clone(),
+                };
+                tokio::spawn(ticker::run(space.clone(), self.clone(), settings));
                 v.insert(space).clone()
             }
         };
@@ -570,18 +576,6 @@ impl Engine {
         });
     }
 
-    /// Submits the end of every lingering run of `space` whose linger is over.
-    pub fn expire_lingering(&self, space: &Space) {
-        let due = space.lock().model.linger_ended(self.shared.clock.now_ms());
-        for id in due {
-            if let Ok(s) = self.submit(space, SpaceEvent::LingerExpired { run: id })
-                && let Some(bytes) = s.applied.left
-            {
-                self.shared.forget(id, bytes);
-            }
-        }
-    }
-
     /// Subscribes an outbox to a space. The snapshot arrives through the slot at the space's next flush, which the
     /// call triggers.
     /// With `since`, the subscription resumes after that `(epoch, seq)` when the space's history still holds every
@@ -653,10 +647,39 @@ impl Engine {
     }
 }
 
+impl ticker::Timers for Engine {
+    fn instant_at(&self, ms: u64) -> Instant {
+        self.shared.clock.instant_at(ms)
+    }
+
+    /// Submits the end of every lingering run of `space` whose linger is over.
+    fn expire_lingering(&self, space: &Space) {
+        let due = space.lock().model.linger_ended(self.shared.clock.now_ms());
+        for id in due {
+            if let Ok(s) = self.submit(space, SpaceEvent::LingerExpired { run: id })
+                && let Some(bytes) = s.applied.left
+            {
+                self.shared.forget(id, bytes);
+            }
+        }
+    }
+
+    fn reclaim(&self, space: &Arc<Space>) -> bool {
+        self.shared.reclaim(space)
+    }
+}
+
+impl RunStarter for Engine {
+    fn start(&self, spec: RunSpec) -> BoxFuture<'static, Result<Arc<Map<String, Value>>>> {
+        let engine = self.clone();
+        async move { engine.run(spec, &Caller::trusted()).await.map_err(|f| f.error) }.boxed()
+    }
+}
+
 impl Shared {
     /// Reclaims `space` if it still holds nothing: it leaves the map (its ticker then ends) and is marked retired
     /// under its lock, so whoever holds it finds that out and looks the name up again. Returns whether it was.
-    pub fn reclaim(&self, space: &Arc<Space>) -> bool {
+    fn reclaim(&self, space: &Arc<Space>) -> bool {
         // Lock order: the map's shard, then the space (nothing takes them the other way round).
         let removed = self.spaces.remove_if(&space.name, |_, s| {
             if !Arc::ptr_eq(s, space) {

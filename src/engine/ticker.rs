@@ -3,37 +3,56 @@
 //! nothing, and flushes: under the space lock the feed closes the tick and serves snapshots at the space's
 //! position; without the lock the tick is rendered once per view set and handed to every subscriber of that set.
 
-use crate::engine::Engine;
 use crate::engine::space::Space;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{Instant, sleep, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+/// What the ticker asks of the engine.
+pub trait Timers: Send + Sync + 'static {
+    /// The instant at which the engine's clock reads `ms` (milliseconds since the epoch).
+    fn instant_at(&self, ms: u64) -> Instant;
+    /// Submits the end of every lingering run of `space` whose linger is over.
+    fn expire_lingering(&self, space: &Space);
+    /// Reclaims `space` if it still holds nothing; returns whether it did.
+    fn reclaim(&self, space: &Arc<Space>) -> bool;
+}
+
+/// How a ticker ticks.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// At most one flush per tick.
+    pub tick: Duration,
+    /// Bytes a subscription's pending slot may hold.
+    pub cap: usize,
+    /// Cancelled on shutdown.
+    pub shutdown: CancellationToken,
+}
 
 /// Runs until the engine shuts down or the space is reclaimed.
-pub async fn run(space: Arc<Space>, engine: Engine) {
-    let shared = engine.shared.clone();
-    let tick = shared.config.tick;
+pub async fn run(space: Arc<Space>, timers: impl Timers, settings: Settings) {
+    let Settings { tick, cap, shutdown } = settings;
     loop {
         // The next deadline: a lingering run's end, a deferred resync, or the moment the space may be reclaimed.
         let next = {
             let st = space.lock();
-            let linger = st.model.next_linger_end().map(|ms| shared.clock.instant_at(ms));
+            let linger = st.model.next_linger_end().map(|ms| timers.instant_at(ms));
             [linger, st.feed.resync_wake, st.idle_at()].into_iter().flatten().min()
         };
         let far = Instant::now() + Duration::from_secs(86_400);
         tokio::select! {
             biased;
-            _ = shared.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
             _ = space.woken() => {}
             _ = sleep_until(next.unwrap_or(far)), if next.is_some() => {}
         }
         let idle = space.lock().idle_at().is_some_and(|t| t <= Instant::now());
-        if idle && shared.reclaim(&space) {
+        if idle && timers.reclaim(&space) {
             tracing::debug!(space = %space.name.escape_debug(), "reclaimed an idle space");
             return;
         }
-        engine.expire_lingering(&space);
-        let cap = shared.config.limits.max_pending_bytes;
+        timers.expire_lingering(&space);
         // A bug in a flush must not silence the space for good: log it and keep ticking.
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| flush(&space, cap))).is_err() {
             // The tick may have closed without its diff: no subscriber can trust its state any more.
@@ -47,7 +66,7 @@ pub async fn run(space: Arc<Space>, engine: Engine) {
             space.changed(&mut st);
         }
         tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
             _ = sleep(tick) => {}
         }
     }

@@ -2,8 +2,9 @@
 //! JWTs; the claims become a [`Caller`]: `sub` is the owner of every run it starts, `read` and `write` list the
 //! spaces it may subscribe to and change (`"*"` for all), `agent: true` lets it patch, complete and fail other
 //! owners' runs in spaces it may write, and `exp` is required. Without a key the server is in development mode
-//! and every caller is [`Caller::trusted`].
+//! and every caller is [`Caller::trusted`](crate::engine::caller::Caller::trusted).
 
+use crate::engine::caller::Caller;
 use crate::error::{Error, ErrorCode, Result};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
 use serde::Deserialize;
@@ -76,68 +77,7 @@ impl Auth {
         if c.sub.is_empty() {
             return Err(Error::new(ErrorCode::Unauthenticated, "`sub` is empty"));
         }
-        Ok(Caller {
-            owner: Some(c.sub),
-            read: c.read,
-            write: c.write,
-            agent: c.agent,
-            expires: Some(c.exp),
-            connection: 0,
-        })
-    }
-}
-
-/// Who is asking, and what they may do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    /// The token's subject; `None` for trusted callers (development mode, server-side operations).
-    pub owner: Option<String>,
-    read: Vec<String>,
-    write: Vec<String>,
-    agent: bool,
-    /// The token's `exp` (seconds since the epoch).
-    pub expires: Option<u64>,
-    /// The connection asking (0: none, such as a server-side operation). A run remembers the last connection that
-    /// started or changed it: its producer.
-    pub connection: u64,
-}
-
-fn allows(list: &[String], space: &str) -> bool {
-    list.iter().any(|s| s == "*" || s == space)
-}
-
-impl Caller {
-    /// A caller that may do anything (development mode, and the server's own operations).
-    pub fn trusted() -> Caller {
-        Caller {
-            owner: None,
-            read: vec!["*".into()],
-            write: vec!["*".into()],
-            agent: true,
-            expires: None,
-            connection: 0,
-        }
-    }
-
-    /// The same caller, speaking on connection `id`.
-    pub fn on_connection(&self, id: u64) -> Caller {
-        Caller { connection: id, ..self.clone() }
-    }
-
-    pub fn can_read(&self, space: &str) -> bool {
-        self.owner.is_none() || allows(&self.read, space)
-    }
-
-    pub fn can_write(&self, space: &str) -> bool {
-        self.owner.is_none() || allows(&self.write, space)
-    }
-
-    /// Whether it may patch, complete or fail a run of `owner` in `space`.
-    pub fn can_change(&self, owner: &str, space: &str) -> bool {
-        match &self.owner {
-            None => true,
-            Some(me) => self.can_write(space) && (me == owner || self.agent),
-        }
+        Ok(Caller::new(c.sub, c.read, c.write, c.agent, c.exp))
     }
 }
 
@@ -171,7 +111,7 @@ mod tests {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let none = format!("{}.{}.", b64.encode(r#"{"alg":"none","typ":"JWT"}"#), b64.encode(claims.to_string()));
         assert!(auth.verify(&none).is_err());
-        let star = Caller { read: vec!["*".into()], ..c };
+        let star = Caller::new("ann".into(), vec!["*".into()], vec![], false, 0);
         assert!(star.can_read("anything"));
         // Not valid before `nbf`; an empty subject names nobody; an `exp` at the end of time is valid.
         let sign = |claims: serde_json::Value| {

@@ -2,7 +2,7 @@
 //! every session, and shuts down in order: stop accepting, close every socket with 1001, wait (bounded), stop the
 //! engine.
 
-use crate::config::Config;
+use crate::config::EngineConfig;
 use crate::engine::Engine;
 use crate::engine::sequencer::{Local, Sequencer};
 use crate::net::auth::Auth;
@@ -10,7 +10,8 @@ use crate::net::session;
 use crate::plugin::data;
 use crate::plugin::hooks::Hooks;
 use crate::protocol::PROTOCOL_VERSION;
-use crate::store::{SqliteStore, Store, StoreOptions};
+use crate::store::Store;
+use crate::store::sqlite::{SqliteStore, StoreOptions};
 use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
@@ -19,7 +20,10 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde_json::json;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -44,6 +48,40 @@ const TOKEN_PREFIX: &str = "bearer.";
 const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Bytes buffered before tungstenite writes; a tick's frames for one connection go out in one write.
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// The folder served at `/` (the web demo); `None` serves nothing there.
+    pub web_root: Option<PathBuf>,
+    pub engine: EngineConfig,
+    /// How long shutdown waits for connections to close after sending them 1001.
+    pub shutdown_grace: Duration,
+    /// Where the database lives; `None` keeps it in memory (nothing survives a restart).
+    pub data_dir: Option<PathBuf>,
+    /// Token verification; `None` is development mode (every caller trusted).
+    pub auth: Option<Auth>,
+    /// Origins allowed to open a WebSocket (exact match). Empty: the server's own origin, and localhost origins.
+    pub allowed_origins: Vec<String>,
+    /// Serve `/autobahn`, an echo endpoint on the production accept path and limits, for the conformance suite.
+    pub autobahn_echo: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            web_root: None,
+            engine: EngineConfig::default(),
+            shutdown_grace: Duration::from_secs(3),
+            data_dir: None,
+            auth: None,
+            allowed_origins: Vec::new(),
+            autobahn_echo: false,
+        }
+    }
+}
 
 /// Serves on `listener` until `shutdown` resolves, with the given plugins and operations (the data operations
 /// and the schema validator are added to them). Opens the store first: a database that cannot be opened or

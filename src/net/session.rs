@@ -4,13 +4,14 @@
 //! quietly; an oversized frame or invalid UTF-8 closes it with 1009 or 1007.
 
 use crate::config::Limits;
+use crate::engine::caller::Caller;
 use crate::engine::ratelimit::{ConnectionRate, Verdict};
 use crate::engine::{Engine, SubscribeRequest};
 use crate::error::{Error, ErrorCode};
 use crate::feed::subscriber::{Frame, Outbox, SubSlot};
 use crate::model::context::{RunHasher, RunId};
 use crate::model::path::PathLimits;
-use crate::net::auth::{Auth, Caller};
+use crate::net::auth::Auth;
 use crate::protocol::{self, ClientMsg, ParseLimits};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::future::BoxFuture;

@@ -3,10 +3,9 @@
 //! `includeSchema: false`), the read-only `Run` doctype (the audit trail), and the built-in before-hook that
 //! validates `create` and `update` against a doctype's schema.
 
-use crate::engine::Engine;
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::patch::type_name;
-use crate::plugin::hooks::{Hooks, Operation, Plugin, RunContext};
+use crate::plugin::hooks::{Hooks, Operation, Plugin, RunContext, RunStarter};
 use crate::protocol::RunSpec;
 use crate::store::{Cmp, Cond, DocQuery, Paging, RunQuery, Scalar, Store, Target};
 use dashmap::DashMap;
@@ -207,7 +206,7 @@ struct DataOp {
 }
 
 impl Operation for DataOp {
-    fn execute(&self, run: Map<String, Value>, engine: Engine) -> BoxFuture<'static, Result<Value>> {
+    fn execute(&self, run: Map<String, Value>, runs: Arc<dyn RunStarter>) -> BoxFuture<'static, Result<Value>> {
         let (kind, shared) = (self.kind, self.shared.clone());
         async move {
             let doctype = run
@@ -221,7 +220,7 @@ impl Operation for DataOp {
             let space = run.get("space").and_then(Value::as_str).unwrap_or("default").to_string();
             let input = run.get("input").cloned().unwrap_or(Value::Null);
             match kind {
-                Kind::Select => select(&shared, &engine, &run, &space, &doctype, &input).await,
+                Kind::Select => select(&shared, &*runs, &run, &space, &doctype, &input).await,
                 Kind::Create | Kind::Update | Kind::Delete if doctype == RUN_DOCTYPE => {
                     Err(bad("the Run doctype is the audit trail: it is read-only"))
                 }
@@ -316,7 +315,7 @@ fn order_of(o: Option<&Value>) -> Result<Vec<(String, bool)>> {
 
 async fn select(
     shared: &Shared,
-    engine: &Engine,
+    runs: &dyn RunStarter,
     run: &Map<String, Value>,
     space: &str,
     doctype: &str,
@@ -361,7 +360,7 @@ async fn select(
             parent_run: run.get("id").and_then(Value::as_str).and_then(|s| s.parse().ok()),
             ..RunSpec::default()
         };
-        let ctx = engine.run(spec, &crate::net::auth::Caller::trusted()).await.map_err(|f| f.error)?;
+        let ctx = runs.start(spec).await?;
         let schema = ctx.get("output").and_then(|o| o["data"].get(0)).cloned().unwrap_or(Value::Null);
         let view = schema
             .as_object()

@@ -3,6 +3,7 @@
 //! lock, and a panicking hook is caught and treated as documented on each method.
 
 use crate::error::{Error, ErrorCode};
+use crate::protocol::RunSpec;
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -81,15 +82,17 @@ pub trait Plugin: Send + Sync + 'static {
     fn on_error(&self, _run: RunContext<'_>, _error: &Error) {}
 }
 
+/// What an operation may ask of the engine: to start a run, as a trusted caller (typically a child of its own run,
+/// through the same entry point as a client's). Resolves to the run's final context, or its error.
+pub trait RunStarter: Send + Sync + 'static {
+    fn start(&self, spec: RunSpec) -> BoxFuture<'static, Result<Arc<Map<String, Value>>, Error>>;
+}
+
 /// A server-side handler for one operation name. A run of that operation starts `pending`, `execute` runs, and the
 /// run completes with the returned output or fails with the returned error (its `code` and `message` go into the
-/// run's `error`). The future runs on its own task; it may start further runs through `engine`.
+/// run's `error`). The future runs on its own task; it may start further runs through `runs`.
 pub trait Operation: Send + Sync + 'static {
-    fn execute(
-        &self,
-        run: Map<String, Value>,
-        engine: crate::engine::Engine,
-    ) -> BoxFuture<'static, Result<Value, Error>>;
+    fn execute(&self, run: Map<String, Value>, runs: Arc<dyn RunStarter>) -> BoxFuture<'static, Result<Value, Error>>;
 
     /// What the audit trail records of a completed run's output: `None` (the default) keeps all of it. The reply
     /// and `currentRun` always get the whole output; a read returns a summary here, so that the trail does not

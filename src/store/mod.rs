@@ -13,8 +13,6 @@ use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
-pub use sqlite::{SqliteStore, StoreOptions, db_path};
-
 /// A comparison in a query filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cmp {

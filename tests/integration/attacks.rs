@@ -4,7 +4,8 @@
 
 use crate::support::jwt::{hello, now, sign, token};
 use crate::support::*;
-use coworker::config::{Config, EngineConfig, Limits};
+use coworker::Config;
+use coworker::config::{EngineConfig, Limits};
 use coworker::plugin::hooks::Hooks;
 use serde_json::{Value, json};
 
@@ -327,7 +328,7 @@ async fn a_slow_read_holds_no_acknowledgement_and_queries_are_bounded() {
     let mut c = Raw::connect(&server).await;
     // A trail of 30,000 runs, written straight into the file.
     {
-        let mut db = rusqlite::Connection::open(coworker::store::db_path(dir.path())).unwrap();
+        let mut db = rusqlite::Connection::open(coworker::store::sqlite::db_path(dir.path())).unwrap();
         db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
         let tx = db.transaction().unwrap();
         for i in 0..30_000 {

@@ -286,7 +286,7 @@ async fn a_full_disk_fails_writes_clearly_and_acknowledges_nothing_it_did_not_wr
     assert!(acked > 0);
     // Every acknowledged document is in the file, read directly.
     drop(server);
-    let db = rusqlite::Connection::open(coworker::store::db_path(dir)).unwrap();
+    let db = rusqlite::Connection::open(coworker::store::sqlite::db_path(dir)).unwrap();
     let n =
         db.query_row("SELECT COUNT(*) FROM docs WHERE doctype = 'Blob'", [], |r| r.get::<_, i64>(0)).unwrap() as u64;
     // The failing create may have written its document before its run's record failed (they are two commits):

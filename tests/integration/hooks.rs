@@ -2,9 +2,8 @@
 
 use crate::support::*;
 use coworker::config::EngineConfig;
-use coworker::engine::Engine;
 use coworker::error::{Error, ErrorCode};
-use coworker::plugin::hooks::{Hooks, Operation};
+use coworker::plugin::hooks::{Hooks, Operation, RunStarter};
 use coworker::protocol::RunSpec;
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -18,7 +17,7 @@ fn calls(v: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
 /// Completes with the run's input.
 struct Echo;
 impl Operation for Echo {
-    fn execute(&self, run: Map<String, Value>, _: Engine) -> BoxFuture<'static, Result<Value, Error>> {
+    fn execute(&self, run: Map<String, Value>, _: Arc<dyn RunStarter>) -> BoxFuture<'static, Result<Value, Error>> {
         async move { Ok(run["input"].clone()) }.boxed()
     }
 }
@@ -26,7 +25,7 @@ impl Operation for Echo {
 /// Fails with a typed error.
 struct Broken;
 impl Operation for Broken {
-    fn execute(&self, _: Map<String, Value>, _: Engine) -> BoxFuture<'static, Result<Value, Error>> {
+    fn execute(&self, _: Map<String, Value>, _: Arc<dyn RunStarter>) -> BoxFuture<'static, Result<Value, Error>> {
         async move { Err(Error::new(ErrorCode::OperationFailed, "disk on fire")) }.boxed()
     }
 }
@@ -34,14 +33,14 @@ impl Operation for Broken {
 /// Starts an `echo` run through the engine's own entry point and returns its output (as `select` fetches a schema).
 struct Nested;
 impl Operation for Nested {
-    fn execute(&self, run: Map<String, Value>, engine: Engine) -> BoxFuture<'static, Result<Value, Error>> {
+    fn execute(&self, run: Map<String, Value>, runs: Arc<dyn RunStarter>) -> BoxFuture<'static, Result<Value, Error>> {
         async move {
             let spec = RunSpec {
                 operation: "echo".into(),
                 input: json!({"inner": run["input"].clone()}),
                 ..RunSpec::default()
             };
-            let inner = engine.run(spec, &coworker::net::auth::Caller::trusted()).await.map_err(|f| f.error)?;
+            let inner = runs.start(spec).await?;
             Ok(inner["output"].clone())
         }
         .boxed()

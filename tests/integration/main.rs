@@ -9,6 +9,7 @@ mod crash;
 mod data;
 mod diff_invariant;
 mod hooks;
+mod layers;
 mod limits;
 mod load;
 mod memory;

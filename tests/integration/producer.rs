@@ -51,7 +51,8 @@ async fn runs_of_a_lost_producer_fail_after_the_grace_unless_it_comes_back() {
 /// `producer_lost` once the grace has passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_producer_process_loses_its_runs() {
-    use coworker::config::{Config, EngineConfig, Limits};
+    use coworker::Config;
+    use coworker::config::{EngineConfig, Limits};
     let limits = Limits { producer_grace: std::time::Duration::from_millis(300), ..Limits::default() };
     let config = Config { engine: EngineConfig { limits, ..EngineConfig::default() }, ..Config::default() };
     let server = start_config(config, coworker::plugin::hooks::Hooks::default()).await;

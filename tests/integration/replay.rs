@@ -3,8 +3,9 @@
 //! load records its log; replayed into a fresh model, it gives the server's own fresh snapshot.
 
 use crate::support::*;
+use coworker::Config;
 use coworker::client::Client;
-use coworker::config::{Config, EngineConfig, Limits};
+use coworker::config::{EngineConfig, Limits};
 use coworker::engine::sequencer::{Local, Recording};
 use coworker::feed::render_state;
 use coworker::model::context::{ProducerId, RunId, Status};

@@ -1,7 +1,8 @@
 //! Test support: a real server on 127.0.0.1:0, a raw WebSocket client for frame-level assertions, and a plugin
 //! that records hook calls.
 
-use coworker::config::{Config, EngineConfig};
+use coworker::Config;
+use coworker::config::EngineConfig;
 use coworker::plugin::hooks::{Hooks, Plugin, RunContext};
 use futures::{SinkExt, StreamExt};
 use parking_lot::Mutex;
@@ -348,7 +349,8 @@ pub fn text_frame(payload: &[u8]) -> Vec<u8> {
 /// Authenticated-mode helpers: one HS256 secret, tokens with its claims, a server that verifies them.
 pub mod jwt {
     use super::{Raw, TestServer, start_config};
-    use coworker::config::{Config, EngineConfig, Limits};
+    use coworker::Config;
+    use coworker::config::{EngineConfig, Limits};
     use coworker::net::auth::Auth;
     use coworker::plugin::hooks::Hooks;
     use jsonwebtoken::{EncodingKey, Header, encode};
