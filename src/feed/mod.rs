@@ -1,10 +1,11 @@
 //! Per-node delivery of what a space's state machine applied: the tick's journal and its compaction
-//! ([`journal`]), rendering once per view set, resume history ([`history`]), and the subscriber slots and outboxes
+//! ([`journal`]), rendering once per view set ([`render`]), resume history ([`history`]), and the subscriber slots and outboxes
 //! ([`subscriber`]). [`Feed`] is the part of a space behind its lock that only this node has: it reads the model and
 //! what each event's apply returned, and never changes the model.
 
 pub mod history;
 pub mod journal;
+pub mod render;
 pub mod subscriber;
 
 use crate::model::context::Class;
@@ -12,7 +13,8 @@ use crate::protocol::{self, EventName, ReqId, StateParts};
 use crate::space::model::{Applied, Lifecycle, SpaceModel};
 use crate::space::views::ViewSet;
 use history::History;
-use journal::{Cut, Journal, Rendered, RunDelta};
+use journal::Journal;
+use render::{Cut, Rendered, RunDelta};
 use std::sync::Arc;
 use subscriber::{Delivery, SubSlot};
 use tokio::time::Instant;
