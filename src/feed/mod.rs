@@ -88,6 +88,13 @@ impl Feed {
     /// Journals what one event changed. `model` is the state after it. Takes the changes and view ops out of `a`.
     pub fn record(&mut self, model: &SpaceModel, a: &mut Applied) {
         let j = &mut self.journal;
+        if a.notice.is_none() && a.loading_before.is_none() && a.views.is_empty() && !a.current_changed {
+            // A patch (the token path): its changes only.
+            if a.before != Class::ABSENT {
+                j.changes(a.run, a.before, std::mem::take(&mut a.changes));
+            }
+            return;
+        }
         if let Some(before) = a.loading_before {
             j.loading(before);
         }

@@ -324,9 +324,9 @@ async fn autobahn_echo(ws: WebSocketUpgrade, State(state): State<AppState>) -> R
                 Ok(m @ (Message::Text(_) | Message::Binary(_))) => m,
                 Ok(_) => continue,
                 Err(e) => {
-                    if let Some((code, reason)) = session::close_code_for(&e) {
+                    if let Some((code, reason)) = session::transport::close_code_for(&e) {
                         let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
-                        session::drain_after_close(&mut socket).await;
+                        session::transport::drain_after_close(&mut socket).await;
                     }
                     break;
                 }

@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::fmt::Write;
 
+pub mod close;
 mod fast;
 
 /// Protocol version, reported by `/healthz`. Bumped on any incompatible change.

@@ -21,4 +21,5 @@ mod resume;
 mod slow;
 mod support;
 mod timing;
+mod transport;
 mod views;

@@ -18,7 +18,7 @@ fn every_error_code_is_documented() {
 
 #[test]
 fn every_close_code_and_message_type_is_documented() {
-    use coworker::net::session::close;
+    use coworker::protocol::close;
     let doc = doc();
     for code in [
         close::GOING_AWAY,
