@@ -79,13 +79,10 @@ pub fn apply(ctx: &mut Map<String, Value>, ops: Vec<PatchOp>) -> Result<Applied>
 /// An upper bound of what `ops` can add to a context's state bytes: their values, and for a set or an append whose
 /// target is missing, the objects built along its path (and a comma). Costs O(ops).
 pub fn growth_bound(ops: &[PatchOp]) -> usize {
-    let path_bound = |path: &Path| -> usize {
-        path.segs.iter().map(|s| 2 * crate::model::size::NODE + 6 + 6 * s.text.len()).sum::<usize>() + 1
-    };
     ops.iter()
         .map(|op| match op {
-            PatchOp::Set { path, cost, .. } => cost + path_bound(path),
-            PatchOp::Append { path, cost, .. } => cost + crate::model::size::NODE + 3 + path_bound(path),
+            PatchOp::Set { path, cost, .. } => cost + path.growth,
+            PatchOp::Append { path, cost, .. } => cost + crate::model::size::NODE + 3 + path.growth,
             PatchOp::Step { cost, .. } => cost + 2 * crate::model::size::NODE + 16,
             PatchOp::Remove { .. } => 0,
         })

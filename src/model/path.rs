@@ -27,6 +27,9 @@ pub struct RawSeg {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Path {
     pub segs: Vec<RawSeg>,
+    /// The most state bytes a write at this path can add besides its value (the objects built along it, their
+    /// keys, a comma): measured once here, read by every admission of the patch.
+    pub growth: usize,
 }
 
 /// A segment resolved against the run: an object key or an array index.
@@ -75,7 +78,8 @@ impl Path {
         if READ_ONLY_FIELDS.contains(&&*first.text) {
             return Err(Error::new(ErrorCode::ReadOnlyPath, format!("field `{}` cannot be patched", first.text)));
         }
-        Ok(Path { segs })
+        let growth = segs.iter().map(|s| 2 * crate::model::size::NODE + 6 + 6 * s.text.len()).sum::<usize>() + 1;
+        Ok(Path { segs, growth })
     }
 
     /// True when the path names a whole core field (`output`, `steps`, ...).

@@ -54,8 +54,7 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
         // Test code may reach anywhere: only what the module itself uses counts.
         let code = text.split("#[cfg(test)]").next().unwrap();
         // Comments (doc links included) are not imports.
-        let code: String =
-            code.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
+        let code: String = code.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
         let code = code.as_str();
         let mut deps = BTreeSet::new();
         for (i, _) in code.match_indices("crate::") {
