@@ -63,6 +63,12 @@ impl Journal {
     pub fn changes(&mut self, id: RunId, before: Class, changes: Vec<Change>) {
         let t = self.touch(id, before);
         if t.before.has(Class::PRESENT) {
+            if t.changes.is_empty() && changes.len() == 1 {
+                // The run's first change this tick, alone: compaction would push it as it is, so the list is
+                // taken whole (no copy, no allocation). The usual token, in a space of many runs.
+                t.changes = changes;
+                return;
+            }
             for c in changes {
                 push_compacted(&mut t.changes, c);
             }
