@@ -29,7 +29,7 @@ use crate::model::patch::{self, PatchOp};
 use crate::plugin::hooks::{Hooks, RunStarter};
 use crate::protocol::{ReqId, RunSpec};
 use crate::space::event::{Allowance, End, SpaceEvent};
-use crate::space::model::{Applied, Rules};
+use crate::space::model::{Applied, FinishedIds, Rules};
 use crate::space::views::ViewSet;
 use crate::store::Store;
 use dashmap::DashMap;
@@ -38,7 +38,6 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
-use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -85,27 +84,6 @@ impl Finished {
     }
 }
 
-/// Finished run ids this node remembers (bounded, oldest forgotten first): it tells `run_finished` from
-/// `unknown_run` for a run id it no longer routes, and refuses reused ids early. Each space's model keeps its own.
-#[derive(Debug, Default)]
-struct FinishedIds {
-    set: HashSet<RunId>,
-    order: VecDeque<RunId>,
-}
-
-impl FinishedIds {
-    fn insert(&mut self, id: RunId, cap: usize) {
-        if self.set.insert(id) {
-            self.order.push_back(id);
-            while self.order.len() > cap {
-                if let Some(old) = self.order.pop_front() {
-                    self.set.remove(&old);
-                }
-            }
-        }
-    }
-}
-
 /// Where the registry routes a run id: its space, and the owner's account its state bytes count against.
 #[derive(Debug)]
 pub struct Route {
@@ -143,6 +121,8 @@ impl Clock {
 pub struct Shared {
     /// Every run in some space's `activeRuns`, by id: O(1) routing for patches from any connection.
     registry: DashMap<RunId, Arc<Route>, RunHasher>,
+    /// Finished run ids this node remembers: it tells `run_finished` from `unknown_run` for a run id it no longer
+    /// routes, and refuses reused ids early. Each space's model keeps its own, which decides.
     finished: Mutex<FinishedIds>,
     spaces: DashMap<Arc<str>, Arc<Space>>,
     hooks: Hooks,
@@ -307,7 +287,7 @@ impl Engine {
         let mut ctx = Some(ctx);
         loop {
             let route = Arc::new(Route { space: space.clone(), owner: owner.clone(), account: quota.account() });
-            if self.shared.finished.lock().set.contains(&id) {
+            if self.shared.finished.lock().contains(&id) {
                 return Err(self.lost_race(id, reply));
             }
             match self.shared.registry.entry(id) {
@@ -416,7 +396,7 @@ impl Engine {
     /// Refuses an id that an active run, a remembered finished run or the audit trail already has.
     async fn check_new_id(&self, id: RunId) -> Result<()> {
         let taken = Error::new(ErrorCode::DuplicateRun, "a run with this id exists");
-        if self.shared.registry.contains_key(&id) || self.shared.finished.lock().set.contains(&id) {
+        if self.shared.registry.contains_key(&id) || self.shared.finished.lock().contains(&id) {
             return Err(taken);
         }
         if self.shared.store.contains(id).await? { Err(taken) } else { Ok(()) }
@@ -436,7 +416,7 @@ impl Engine {
     /// does not exist. (Whether the run has finished is the state machine's to say.)
     fn route(&self, id: RunId, caller: &Caller) -> Result<Arc<Route>> {
         let Some(route) = self.shared.registry.get(&id).map(|r| r.clone()) else {
-            return Err(if self.shared.finished.lock().set.contains(&id) {
+            return Err(if self.shared.finished.lock().contains(&id) {
                 Error::new(ErrorCode::RunFinished, "the run has finished")
             } else {
                 Error::new(ErrorCode::UnknownRun, "no active run has this id")

@@ -78,13 +78,14 @@ impl Applied {
 
 /// Finished run ids, bounded, oldest forgotten first.
 #[derive(Debug, Default, Clone, PartialEq)]
-struct Finished {
+pub struct FinishedIds {
     set: HashSet<RunId, RunHasher>,
     order: VecDeque<RunId>,
 }
 
-impl Finished {
-    fn insert(&mut self, id: RunId, cap: usize) {
+impl FinishedIds {
+    /// Remembers `id`, forgetting the oldest past `cap`.
+    pub fn insert(&mut self, id: RunId, cap: usize) {
         if self.set.insert(id) {
             self.order.push_back(id);
             while self.order.len() > cap {
@@ -93,6 +94,10 @@ impl Finished {
                 }
             }
         }
+    }
+
+    pub fn contains(&self, id: &RunId) -> bool {
+        self.set.contains(id)
     }
 }
 
@@ -105,7 +110,7 @@ pub struct SpaceModel {
     views: Views,
     /// Failed runs waiting out their linger: (when it ends, in milliseconds since the epoch; the run), oldest first.
     lingering: VecDeque<(u64, RunId)>,
-    finished: Finished,
+    finished: FinishedIds,
     /// The last completed data run, and its state bytes.
     current: Option<(Arc<Map<String, Value>>, usize)>,
 }
@@ -125,7 +130,7 @@ impl SpaceModel {
             runs: IndexMap::default(),
             views: Views::default(),
             lingering: VecDeque::new(),
-            finished: Finished::default(),
+            finished: FinishedIds::default(),
             current: None,
         }
     }
@@ -134,7 +139,7 @@ impl SpaceModel {
     pub fn apply(&mut self, event: SpaceEvent) -> Result<Applied> {
         match event {
             SpaceEvent::RunStarted { id, timestamp, parent, status, ctx, producer } => {
-                if self.runs.contains_key(&id) || self.finished.set.contains(&id) {
+                if self.runs.contains_key(&id) || self.finished.contains(&id) {
                     return Err(Error::new(ErrorCode::DuplicateRun, format!("a run with id {id} exists")));
                 }
                 let kind = Kind::of(ctx.get("operation").and_then(Value::as_str).unwrap_or_default());
@@ -226,7 +231,7 @@ impl SpaceModel {
                 Ok(a)
             }
             SpaceEvent::Rejected { id, ctx } => {
-                if self.runs.contains_key(&id) || self.finished.set.contains(&id) {
+                if self.runs.contains_key(&id) || self.finished.contains(&id) {
                     return Err(Error::new(ErrorCode::DuplicateRun, format!("a run with id {id} exists")));
                 }
                 self.finished.insert(id, self.rules.finished_memory);
@@ -240,7 +245,7 @@ impl SpaceModel {
         match self.runs.get_mut(&id) {
             Some(run) if run.status.is_finished() => Err(finished()),
             Some(run) => Ok(run),
-            None if self.finished.set.contains(&id) => Err(finished()),
+            None if self.finished.contains(&id) => Err(finished()),
             None => Err(unknown()),
         }
     }
