@@ -8,14 +8,14 @@
 //!
 //! How the runtime and the journal are handled, and why:
 //! - `Engine::patch` is synchronous, but every change it makes is also pushed onto the space's journal, which only
-//!   the space's notifier task empties, at most once per tick (16 ms). That task only runs while the tokio runtime
+//!   the space's ticker task empties, at most once per tick (16 ms). That task only runs while the tokio runtime
 //!   is driven. Calling `patch` in a plain `b.iter` loop would never drive it: the tick's merged append would grow
 //!   without bound (millions of tokens, all kept in memory and serialized by one giant flush at the end), which is
 //!   not the state a server is ever in. So each benchmark uses `iter_custom` and works in batches of at most 256
 //!   patches: the batch's ops are built untimed, only the `patch` calls are timed, and between batches the
-//!   runtime is driven (`block_on` of two `yield_now`s: the first lets the timer driver fire the notifier's tick
-//!   sleep, the second lets the woken notifier run). The journal therefore holds at most one tick of changes, as
-//!   in a server, and the notifier's flush (which runs on this same current-thread runtime, only inside those
+//!   runtime is driven (`block_on` of two `yield_now`s: the first lets the timer driver fire the ticker's tick
+//!   sleep, the second lets the woken ticker run). The journal therefore holds at most one tick of changes, as
+//!   in a server, and the ticker's flush (which runs on this same current-thread runtime, only inside those
 //!   untimed `block_on`s) never overlaps a timed section. Criterion plans iteration counts from the wall time of
 //!   the whole routine, so the untimed work shortens the measurement, not the run time of the bench.
 //! - A run created in the tick in progress has its changes dropped from the journal (its whole context is sent
@@ -87,7 +87,7 @@ fn measuring() -> bool {
     std::env::args().any(|a| a == "--bench")
 }
 
-/// A current-thread runtime with an engine created inside it (creating a space spawns its notifier task). The
+/// A current-thread runtime with an engine created inside it (creating a space spawns its ticker task). The
 /// engine has the server's store, on an in-memory database: a patch never touches it, only `complete` does.
 struct Fixture {
     rt: Runtime,
@@ -125,13 +125,13 @@ impl Fixture {
         self.engine.patch(id, vec![PatchOp::set(path("output.tokens"), tokens)], &TRUSTED).expect("fill");
     }
 
-    /// Lets the notifier flush everything journaled so far and start a new tick.
+    /// Lets the ticker flush everything journaled so far and start a new tick.
     fn settle(&self) {
         let tick = self.engine.config().tick;
         self.rt.block_on(async { tokio::time::sleep(tick * 3).await });
     }
 
-    /// Lets the notifier run if its tick is due (see the top of the file).
+    /// Lets the ticker run if its tick is due (see the top of the file).
     fn drive(&self) {
         self.rt.block_on(async {
             tokio::task::yield_now().await;

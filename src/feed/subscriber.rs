@@ -1,11 +1,11 @@
-//! Subscriptions and their delivery slots. Each subscription has one pending slot, not a queue: the notifier puts
+//! Subscriptions and their delivery slots. Each subscription has one pending slot, not a queue: the ticker puts
 //! a snapshot, merges diffs (keeping the oldest base, taking the newest seq) and adds events; the connection's
 //! writer takes whatever is there. What a slow reader makes the server hold is bounded twice: a slot whose diffs
 //! and events pass its byte cap, or whose connection's slots together pass theirs, drops them and waits for a
 //! fresh snapshot (`resync`). A snapshot is not counted against those caps (it is shared by every subscriber of
 //! its view set, and it is what a resync delivers); instead a slot gets its resync snapshot only once its
 //! connection's writer has written everything it took, and a slot that keeps overflowing waits longer each time
-//! (backoff), so a reader slower than the stream gets fewer, larger snapshots, never a loop of them. The notifier
+//! (backoff), so a reader slower than the stream gets fewer, larger snapshots, never a loop of them. The ticker
 //! never waits on a socket.
 
 use crate::protocol::{self, ReqId};

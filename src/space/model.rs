@@ -135,7 +135,9 @@ impl SpaceModel {
         }
     }
 
-    /// Applies one event, all or nothing: on `Err` the model is exactly as it was.
+    /// Applies one event, all or nothing: on `Err` the model is exactly as it was. The event is taken by value,
+    /// not borrowed: its values (a token, a context) move into the state, so the token path copies nothing; a log
+    /// keeps the event's encoded bytes, and a replica decodes its own copy.
     pub fn apply(&mut self, event: SpaceEvent) -> Result<Applied> {
         match event {
             SpaceEvent::RunStarted { id, timestamp, parent, status, ctx, producer } => {
