@@ -61,6 +61,11 @@ struct Args {
     #[arg(long, env = "COWORKER_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
 
+    /// A postgres:// URL: keep documents, schemas and the audit trail in that PostgreSQL database instead of
+    /// SQLite under --data-dir.
+    #[arg(long, env = "COWORKER_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+
     /// Shared secret for HS256 tokens. With no key the server is in development mode (everyone trusted).
     #[arg(long, env = "COWORKER_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
@@ -142,6 +147,7 @@ async fn main() -> ExitCode {
             },
         },
         data_dir: Some(args.data_dir),
+        database_url: args.database_url,
         ..Config::default()
     };
     let limits = &config.engine.limits;

@@ -11,6 +11,7 @@ use crate::plugin::data;
 use crate::plugin::hooks::Hooks;
 use crate::protocol::PROTOCOL_VERSION;
 use crate::store::Store;
+use crate::store::postgres::{self, PgOptions, PgStore};
 use crate::store::sqlite::{SqliteStore, StoreOptions};
 use axum::Router;
 use axum::extract::State;
@@ -60,6 +61,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Where the database lives; `None` keeps it in memory (nothing survives a restart).
     pub data_dir: Option<PathBuf>,
+    /// A `postgres://` URL: documents, schemas and the audit trail in that PostgreSQL database instead of SQLite
+    /// under `data_dir`.
+    pub database_url: Option<String>,
     /// Token verification; `None` is development mode (every caller trusted).
     pub auth: Option<Auth>,
     /// Origins allowed to open a WebSocket (exact match). Empty: the server's own origin, and localhost origins.
@@ -76,6 +80,7 @@ impl Default for Config {
             engine: EngineConfig::default(),
             shutdown_grace: Duration::from_secs(3),
             data_dir: None,
+            database_url: None,
             auth: None,
             allowed_origins: Vec::new(),
             autobahn_echo: false,
@@ -92,7 +97,7 @@ pub async fn serve(
     hooks: Hooks,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let backend = Backend::open(&config)?;
+    let backend = Backend::open(&config).await?;
     serve_with(listener, config, hooks, backend, shutdown).await
 }
 
@@ -105,12 +110,35 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// The embedded defaults: SQLite in `config.data_dir` (a scratch database without one), and the single-node
-    /// sequencer.
-    pub fn open(config: &Config) -> std::io::Result<Backend> {
-        let options = StoreOptions { query_timeout: config.engine.limits.query_timeout, ..StoreOptions::default() };
-        let store = SqliteStore::open(config.data_dir.as_deref(), options).map_err(std::io::Error::other)?;
-        Ok(Backend { store: Arc::new(store), sequencer: Arc::new(Local) })
+    /// The store the config names, and the single-node sequencer: PostgreSQL at `config.database_url`, or else
+    /// the embedded SQLite in `config.data_dir` (a scratch database without one). Fails with a one-line reason when
+    /// the URL is not a `postgres://` one or the database cannot be reached or set up.
+    pub async fn open(config: &Config) -> std::io::Result<Backend> {
+        let query_timeout = config.engine.limits.query_timeout;
+        let store: Arc<dyn Store> = match &config.database_url {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                let options = PgOptions { query_timeout, ..PgOptions::default() };
+                let store = PgStore::open(url, options).await.map_err(std::io::Error::other)?;
+                tracing::info!(url = %postgres::redacted(url), "store: PostgreSQL");
+                Arc::new(store)
+            }
+            Some(url) => {
+                return Err(std::io::Error::other(format!(
+                    "--database-url must be a postgres:// URL, not {}",
+                    postgres::redacted(url)
+                )));
+            }
+            None => {
+                let options = StoreOptions { query_timeout, ..StoreOptions::default() };
+                let store = SqliteStore::open(config.data_dir.as_deref(), options).map_err(std::io::Error::other)?;
+                match &config.data_dir {
+                    Some(dir) => tracing::info!(path = %crate::store::sqlite::db_path(dir).display(), "store: SQLite"),
+                    None => tracing::info!("store: SQLite, a scratch database"),
+                }
+                Arc::new(store)
+            }
+        };
+        Ok(Backend { store, sequencer: Arc::new(Local) })
     }
 }
 

@@ -27,8 +27,8 @@ fn names(page: &super::Page) -> Vec<&str> {
 
 /// Runs the whole contract on stores made by `open` (called twice: the second store must see what the first
 /// made durable). Panics on the first broken promise.
-pub async fn check<S: Store>(open: impl Fn() -> S) {
-    let store = open();
+pub async fn check<S: Store, F: std::future::Future<Output = S>>(open: impl Fn() -> F) {
+    let store = open().await;
     // Documents: create, a conflict, per-space isolation.
     for (name, n, tag) in [("a", 3, "x"), ("b", 1, "y"), ("c", 2, "x"), ("d\"q", 5, "x")] {
         let doc = obj(json!({"name": name, "n": n, "tag": tag, "odd key": true}));
@@ -125,7 +125,7 @@ pub async fn check<S: Store>(open: impl Fn() -> S) {
     drop(store);
 
     // Reopened: what was acknowledged is there.
-    let store = open();
+    let store = open().await;
     assert_eq!(store.runs(runs(vec![], None)).await.unwrap().total, 3);
     assert_eq!(names(&store.select(docs("s1", "T", vec![], vec![], PAGE)).await.unwrap()), ["a"]);
 }

@@ -1,10 +1,12 @@
 //! Durable storage behind two typed interfaces: the [`AuditTrail`] of finished runs (an append that is safe to
 //! repeat, and a typed query) and the [`Documents`] of the data operations (typed queries that `data` has already
 //! validated). Store errors are classified here, at the boundary: a client sees one of our codes and messages,
-//! never a driver's text (the details go to the server log). [`sqlite`] is the embedded default; `contract` holds
+//! never a driver's text (the details go to the server log). [`sqlite`] is the embedded default, [`postgres`] the
+//! shared one; `contract` holds
 //! the behaviour every backend must have, as a test suite any backend can run.
 
 pub mod contract;
+pub mod postgres;
 pub mod sqlite;
 
 use crate::error::{Error, ErrorCode};

@@ -727,7 +727,7 @@ mod tests {
     #[tokio::test]
     async fn the_contract_holds() {
         let dir = tempfile::tempdir().unwrap();
-        let open = || SqliteStore::open(Some(dir.path()), StoreOptions::default()).unwrap();
+        let open = || async { SqliteStore::open(Some(dir.path()), StoreOptions::default()).unwrap() };
         super::super::contract::check(open).await;
     }
 

@@ -115,7 +115,7 @@ async fn a_replay_of_a_live_servers_log_equals_its_snapshot() {
     let engine = EngineConfig { linger: Duration::from_secs(2), limits: limits.clone(), ..EngineConfig::default() };
     let config = Config { engine, ..Config::default() };
     let recording = Arc::new(Recording::new(Local));
-    let mut backend = coworker::net::server::Backend::open(&config).unwrap();
+    let mut backend = coworker::net::server::Backend::open(&config).await.unwrap();
     backend.sequencer = recording.clone();
     let server = start_backend(config, Hooks::default(), backend).await;
     let (a, b) = (Client::connect(&server.url()).await.unwrap(), Client::connect(&server.url()).await.unwrap());

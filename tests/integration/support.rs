@@ -63,7 +63,7 @@ pub async fn start_in(dir: &std::path::Path) -> TestServer {
 }
 
 pub async fn start_config(config: Config, hooks: Hooks) -> TestServer {
-    let backend = coworker::net::server::Backend::open(&config).expect("the store opens");
+    let backend = coworker::net::server::Backend::open(&config).await.expect("the store opens");
     start_backend(config, hooks, backend).await
 }
 
