@@ -629,10 +629,8 @@ async fn matching(
         )));
     }
     let mut params = Params::default();
-    let sql = format!(
-        "SELECT name, body FROM docs{} ORDER BY name FOR UPDATE",
-        where_clause(&scope, &t.filter, &mut params)
-    );
+    let sql =
+        format!("SELECT name, body FROM docs{} ORDER BY name FOR UPDATE", where_clause(&scope, &t.filter, &mut params));
     let rows = tx.query(&sql, &params.refs()).await.map_err(classify)?;
     rows.into_iter().map(|r| Ok((r.get::<_, String>(0), object(r.get::<_, Value>(1))?))).collect()
 }
@@ -669,7 +667,10 @@ impl TestDatabase {
     pub async fn drop_now(self) {
         let (client, conn) = tokio_postgres::connect(&self.admin, tokio_postgres::NoTls).await.expect("connect");
         tokio::spawn(conn);
-        client.batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", self.name)).await.expect("drop the test database");
+        client
+            .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
+            .await
+            .expect("drop the test database");
     }
 }
 

@@ -1,6 +1,6 @@
-//! The crash test: the server process is killed with SIGKILL at random moments while clients complete runs.
-//! After each restart, every run whose completion was acknowledged is in the trail with its final output, and no
-//! run appears twice.
+//! The crash test, on SQLite and on PostgreSQL: the server process is killed with SIGKILL at random moments while
+//! clients complete runs. After each restart, every run whose completion was acknowledged is in the trail with its
+//! final output, and no run appears twice.
 
 use crate::support::*;
 use coworker::client::Client;
@@ -40,14 +40,13 @@ async fn producer(url: String, round: usize, worker: usize, acked: Arc<Mutex<Vec
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_completions_survive_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().to_str().unwrap().to_string();
+async fn acknowledged_completions_survive_sigkill(store: &TestStore) {
+    let args = store.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
     let acked = Arc::new(Mutex::new(Vec::new()));
     for round in 0..ROUNDS {
-        let server = Process::start(&["--data-dir", &data_dir]);
+        let server = Process::start(&args);
         let workers: Vec<_> =
             (0..CLIENTS).map(|w| tokio::spawn(producer(server.url.clone(), round, w, acked.clone()))).collect();
         let delay = 150 + next(&mut seed) % 600;
@@ -64,7 +63,7 @@ async fn acknowledged_completions_survive_sigkill() {
     let acked = acked.lock().clone();
     assert!(acked.len() > ROUNDS * 10, "too few completions to mean anything: {}", acked.len());
 
-    let server = Process::start(&["--data-dir", &data_dir]);
+    let server = Process::start(&args);
     let c = Client::connect(&server.url).await.unwrap();
     let mut trail: HashMap<String, Value> = HashMap::new();
     let mut skip = 0;
@@ -91,3 +90,5 @@ async fn acknowledged_completions_survive_sigkill() {
     }
     eprintln!("crash test: {} acknowledged completions over {ROUNDS} kills, {} in the trail", acked.len(), trail.len());
 }
+
+crate::on_both_stores!(acknowledged_completions_survive_sigkill);

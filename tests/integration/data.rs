@@ -1,5 +1,6 @@
-//! Data operations on a real database file: documents, the Schema doctype and validation, includeSchema, the Run
-//! audit trail, and persistence across a restart.
+//! Data operations on a real database, SQLite and PostgreSQL each: documents, the Schema doctype and validation,
+//! includeSchema, the Run audit trail, and persistence across a restart. (The full disk and the read-only file are
+//! SQLite's.)
 
 use crate::support::*;
 use coworker::client::{Client, ClientError};
@@ -22,10 +23,8 @@ const TASK_SCHEMA: &str = r#"{"_schema_doctype": "Task", "fields": [
     {"fieldname": "state", "fieldtype": "Select", "options": "open\nclosed"}
 ]}"#;
 
-#[tokio::test]
-async fn create_select_update_delete() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = start_in(dir.path()).await;
+async fn create_select_update_delete(store: &TestStore) {
+    let server = store.start().await;
     let c = Client::connect(&server.url()).await.unwrap();
     for (name, points) in [("a", 3), ("b", 1), ("c", 2)] {
         let r = run(&c, "create", "Note", json!({"data": {"name": name, "points": points, "tag": "x"}})).await.unwrap();
@@ -94,10 +93,8 @@ async fn create_select_update_delete() {
     assert_eq!(code(&e), "operation_failed", "a data operation needs a doctype");
 }
 
-#[tokio::test]
-async fn schemas_are_data_validate_writes_and_come_with_select() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = start_in(dir.path()).await;
+async fn schemas_are_data_validate_writes_and_come_with_select(store: &TestStore) {
+    let server = store.start().await;
     let c = Client::connect(&server.url()).await.unwrap();
     let schema: Value = serde_json::from_str(TASK_SCHEMA).unwrap();
     let r = run(&c, "create", "Schema", json!({"data": schema})).await.unwrap();
@@ -158,7 +155,7 @@ async fn schemas_are_data_validate_writes_and_come_with_select() {
 
     // After a restart the documents and the schema (and so validation) are still there.
     server.stop().await;
-    let server = start_in(dir.path()).await;
+    let server = store.start().await;
     let c = Client::connect(&server.url()).await.unwrap();
     let e = run(&c, "create", "Task", json!({"data": {"points": 2}})).await.unwrap_err();
     assert_eq!(code_of(&e), "rejected");
@@ -169,14 +166,18 @@ async fn schemas_are_data_validate_writes_and_come_with_select() {
     run(&c, "create", "Task", json!({"data": {"points": "anything"}})).await.unwrap();
 }
 
+crate::on_both_stores!(
+    create_select_update_delete,
+    schemas_are_data_validate_writes_and_come_with_select,
+    every_finished_run_is_in_the_run_doctype,
+);
+
 fn code_of(e: &ClientError) -> &str {
     code(e)
 }
 
-#[tokio::test]
-async fn every_finished_run_is_in_the_run_doctype() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = start_in(dir.path()).await;
+async fn every_finished_run_is_in_the_run_doctype(store: &TestStore) {
+    let server = store.start().await;
     let c = Client::connect(&server.url()).await.unwrap();
     let a = c.run(json!({"operation": "interpret", "owner": "ann"})).await.unwrap();
     let a_id = a["id"].as_str().unwrap();

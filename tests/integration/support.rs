@@ -57,9 +57,77 @@ pub async fn start_with(engine: EngineConfig, hooks: Hooks) -> TestServer {
     start_config(Config { engine, ..Config::default() }, hooks).await
 }
 
-/// A server whose database lives in `dir` (a real file).
-pub async fn start_in(dir: &std::path::Path) -> TestServer {
-    start_config(Config { data_dir: Some(dir.to_path_buf()), ..Config::default() }, Hooks::default()).await
+/// A store for one test, of either backend: a SQLite file in a temporary folder, or a PostgreSQL database of its
+/// own (created on the server the tests use, dropped at the end). A server started on it, stopped, and started
+/// again finds what the first one made durable.
+pub enum TestStore {
+    Sqlite(tempfile::TempDir),
+    Postgres(coworker::store::postgres::TestDatabase),
+}
+
+impl TestStore {
+    pub fn sqlite() -> TestStore {
+        TestStore::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    pub async fn postgres() -> TestStore {
+        TestStore::Postgres(coworker::store::postgres::TestDatabase::create().await)
+    }
+
+    /// The server's flags for this store.
+    pub fn args(&self) -> Vec<String> {
+        match self {
+            TestStore::Sqlite(dir) => vec!["--data-dir".into(), dir.path().to_str().unwrap().into()],
+            TestStore::Postgres(db) => vec!["--database-url".into(), db.url.clone()],
+        }
+    }
+
+    pub fn config(&self) -> Config {
+        match self {
+            TestStore::Sqlite(dir) => Config { data_dir: Some(dir.path().to_path_buf()), ..Config::default() },
+            TestStore::Postgres(db) => Config { database_url: Some(db.url.clone()), ..Config::default() },
+        }
+    }
+
+    /// A server on this store.
+    pub async fn start(&self) -> TestServer {
+        start_config(self.config(), Hooks::default()).await
+    }
+
+    /// Removes what the store holds (a PostgreSQL database is dropped).
+    pub async fn remove(self) {
+        if let TestStore::Postgres(db) = self {
+            db.drop_now().await;
+        }
+    }
+}
+
+/// Makes each listed `async fn name(store: &TestStore)` a test against SQLite and a test against PostgreSQL:
+/// `sqlite::name` and `postgres::name`.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let store = $crate::support::TestStore::sqlite();
+                    super::$name(&store).await;
+                    store.remove().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let store = $crate::support::TestStore::postgres().await;
+                    super::$name(&store).await;
+                    store.remove().await;
+                }
+            )*
+        }
+    };
 }
 
 pub async fn start_config(config: Config, hooks: Hooks) -> TestServer {
