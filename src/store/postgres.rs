@@ -124,6 +124,17 @@ fn classify(e: tokio_postgres::Error) -> StoreError {
     match e.code() {
         Some(c) if *c == SqlState::QUERY_CANCELED => StoreError::Timeout,
         Some(c) if *c == SqlState::UNIQUE_VIOLATION => StoreError::Conflict("a document with this name exists".into()),
+        // The connection was cut (an administrator, a restart, a failover): the database is unavailable, not
+        // failing; the pool replaces the connection.
+        Some(c)
+            if c.code().starts_with("08")
+                || *c == SqlState::ADMIN_SHUTDOWN
+                || *c == SqlState::CRASH_SHUTDOWN
+                || *c == SqlState::CANNOT_CONNECT_NOW =>
+        {
+            tracing::warn!(error = %e, "the database connection was cut");
+            StoreError::Unavailable
+        }
         Some(c) if *c == SqlState::DISK_FULL || *c == SqlState::OUT_OF_MEMORY => {
             tracing::error!(error = %e, "the database could not store a request");
             StoreError::Failed
@@ -140,14 +151,11 @@ fn classify(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
+/// No connection could be had: none was free within the wait, or a new one could not be made (the server is
+/// down, refuses connections, or is restarting). Either way the database is unavailable for now.
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
-    match e {
-        deadpool_postgres::PoolError::Backend(e) => classify(e),
-        other => {
-            tracing::warn!(error = %other, "no database connection within the wait");
-            StoreError::Unavailable
-        }
-    }
+    tracing::warn!(error = %e, "no database connection");
+    StoreError::Unavailable
 }
 
 impl PgStore {
@@ -212,14 +220,51 @@ async fn migrate(client: &mut deadpool_postgres::Object) -> Result<(), tokio_pos
     tx.commit().await
 }
 
+/// Records kept for a later try after the database stayed unreachable past `connect_wait`, at most.
+const MAX_BACKLOG: usize = 100_000;
+
 /// The writer task: takes every record waiting, inserts them with one statement in one transaction, and answers
-/// them all once it committed.
+/// them all once it committed. A cut connection is retried until `connect_wait` has passed (appending a record
+/// twice is a no-op, so a batch whose commit may or may not have happened is simply sent again); past it the
+/// callers are told `Unavailable`, and the records are kept and tried again every second until the database is
+/// back, so that a run whose completion was refused is still recorded once.
 async fn writer(pool: Pool, mut rx: mpsc::UnboundedReceiver<Append>, options: PgOptions) {
     let mut batch = Vec::new();
-    while rx.recv_many(&mut batch, options.max_batch.max(1)).await > 0 {
-        let result = insert_runs(&pool, &batch).await;
+    let mut backlog: Vec<Arc<Map<String, Value>>> = Vec::new();
+    loop {
+        let received = if backlog.is_empty() {
+            rx.recv_many(&mut batch, options.max_batch.max(1)).await
+        } else {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, options.max_batch.max(1)) => n,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => usize::MAX,
+            }
+        };
+        if received == 0 {
+            return;
+        }
+        if !backlog.is_empty() && insert_runs(&pool, backlog.iter().map(|r| &**r)).await.is_ok() {
+            tracing::info!(records = backlog.len(), "the database is back: recorded the runs kept meanwhile");
+            backlog.clear();
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let deadline = tokio::time::Instant::now() + options.connect_wait;
+        let mut result = insert_runs(&pool, batch.iter().map(|a| &*a.run)).await;
+        while result == Err(StoreError::Unavailable) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            result = insert_runs(&pool, batch.iter().map(|a| &*a.run)).await;
+        }
         if let Err(e) = &result {
             tracing::error!(error = ?e, records = batch.len(), "run records were not committed");
+            if *e == StoreError::Unavailable {
+                let room = MAX_BACKLOG.saturating_sub(backlog.len());
+                if room < batch.len() {
+                    tracing::error!(dropped = batch.len() - room, "the backlog of unrecorded runs is full");
+                }
+                backlog.extend(batch.iter().take(room).map(|a| a.run.clone()));
+            }
         }
         for a in batch.drain(..) {
             let _ = a.reply.send(result.clone());
@@ -231,14 +276,13 @@ fn text(m: &Map<String, Value>, k: &str) -> Option<String> {
     m.get(k).and_then(Value::as_str).map(str::to_string)
 }
 
-async fn insert_runs(pool: &Pool, batch: &[Append]) -> StoreResult<()> {
+async fn insert_runs<'a>(pool: &Pool, runs: impl Iterator<Item = &'a Map<String, Value>>) -> StoreResult<()> {
     let mut client = pool.get().await.map_err(pool_error)?;
     let tx = client.transaction().await.map_err(classify)?;
     // One statement for the whole batch: the columns as arrays, unnested into rows.
     let (mut ids, mut times, mut owners, mut ops, mut statuses, mut parents, mut doctypes, mut ctxs) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    for a in batch {
-        let c = &*a.run;
+    for c in runs {
         ids.push(text(c, "id").unwrap_or_default());
         times.push(c.get("timestamp").and_then(Value::as_i64).unwrap_or(0));
         owners.push(text(c, "owner"));
@@ -558,9 +602,39 @@ async fn select_page(
     paging: Paging,
 ) -> StoreResult<Page> {
     let mut params = Params::default();
+    let sql = page_sql(scope, filter, order, paging, &mut params);
+    let rows = client.query(&sql, &params.refs()).await.map_err(classify)?;
+    let mut page = Page::default();
+    let mut bytes = 0usize;
+    for row in rows {
+        let text: String = row.get(0);
+        if !page.docs.is_empty() && bytes + text.len() > paging.max_bytes {
+            page.truncated = true;
+            break;
+        }
+        bytes += text.len();
+        let doc = match serde_json::from_str(&text) {
+            Ok(v) => object(v)?,
+            Err(_) => return Err(StoreError::Failed),
+        };
+        page.docs.push(if matches!(scope, Scope::Runs { .. }) { named_run(doc) } else { doc });
+    }
+    page.total = count(client, scope, filter).await?;
+    Ok(page)
+}
+
+/// The statement of a page: the rows' JSON as text, filtered, ordered (by the given fields, then newest first or
+/// by name), limited.
+fn page_sql(
+    scope: &Scope<'_>,
+    filter: &[Cond],
+    order: &[(String, bool)],
+    paging: Paging,
+    params: &mut Params,
+) -> String {
     let (table, body) = scope.table();
     let mut sql = format!("SELECT {body}::text FROM {table}");
-    sql.push_str(&where_clause(scope, filter, &mut params));
+    sql.push_str(&where_clause(scope, filter, params));
     let mut keys: Vec<String> = Vec::new();
     for (field, desc) in order {
         let col = match scope {
@@ -580,24 +654,7 @@ async fn select_page(
     let take = params.push(paging.take.min(i64::MAX as u64) as i64);
     let skip = params.push(paging.skip.min(i64::MAX as u64) as i64);
     sql.push_str(&format!(" LIMIT {take} OFFSET {skip}"));
-    let rows = client.query(&sql, &params.refs()).await.map_err(classify)?;
-    let mut page = Page::default();
-    let mut bytes = 0usize;
-    for row in rows {
-        let text: String = row.get(0);
-        if !page.docs.is_empty() && bytes + text.len() > paging.max_bytes {
-            page.truncated = true;
-            break;
-        }
-        bytes += text.len();
-        let doc = match serde_json::from_str(&text) {
-            Ok(v) => object(v)?,
-            Err(_) => return Err(StoreError::Failed),
-        };
-        page.docs.push(if matches!(scope, Scope::Runs { .. }) { named_run(doc) } else { doc });
-    }
-    page.total = count(client, scope, filter).await?;
-    Ok(page)
+    sql
 }
 
 /// A run record as a document: the final context, named by its id.
@@ -703,5 +760,52 @@ mod tests {
         let e = PgStore::open(&url, options).await.err().expect("open fails");
         assert_eq!(e.code, ErrorCode::StorageFailed);
         assert!(e.message.contains(&format!("127.0.0.1:{port}")) && !e.message.contains("hunter2"), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_run_queries_use_their_indexes() {
+        let db = TestDatabase::create().await;
+        let store = PgStore::open(&db.url, PgOptions::default()).await.unwrap();
+        let client = store.pool.get().await.unwrap();
+        client
+            .batch_execute(
+                "INSERT INTO runs (id, timestamp, owner, operation, status, parent_run, doctype, ctx)
+                 SELECT 'r' || i, i, 'o' || (i % 100), 'op' || (i % 20),
+                        CASE WHEN i % 10 = 0 THEN 'failed' ELSE 'completed' END, 'p' || (i % 1000), NULL,
+                        jsonb_build_object('id', 'r' || i)
+                 FROM generate_series(1, 20000) i;
+                 ANALYZE runs;",
+            )
+            .await
+            .unwrap();
+        let text = |v: &str| Scalar::Text(v.into());
+        let cond = |field: &str, cmp, value| Cond { field: field.into(), cmp, value };
+        let cases: Vec<(Option<&str>, Vec<Cond>, &str)> = vec![
+            (None, vec![], "runs_by_time"),
+            (Some("o7"), vec![], "runs_by_owner"),
+            (None, vec![cond("operation", Cmp::Eq, text("op3"))], "runs_by_operation"),
+            (None, vec![cond("status", Cmp::Eq, text("failed"))], "runs_by_status"),
+            (None, vec![cond("parentRun", Cmp::Eq, text("p5"))], "runs_by_parent"),
+            (
+                None,
+                vec![cond("timestamp", Cmp::Gte, Scalar::Int(100)), cond("timestamp", Cmp::Lt, Scalar::Int(200))],
+                "runs_by_time",
+            ),
+        ];
+        let paging = Paging { take: 50, skip: 0, max_bytes: 1 << 20 };
+        for (owner, filter, index) in cases {
+            let mut params = Params::default();
+            let sql = page_sql(&Scope::Runs { owner }, &filter, &[], paging, &mut params);
+            let rows = client.query(&format!("EXPLAIN {sql}"), &params.refs()).await.unwrap();
+            let plan: Vec<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+            let plan = plan.join("\n");
+            // An index scan, or a bitmap scan of the index when few rows match.
+            let used =
+                plan.contains(&format!("Index Scan using {index}")) || plan.contains(&format!("Index Scan on {index}"));
+            assert!(used, "{owner:?} {filter:?}:\n{plan}");
+        }
+        drop(client);
+        drop(store);
+        db.drop_now().await;
     }
 }

@@ -14,6 +14,7 @@ mod limits;
 mod load;
 mod memory;
 mod messages;
+mod postgres;
 mod producer;
 mod protocol_doc;
 mod replay;
