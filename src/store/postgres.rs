@@ -808,4 +808,17 @@ mod tests {
         drop(store);
         db.drop_now().await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_statement_past_the_time_limit_is_a_timeout() {
+        let db = TestDatabase::create().await;
+        let options = PgOptions { query_timeout: Duration::from_millis(100), ..PgOptions::default() };
+        let store = PgStore::open(&db.url, options).await.unwrap();
+        let client = store.pool.get().await.unwrap();
+        let e = client.query("SELECT pg_sleep(2)", &[]).await.unwrap_err();
+        assert_eq!(classify(e), StoreError::Timeout);
+        drop(client);
+        drop(store);
+        db.drop_now().await;
+    }
 }
