@@ -12,7 +12,7 @@
 
 use coworker::store::postgres::{PgOptions, PgStore, TestDatabase};
 use coworker::store::sqlite::{SqliteStore, StoreOptions};
-use coworker::store::{AuditTrail, Paging, RunQuery, Store};
+use coworker::store::{Paging, RunQuery, Store};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::{Map, Value, json};
 use std::sync::Arc;

@@ -603,7 +603,9 @@ async fn select_page(
 ) -> StoreResult<Page> {
     let mut params = Params::default();
     let sql = page_sql(scope, filter, order, paging, &mut params);
-    let rows = client.query(&sql, &params.refs()).await.map_err(classify)?;
+    // Prepared once per connection and statement text (the text holds no value, only placeholders).
+    let statement = client.prepare_cached(&sql).await.map_err(classify)?;
+    let rows = client.query(&statement, &params.refs()).await.map_err(classify)?;
     let mut page = Page::default();
     let mut bytes = 0usize;
     for row in rows {
@@ -668,7 +670,8 @@ fn named_run(mut doc: Map<String, Value>) -> Map<String, Value> {
 async fn count(client: &impl deadpool_postgres::GenericClient, scope: &Scope<'_>, filter: &[Cond]) -> StoreResult<u64> {
     let mut params = Params::default();
     let sql = format!("SELECT COUNT(*) FROM {}{}", scope.table().0, where_clause(scope, filter, &mut params));
-    let row = client.query_one(&sql, &params.refs()).await.map_err(classify)?;
+    let statement = client.prepare_cached(&sql).await.map_err(classify)?;
+    let row = client.query_one(&statement, &params.refs()).await.map_err(classify)?;
     Ok(row.get::<_, i64>(0) as u64)
 }
 
