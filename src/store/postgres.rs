@@ -696,10 +696,12 @@ async fn matching(
 }
 
 /// A database of its own for one test: created with a random name on the server that `COWORKER_TEST_DATABASE_URL`
-/// names (default `postgres://postgres@127.0.0.1:5432/postgres`), dropped by [`TestDatabase::drop_now`].
+/// names (default `postgres://postgres@127.0.0.1:5432/postgres`), dropped by [`TestDatabase::drop_now`], or when it
+/// is dropped (a failing test included).
 pub struct TestDatabase {
     admin: String,
     name: String,
+    dropped: bool,
     /// The URL of the test's database.
     pub url: String,
 }
@@ -720,17 +722,35 @@ impl TestDatabase {
             Some(i) if base[..i].ends_with(|c: char| c != '/') => format!("{}/{name}", &base[..i]),
             _ => format!("{base}/{name}"),
         };
-        TestDatabase { admin, name, url }
+        TestDatabase { admin, name, url, dropped: false }
     }
 
     /// Drops the database, closing whatever is still connected to it.
-    pub async fn drop_now(self) {
-        let (client, conn) = tokio_postgres::connect(&self.admin, tokio_postgres::NoTls).await.expect("connect");
+    pub async fn drop_now(mut self) {
+        Self::remove(&self.admin, &self.name).await;
+        self.dropped = true;
+    }
+
+    async fn remove(admin: &str, name: &str) {
+        let (client, conn) = tokio_postgres::connect(admin, tokio_postgres::NoTls).await.expect("connect");
         tokio::spawn(conn);
-        client
-            .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
-            .await
-            .expect("drop the test database");
+        let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+        client.batch_execute(&drop).await.expect("drop the test database");
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        // Dropped without `drop_now` (a test that panicked): drop it from a thread with a runtime of its own.
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            rt.block_on(Self::remove(&admin, &name));
+        })
+        .join();
     }
 }
 
@@ -823,5 +843,16 @@ mod tests {
         drop(client);
         drop(store);
         db.drop_now().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_test_database_is_dropped_even_without_drop_now() {
+        let db = TestDatabase::create().await;
+        let (admin, name) = (db.admin.clone(), db.name.clone());
+        drop(db);
+        let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let left = client.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name]).await.unwrap();
+        assert!(left.is_none(), "{name} is still there");
     }
 }
