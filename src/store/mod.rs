@@ -166,6 +166,63 @@ impl From<StoreError> for Error {
     }
 }
 
+impl StoreError {
+    /// A document past the size limit.
+    pub fn too_big(what: &str, limit: usize) -> StoreError {
+        StoreError::Conflict(format!("{what}: a document may be at most {limit} bytes of JSON"))
+    }
+}
+
+impl Affected {
+    /// Counts an affected document, and keeps it in the answer while the answer stays within `max_bytes` (the
+    /// first always comes).
+    pub fn add(&mut self, doc: Map<String, Value>, len: usize, bytes: &mut usize, max_bytes: usize) {
+        self.count += 1;
+        if self.truncated || (!self.docs.is_empty() && *bytes + len > max_bytes) {
+            self.truncated = true;
+            return;
+        }
+        *bytes += len;
+        self.docs.push(doc);
+    }
+}
+
+/// What a query reads: documents of one doctype in one space, or runs (of one owner, or all). For the backends.
+enum Scope<'a> {
+    Docs { space: &'a str, doctype: &'a str },
+    Runs { owner: Option<&'a str> },
+}
+
+impl Scope<'_> {
+    /// The table and its JSON column.
+    fn table(&self) -> (&'static str, &'static str) {
+        match self {
+            Scope::Docs { .. } => ("docs", "body"),
+            Scope::Runs { .. } => ("runs", "ctx"),
+        }
+    }
+}
+
+/// The SQL operator of a comparison.
+fn cmp_sql(c: Cmp) -> &'static str {
+    match c {
+        Cmp::Eq => "=",
+        Cmp::Ne => "<>",
+        Cmp::Gt => ">",
+        Cmp::Gte => ">=",
+        Cmp::Lt => "<",
+        Cmp::Lte => "<=",
+    }
+}
+
+/// A run record as a document: the final context, named by its id.
+fn named_run(mut doc: Map<String, Value>) -> Map<String, Value> {
+    if let Some(id) = doc.get("id").cloned() {
+        doc.insert("name".into(), id);
+    }
+    doc
+}
+
 pub type StoreResult<T> = std::result::Result<T, StoreError>;
 
 /// Documents with the space each lives in.

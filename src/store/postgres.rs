@@ -8,8 +8,8 @@
 //! starting together do not race.
 
 use super::{
-    Affected, AuditTrail, Cmp, Cond, DocQuery, Documents, Page, Paging, RunQuery, Scalar, SpacedDocs, StoreError,
-    StoreResult, Target,
+    Affected, AuditTrail, Cmp, Cond, DocQuery, Documents, Page, Paging, RunQuery, Scalar, Scope, SpacedDocs,
+    StoreError, StoreResult, Target, cmp_sql, named_run,
 };
 use crate::error::{Error, ErrorCode};
 use crate::model::context::RunId;
@@ -190,14 +190,20 @@ impl PgStore {
         Ok(PgStore { pool, appends, reads: Arc::new(Semaphore::new(options.read_queue.max(1))), options })
     }
 
-    /// A connection for a read, within the bounded read queue.
-    async fn reader(
-        pool: Pool,
-        reads: Arc<Semaphore>,
-    ) -> StoreResult<(tokio::sync::OwnedSemaphorePermit, deadpool_postgres::Object)> {
-        let permit = reads.try_acquire_owned().map_err(|_| StoreError::Busy)?;
-        let client = pool.get().await.map_err(pool_error)?;
-        Ok((permit, client))
+    /// Runs a read on a pooled connection, within the bounded read queue.
+    fn read<T, F>(&self, read: F) -> BoxFuture<'static, StoreResult<T>>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c deadpool_postgres::Object) -> BoxFuture<'c, StoreResult<T>> + Send + 'static,
+    {
+        let permit = self.reads.clone().try_acquire_owned().map_err(|_| StoreError::Busy);
+        let pool = self.pool.clone();
+        async move {
+            let _permit = permit?;
+            let client = pool.get().await.map_err(pool_error)?;
+            read(&client).await
+        }
+        .boxed()
     }
 }
 
@@ -317,38 +323,36 @@ impl AuditTrail for PgStore {
     }
 
     fn contains(&self, id: RunId) -> BoxFuture<'static, StoreResult<bool>> {
-        let (pool, reads) = (self.pool.clone(), self.reads.clone());
-        async move {
-            let (_permit, client) = PgStore::reader(pool, reads).await?;
-            let row = client
-                .query_one("SELECT EXISTS (SELECT 1 FROM runs WHERE id = $1)", &[&id.to_string()])
-                .await
-                .map_err(classify)?;
-            Ok(row.get::<_, bool>(0))
-        }
-        .boxed()
+        self.read(move |client| {
+            async move {
+                let sql = "SELECT EXISTS (SELECT 1 FROM runs WHERE id = $1)";
+                let row = client.query_one(sql, &[&id.to_string()]).await.map_err(classify)?;
+                Ok(row.get::<_, bool>(0))
+            }
+            .boxed()
+        })
     }
 
     fn runs(&self, query: RunQuery) -> BoxFuture<'static, StoreResult<Page>> {
-        let (pool, reads) = (self.pool.clone(), self.reads.clone());
-        async move {
-            let (_permit, client) = PgStore::reader(pool, reads).await?;
-            let scope = Scope::Runs { owner: query.owner.as_deref() };
-            select_page(&client, &scope, &query.filter, &query.order, query.paging).await
-        }
-        .boxed()
+        self.read(move |client| {
+            async move {
+                let scope = Scope::Runs { owner: query.owner.as_deref() };
+                select_page(client, &scope, &query.filter, &query.order, query.paging).await
+            }
+            .boxed()
+        })
     }
 }
 
 impl Documents for PgStore {
     fn select(&self, query: DocQuery) -> BoxFuture<'static, StoreResult<Page>> {
-        let (pool, reads) = (self.pool.clone(), self.reads.clone());
-        async move {
-            let (_permit, client) = PgStore::reader(pool, reads).await?;
-            let scope = Scope::Docs { space: &query.space, doctype: &query.doctype };
-            select_page(&client, &scope, &query.filter, &query.order, query.paging).await
-        }
-        .boxed()
+        self.read(move |client| {
+            async move {
+                let scope = Scope::Docs { space: &query.space, doctype: &query.doctype };
+                select_page(client, &scope, &query.filter, &query.order, query.paging).await
+            }
+            .boxed()
+        })
     }
 
     fn create(&self, space: String, doctype: String, doc: Map<String, Value>) -> BoxFuture<'static, StoreResult<()>> {
@@ -357,7 +361,7 @@ impl Documents for PgStore {
             let name = text(&doc, "name").ok_or_else(|| StoreError::Conflict("a document needs a name".into()))?;
             let len = serde_json::to_string(&doc).map_err(|_| StoreError::Failed)?.len();
             if len > options.max_document_bytes {
-                return Err(too_big(&format!("{doctype} {name:?}"), options.max_document_bytes));
+                return Err(StoreError::too_big(&format!("{doctype} {name:?}"), options.max_document_bytes));
             }
             let client = pool.get().await.map_err(pool_error)?;
             let inserted = client
@@ -388,7 +392,10 @@ impl Documents for PgStore {
                 }
                 let len = serde_json::to_string(&doc).map_err(|_| StoreError::Failed)?.len();
                 if len > options.max_document_bytes {
-                    return Err(too_big(&format!("{} {name:?}", target.doctype), options.max_document_bytes));
+                    return Err(StoreError::too_big(
+                        &format!("{} {name:?}", target.doctype),
+                        options.max_document_bytes,
+                    ));
                 }
                 tx.execute(
                     "UPDATE docs SET body = $4 WHERE space = $1 AND doctype = $2 AND name = $3",
@@ -396,7 +403,7 @@ impl Documents for PgStore {
                 )
                 .await
                 .map_err(classify)?;
-                note(&mut out, doc, len, &mut bytes, target.max_bytes);
+                out.add(doc, len, &mut bytes, target.max_bytes);
             }
             tx.commit().await.map_err(classify)?;
             Ok(out)
@@ -419,7 +426,7 @@ impl Documents for PgStore {
                 .await
                 .map_err(classify)?;
                 let len = serde_json::to_string(&doc).map_err(|_| StoreError::Failed)?.len();
-                note(&mut out, doc, len, &mut bytes, target.max_bytes);
+                out.add(doc, len, &mut bytes, target.max_bytes);
             }
             tx.commit().await.map_err(classify)?;
             Ok(out)
@@ -428,21 +435,15 @@ impl Documents for PgStore {
     }
 
     fn all(&self, doctype: String) -> BoxFuture<'static, StoreResult<SpacedDocs>> {
-        let (pool, reads) = (self.pool.clone(), self.reads.clone());
-        async move {
-            let (_permit, client) = PgStore::reader(pool, reads).await?;
-            let rows = client
-                .query("SELECT space, body FROM docs WHERE doctype = $1 ORDER BY space, name", &[&doctype])
-                .await
-                .map_err(classify)?;
-            rows.iter().map(|r| Ok((r.get::<_, String>(0), object(r.get::<_, Value>(1))?))).collect()
-        }
-        .boxed()
+        self.read(move |client| {
+            async move {
+                let sql = "SELECT space, body FROM docs WHERE doctype = $1 ORDER BY space, name";
+                let rows = client.query(sql, &[&doctype]).await.map_err(classify)?;
+                rows.iter().map(|r| Ok((r.get::<_, String>(0), object(r.get::<_, Value>(1))?))).collect()
+            }
+            .boxed()
+        })
     }
-}
-
-fn too_big(what: &str, limit: usize) -> StoreError {
-    StoreError::Conflict(format!("{what}: a document may be at most {limit} bytes of JSON"))
 }
 
 fn object(v: Value) -> StoreResult<Map<String, Value>> {
@@ -451,32 +452,6 @@ fn object(v: Value) -> StoreResult<Map<String, Value>> {
         _ => {
             tracing::error!("a stored document is not a JSON object");
             Err(StoreError::Failed)
-        }
-    }
-}
-
-/// Adds an affected document to the answer while it stays within `max_bytes`.
-fn note(out: &mut Affected, doc: Map<String, Value>, len: usize, bytes: &mut usize, max_bytes: usize) {
-    out.count += 1;
-    if out.truncated || (!out.docs.is_empty() && *bytes + len > max_bytes) {
-        out.truncated = true;
-        return;
-    }
-    *bytes += len;
-    out.docs.push(doc);
-}
-
-/// What a query reads: documents of one doctype in one space, or runs (of one owner, or all).
-enum Scope<'a> {
-    Docs { space: &'a str, doctype: &'a str },
-    Runs { owner: Option<&'a str> },
-}
-
-impl Scope<'_> {
-    fn table(&self) -> (&'static str, &'static str) {
-        match self {
-            Scope::Docs { .. } => ("docs", "body"),
-            Scope::Runs { .. } => ("runs", "ctx"),
         }
     }
 }
@@ -508,17 +483,6 @@ fn run_column(field: &str) -> Option<(&'static str, bool)> {
         "doctype" => ("doctype", false),
         _ => return None,
     })
-}
-
-fn cmp_sql(c: Cmp) -> &'static str {
-    match c {
-        Cmp::Eq => "=",
-        Cmp::Ne => "<>",
-        Cmp::Gt => ">",
-        Cmp::Gte => ">=",
-        Cmp::Lt => "<",
-        Cmp::Lte => "<=",
-    }
 }
 
 /// One condition as SQL. A field of a run that has a column is compared on the column (its index), as SQLite
@@ -657,14 +621,6 @@ fn page_sql(
     let skip = params.push(paging.skip.min(i64::MAX as u64) as i64);
     sql.push_str(&format!(" LIMIT {take} OFFSET {skip}"));
     sql
-}
-
-/// A run record as a document: the final context, named by its id.
-fn named_run(mut doc: Map<String, Value>) -> Map<String, Value> {
-    if let Some(id) = doc.get("id").cloned() {
-        doc.insert("name".into(), id);
-    }
-    doc
 }
 
 async fn count(client: &impl deadpool_postgres::GenericClient, scope: &Scope<'_>, filter: &[Cond]) -> StoreResult<u64> {
@@ -827,9 +783,7 @@ mod tests {
                 plan.contains(&format!("Index Scan using {index}")) || plan.contains(&format!("Index Scan on {index}"));
             assert!(used, "{owner:?} {filter:?}:\n{plan}");
         }
-        drop(client);
-        drop(store);
-        db.drop_now().await;
+        // The database goes with `db`, after the store.
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -840,9 +794,7 @@ mod tests {
         let client = store.pool.get().await.unwrap();
         let e = client.query("SELECT pg_sleep(2)", &[]).await.unwrap_err();
         assert_eq!(classify(e), StoreError::Timeout);
-        drop(client);
-        drop(store);
-        db.drop_now().await;
+        // The database goes with `db`, after the store.
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,8 +6,8 @@
 //! time limit (a progress handler interrupts it: `Timeout`). Nothing here runs on the async workers.
 
 use super::{
-    Affected, AuditTrail, Cmp, Cond, DocQuery, Documents, Page, Paging, RunQuery, Scalar, SpacedDocs, StoreError,
-    StoreResult, Target,
+    Affected, AuditTrail, Cmp, Cond, DocQuery, Documents, Page, Paging, RunQuery, Scalar, Scope, SpacedDocs,
+    StoreError, StoreResult, Target, cmp_sql, named_run,
 };
 use crate::error::{Error, ErrorCode};
 use crate::model::context::RunId;
@@ -432,21 +432,6 @@ fn run_batch(
     }
 }
 
-/// What a query reads: documents of one doctype in one space, or runs (of one owner, or all).
-enum Scope<'a> {
-    Docs { space: &'a str, doctype: &'a str },
-    Runs { owner: Option<&'a str> },
-}
-
-impl Scope<'_> {
-    fn table(&self) -> (&'static str, &'static str) {
-        match self {
-            Scope::Docs { .. } => ("docs", "body"),
-            Scope::Runs { .. } => ("runs", "ctx"),
-        }
-    }
-}
-
 fn json_path(field: &str) -> String {
     // A quoted JSON path label: any field name is safe, it is bound as a parameter.
     format!("$.\"{}\"", field.replace('\\', "\\\\").replace('"', "\\\""))
@@ -483,17 +468,6 @@ fn column(scope: &Scope<'_>, field: &str, params: &mut Vec<Sql>) -> String {
             params.push(Sql::Text(json_path(field)));
             format!("json_extract({}, ?)", scope.table().1)
         }
-    }
-}
-
-fn cmp_sql(c: Cmp) -> &'static str {
-    match c {
-        Cmp::Eq => "=",
-        Cmp::Ne => "<>",
-        Cmp::Gt => ">",
-        Cmp::Gte => ">=",
-        Cmp::Lt => "<",
-        Cmp::Lte => "<=",
     }
 }
 
@@ -534,14 +508,6 @@ fn parse_body(text: &str) -> StoreResult<Map<String, Value>> {
             Err(StoreError::Failed)
         }
     }
-}
-
-/// A run record as a document: the final context, named by its id.
-fn named_run(mut doc: Map<String, Value>) -> Map<String, Value> {
-    if let Some(id) = doc.get("id").cloned() {
-        doc.insert("name".into(), id);
-    }
-    doc
 }
 
 /// The rows of a query, in order, within `paging`: at most `take`, and no more once their JSON passes `max_bytes`
@@ -612,10 +578,6 @@ fn all_docs(conn: &Connection, doctype: &str) -> StoreResult<SpacedDocs> {
     .collect()
 }
 
-fn too_big(what: &str, limit: usize) -> StoreError {
-    StoreError::Conflict(format!("{what}: a document may be at most {limit} bytes of JSON"))
-}
-
 /// The documents a target matches, refused past `max_affected` (counted before any is read).
 fn matching(conn: &Connection, t: &Target, options: &StoreOptions) -> StoreResult<Vec<(String, String)>> {
     let scope = Scope::Docs { space: &t.space, doctype: &t.doctype };
@@ -632,17 +594,6 @@ fn matching(conn: &Connection, t: &Target, options: &StoreOptions) -> StoreResul
         .query_map(params_from_iter(params.iter()), |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
         .map_err(classify)?;
     rows.map(|r| r.map_err(classify)).collect()
-}
-
-/// Adds an affected document to the answer while it stays within `max_bytes`.
-fn note(out: &mut Affected, doc: Map<String, Value>, text_len: usize, bytes: &mut usize, max_bytes: usize) {
-    out.count += 1;
-    if out.truncated || (!out.docs.is_empty() && *bytes + text_len > max_bytes) {
-        out.truncated = true;
-        return;
-    }
-    *bytes += text_len;
-    out.docs.push(doc);
 }
 
 fn execute(conn: &Connection, req: &Write, options: &StoreOptions) -> StoreResult<Done> {
@@ -674,7 +625,7 @@ fn execute(conn: &Connection, req: &Write, options: &StoreOptions) -> StoreResul
             let name = s(doc, "name").ok_or_else(|| StoreError::Conflict("a document needs a name".into()))?;
             let text = serde_json::to_string(doc).map_err(|_| StoreError::Failed)?;
             if text.len() > options.max_document_bytes {
-                return Err(too_big(&format!("{doctype} {name:?}"), options.max_document_bytes));
+                return Err(StoreError::too_big(&format!("{doctype} {name:?}"), options.max_document_bytes));
             }
             let inserted = conn
                 .prepare_cached(
@@ -697,12 +648,12 @@ fn execute(conn: &Connection, req: &Write, options: &StoreOptions) -> StoreResul
                 }
                 let text = serde_json::to_string(&doc).map_err(|_| StoreError::Failed)?;
                 if text.len() > options.max_document_bytes {
-                    return Err(too_big(&format!("{} {name:?}", t.doctype), options.max_document_bytes));
+                    return Err(StoreError::too_big(&format!("{} {name:?}", t.doctype), options.max_document_bytes));
                 }
                 conn.prepare_cached("UPDATE docs SET body = ?4 WHERE space = ?1 AND doctype = ?2 AND name = ?3")
                     .and_then(|mut st| st.execute(rusqlite::params![t.space, t.doctype, name, text]))
                     .map_err(classify)?;
-                note(&mut out, doc, text.len(), &mut bytes, t.max_bytes);
+                out.add(doc, text.len(), &mut bytes, t.max_bytes);
             }
             Ok(Done::Affected(out))
         }
@@ -713,7 +664,7 @@ fn execute(conn: &Connection, req: &Write, options: &StoreOptions) -> StoreResul
                 conn.prepare_cached("DELETE FROM docs WHERE space = ?1 AND doctype = ?2 AND name = ?3")
                     .and_then(|mut st| st.execute(rusqlite::params![t.space, t.doctype, name]))
                     .map_err(classify)?;
-                note(&mut out, parse_body(&body)?, body.len(), &mut bytes, t.max_bytes);
+                out.add(parse_body(&body)?, body.len(), &mut bytes, t.max_bytes);
             }
             Ok(Done::Affected(out))
         }
