@@ -276,6 +276,8 @@ impl Engine {
             // Its id is used up: it is in the trail.
             self.shared.finished.lock().insert(id, self.shared.config.limits.finished_memory);
             let ctx = Arc::new(ctx);
+            // Its notice for the space's subscribers. Refused only for an id the space has seen, which
+            // `check_new_id` ruled out, or skipped when the space was reclaimed meanwhile: nothing to undo either way.
             let _ = self.submit(&space, SpaceEvent::Rejected { id, ctx: (*ctx).clone() });
             self.record(&ctx).await?;
             return Err(RunFailure { error: e, run: Some(ctx) });
@@ -309,7 +311,9 @@ impl Engine {
                 Err(refusal) => {
                     self.shared.registry.remove(&id);
                     match refusal {
-                        Refusal::Refused(_) => return Err(self.lost_race(id, reply)),
+                        // The state machine refuses a start only for an id it has (the run budget was admitted
+                        // above, by the same rule).
+                        Refusal::Refused(e) => return Err(self.not_started(reply, e)),
                         Refusal::Retired => {
                             // Reclaimed since it was looked up (it held nothing then): look it up, or create it,
                             // again.
@@ -404,8 +408,12 @@ impl Engine {
 
     /// Another request took this run's id between the check and the insert (after `before_run` passed): the run
     /// fails, and `on_error` is called as the hook contract says.
-    fn lost_race(&self, id: RunId, mut ctx: Map<String, Value>) -> RunFailure {
-        let e = Error::new(ErrorCode::DuplicateRun, format!("a run with id {id} exists"));
+    fn lost_race(&self, id: RunId, ctx: Map<String, Value>) -> RunFailure {
+        self.not_started(ctx, Error::new(ErrorCode::DuplicateRun, format!("a run with id {id} exists")))
+    }
+
+    /// A run that passed `before_run` but did not enter its space: it fails with `e`, and `on_error` is called.
+    fn not_started(&self, mut ctx: Map<String, Value>, e: Error) -> RunFailure {
         ctx.insert("status".into(), Value::from(Status::Failed.as_str()));
         ctx.insert("error".into(), json!({"code": e.code.as_str(), "message": e.message}));
         self.shared.hooks.error(&ctx, &e);
