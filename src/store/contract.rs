@@ -51,6 +51,12 @@ pub async fn check<S: Store, F: std::future::Future<Output = S>>(open: impl Fn()
     // Skip; default order by name; null comparisons.
     let page = store.select(docs("s1", "T", vec![], vec![], Paging { skip: 1, ..PAGE })).await.unwrap();
     assert_eq!(names(&page), ["b", "c", "d\"q"]);
+    assert_eq!(page.total, 4, "a short page tells its total");
+    // A page past the end, and a full page: the total is still every matching row.
+    let page = store.select(docs("s1", "T", vec![], vec![], Paging { skip: 10, ..PAGE })).await.unwrap();
+    assert_eq!((page.docs.len(), page.total), (0, 4));
+    let page = store.select(docs("s1", "T", vec![], vec![], Paging { take: 4, ..PAGE })).await.unwrap();
+    assert_eq!((page.docs.len(), page.total), (4, 4));
     let page = store.select(docs("s1", "T", vec![cond("missing", Cmp::Eq, Scalar::Null)], vec![], PAGE)).await;
     assert_eq!(page.unwrap().total, 4);
     let page = store.select(docs("s1", "T", vec![cond("tag", Cmp::Ne, Scalar::Null)], vec![], PAGE)).await;

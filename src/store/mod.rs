@@ -173,6 +173,17 @@ impl StoreError {
     }
 }
 
+impl Page {
+    /// The total when the page itself tells it: it ended before `take` with no row left out for its bytes, and it
+    /// holds a row (or starts at the first): then every matching row is before it or in it. Otherwise `None`, and
+    /// the backend counts.
+    pub fn total_known(&self, paging: Paging) -> Option<u64> {
+        let fetched = self.docs.len() as u64;
+        let complete = !self.truncated && fetched < paging.take && (fetched > 0 || paging.skip == 0);
+        complete.then(|| paging.skip.saturating_add(fetched))
+    }
+}
+
 impl Affected {
     /// Counts an affected document, and keeps it in the answer while the answer stays within `max_bytes` (the
     /// first always comes).

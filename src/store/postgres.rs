@@ -585,7 +585,10 @@ async fn select_page(
         };
         page.docs.push(if matches!(scope, Scope::Runs { .. }) { named_run(doc) } else { doc });
     }
-    page.total = count(client, scope, filter).await?;
+    page.total = match page.total_known(paging) {
+        Some(total) => total,
+        None => count(client, scope, filter).await?,
+    };
     Ok(page)
 }
 

@@ -552,7 +552,10 @@ fn select_page(
         page.docs.push(if matches!(scope, Scope::Runs { .. }) { named_run(doc) } else { doc });
     }
     drop(rows);
-    page.total = count(conn, scope, filter)?;
+    page.total = match page.total_known(paging) {
+        Some(total) => total,
+        None => count(conn, scope, filter)?,
+    };
     Ok(page)
 }
 
