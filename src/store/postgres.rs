@@ -656,7 +656,8 @@ async fn matching(
 
 /// A database of its own for one test: created with a random name on the server that `COWORKER_TEST_DATABASE_URL`
 /// names (default `postgres://postgres@127.0.0.1:5432/postgres`), dropped by [`TestDatabase::drop_now`], or when it
-/// is dropped (a failing test included).
+/// is dropped (a failing test included). For the tests and benches of this crate, which cannot see `cfg(test)` items.
+#[doc(hidden)]
 pub struct TestDatabase {
     admin: String,
     name: String,
