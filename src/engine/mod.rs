@@ -29,7 +29,7 @@ use crate::model::patch::{self, PatchOp};
 use crate::plugin::hooks::{Hooks, RunStarter};
 use crate::protocol::{ReqId, RunSpec};
 use crate::space::event::{Allowance, End, SpaceEvent};
-use crate::space::model::{Applied, FinishedIds, Rules};
+use crate::space::model::{Applied, FinishedIds, Lifecycle, Rules};
 use crate::space::views::ViewSet;
 use crate::store::Store;
 use dashmap::DashMap;
@@ -479,43 +479,44 @@ impl Engine {
     /// Completes a run: it leaves `activeRuns`; a data run becomes `currentRun`. Returns the final context and
     /// its audit record, queued as soon as the state changed.
     pub fn complete(&self, id: RunId, output: Option<Value>, caller: &Caller) -> Result<Finished> {
-        let route = self.route(id, caller)?;
-        let at_ms = self.shared.clock.now_ms();
-        let s = self.submit(&route.space, SpaceEvent::Finished { run: id, end: End::Completed { output }, at_ms })?;
-        Ok(self.finished(s.applied).expect("a completion finishes its run"))
+        self.finish(id, End::Completed { output }, caller)
     }
 
     /// Fails a run: it stays in `activeRuns`, visible as failed, for the linger period. Returns its context and
     /// its audit record, queued as soon as the state changed.
     pub fn fail(&self, id: RunId, error: Value, caller: &Caller) -> Result<Finished> {
-        let route = self.route(id, caller)?;
-        let at_ms = self.shared.clock.now_ms();
-        let s = self.submit(&route.space, SpaceEvent::Finished { run: id, end: End::Failed { error }, at_ms })?;
-        Ok(self.finished(s.applied).expect("a failure finishes its run"))
+        self.finish(id, End::Failed { error }, caller)
     }
 
-    /// The side effects of an applied event that finished a run (`None` for one that did not): the budgets, the
-    /// registry, the audit record and the hooks.
-    fn finished(&self, a: Applied) -> Option<Finished> {
+    fn finish(&self, id: RunId, end: End, caller: &Caller) -> Result<Finished> {
+        let route = self.route(id, caller)?;
+        let at_ms = self.shared.clock.now_ms();
+        let s = self.submit(&route.space, SpaceEvent::Finished { run: id, end, at_ms })?;
+        Ok(self.finished(&route, s.applied).expect("a finishing event finishes its run"))
+    }
+
+    /// The side effects of an applied event that finished the run `route` routes to (`None` for one that did
+    /// not): the budgets, the registry, the audit record and the hooks.
+    fn finished(&self, route: &Route, a: Applied) -> Option<Finished> {
         let ctx = a.finished?;
         let budgets = &self.shared.budgets;
         budgets.grow_shared(a.current_grown);
-        if let Some(bytes) = a.left {
-            self.shared.forget(a.run, bytes);
-        } else if let Some(route) = self.shared.registry.get(&a.run).map(|r| r.clone()) {
+        match a.left {
+            Some(bytes) => self.shared.forget(a.run, bytes),
             // A failure may grow the run (its `error`): never refused, and given back when its linger ends.
-            budgets.grow(&route.account, a.grown);
+            None => budgets.grow(&route.account, a.grown),
         }
-        if ctx.get("status").and_then(Value::as_str) == Some(Status::Completed.as_str()) {
+        let durable = if a.notice == Some(Lifecycle::Completed) {
             let durable = self.record(&self.completed_record(&ctx));
             self.shared.hooks.after(&ctx);
-            Some(Finished { run: ctx, durable })
+            durable
         } else {
             let durable = self.record(&ctx);
             let message = ctx.get("error").and_then(|e| e.get("message")).and_then(Value::as_str).unwrap_or_default();
             self.shared.hooks.error(&ctx, &Error::new(ErrorCode::OperationFailed, message));
-            Some(Finished { run: ctx, durable })
-        }
+            durable
+        };
+        Some(Finished { run: ctx, durable })
     }
 
     fn record(&self, ctx: &Arc<Map<String, Value>>) -> BoxFuture<'static, Result<()>> {
@@ -555,7 +556,7 @@ impl Engine {
                 let Ok(s) = engine.submit(&route.space, SpaceEvent::ProducerLost { run: id, producer, at_ms }) else {
                     continue;
                 };
-                if let Some(f) = engine.finished(s.applied)
+                if let Some(f) = engine.finished(&route, s.applied)
                     && let Err(e) = f.durable().await
                 {
                     tracing::error!(error = %e, "could not record a run lost with its producer");
