@@ -407,18 +407,23 @@ fn affected_output(a: crate::store::Affected) -> Value {
     json!({"data": a.docs, "meta": {"affected": a.count, "truncated": a.truncated}})
 }
 
+/// The documents an `update` or `delete` names (by `name` or `where`), answered within the output bound.
+fn target(shared: &Shared, space: &str, doctype: &str, input: &Value) -> Result<Target> {
+    Ok(Target {
+        space: space.to_string(),
+        doctype: doctype.to_string(),
+        filter: target_filter(input)?,
+        max_bytes: shared.max_output_bytes,
+    })
+}
+
 async fn update(shared: &Shared, space: &str, doctype: &str, input: &Value) -> Result<Value> {
     let data = data_of(input)?;
     if data.contains_key("name") {
         return Err(bad("`name` cannot be changed"));
     }
     let by_name = input.get("name").is_some();
-    let target = Target {
-        space: space.to_string(),
-        doctype: doctype.to_string(),
-        filter: target_filter(input)?,
-        max_bytes: shared.max_output_bytes,
-    };
+    let target = target(shared, space, doctype, input)?;
     let out = shared.store.update(target, data).await?;
     if by_name && out.count == 0 {
         return Err(Error::new(ErrorCode::NotFound, format!("no {doctype} named {}", input["name"])));
@@ -438,12 +443,7 @@ async fn update(shared: &Shared, space: &str, doctype: &str, input: &Value) -> R
 
 async fn delete(shared: &Shared, space: &str, doctype: &str, input: &Value) -> Result<Value> {
     let by_name = input.get("name").is_some();
-    let target = Target {
-        space: space.to_string(),
-        doctype: doctype.to_string(),
-        filter: target_filter(input)?,
-        max_bytes: shared.max_output_bytes,
-    };
+    let target = target(shared, space, doctype, input)?;
     let out = shared.store.delete(target).await?;
     if by_name && out.count == 0 {
         return Err(Error::new(ErrorCode::NotFound, format!("no {doctype} named {}", input["name"])));
