@@ -359,15 +359,17 @@ impl Documents for PgStore {
         let (pool, options) = (self.pool.clone(), self.options);
         async move {
             let name = text(&doc, "name").ok_or_else(|| StoreError::Conflict("a document needs a name".into()))?;
-            let len = serde_json::to_string(&doc).map_err(|_| StoreError::Failed)?.len();
-            if len > options.max_document_bytes {
+            let body = serde_json::to_string(&doc).map_err(|_| StoreError::Failed)?;
+            if body.len() > options.max_document_bytes {
                 return Err(StoreError::too_big(&format!("{doctype} {name:?}"), options.max_document_bytes));
             }
             let client = pool.get().await.map_err(pool_error)?;
+            // The text measured above is the text stored: serialized once.
             let inserted = client
                 .execute(
-                    "INSERT INTO docs (space, doctype, name, body) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                    &[&space, &doctype, &name, &Json(&doc)],
+                    "INSERT INTO docs (space, doctype, name, body) VALUES ($1, $2, $3, $4::text::jsonb)
+                     ON CONFLICT DO NOTHING",
+                    &[&space, &doctype, &name, &body],
                 )
                 .await
                 .map_err(classify)?;
@@ -380,58 +382,11 @@ impl Documents for PgStore {
     }
 
     fn update(&self, target: Target, data: Map<String, Value>) -> BoxFuture<'static, StoreResult<Affected>> {
-        let (pool, options) = (self.pool.clone(), self.options);
-        async move {
-            let mut client = pool.get().await.map_err(pool_error)?;
-            let tx = client.transaction().await.map_err(classify)?;
-            let mut out = Affected::default();
-            let mut bytes = 0;
-            for (name, mut doc) in matching(&tx, &target, &options).await? {
-                for (k, v) in &data {
-                    doc.insert(k.clone(), v.clone());
-                }
-                let len = serde_json::to_string(&doc).map_err(|_| StoreError::Failed)?.len();
-                if len > options.max_document_bytes {
-                    return Err(StoreError::too_big(
-                        &format!("{} {name:?}", target.doctype),
-                        options.max_document_bytes,
-                    ));
-                }
-                tx.execute(
-                    "UPDATE docs SET body = $4 WHERE space = $1 AND doctype = $2 AND name = $3",
-                    &[&target.space, &target.doctype, &name, &Json(&doc)],
-                )
-                .await
-                .map_err(classify)?;
-                out.add(doc, len, &mut bytes, target.max_bytes);
-            }
-            tx.commit().await.map_err(classify)?;
-            Ok(out)
-        }
-        .boxed()
+        change_matching(self.pool.clone(), self.options, target, Change::Merge(data)).boxed()
     }
 
     fn delete(&self, target: Target) -> BoxFuture<'static, StoreResult<Affected>> {
-        let (pool, options) = (self.pool.clone(), self.options);
-        async move {
-            let mut client = pool.get().await.map_err(pool_error)?;
-            let tx = client.transaction().await.map_err(classify)?;
-            let mut out = Affected::default();
-            let mut bytes = 0;
-            for (name, doc) in matching(&tx, &target, &options).await? {
-                tx.execute(
-                    "DELETE FROM docs WHERE space = $1 AND doctype = $2 AND name = $3",
-                    &[&target.space, &target.doctype, &name],
-                )
-                .await
-                .map_err(classify)?;
-                let len = serde_json::to_string(&doc).map_err(|_| StoreError::Failed)?.len();
-                out.add(doc, len, &mut bytes, target.max_bytes);
-            }
-            tx.commit().await.map_err(classify)?;
-            Ok(out)
-        }
-        .boxed()
+        change_matching(self.pool.clone(), self.options, target, Change::Delete).boxed()
     }
 
     fn all(&self, doctype: String) -> BoxFuture<'static, StoreResult<SpacedDocs>> {
@@ -632,6 +587,47 @@ async fn count(client: &impl deadpool_postgres::GenericClient, scope: &Scope<'_>
     let statement = client.prepare_cached(&sql).await.map_err(classify)?;
     let row = client.query_one(&statement, &params.refs()).await.map_err(classify)?;
     Ok(row.get::<_, i64>(0) as u64)
+}
+
+/// What an update or a delete does to each document its target matches.
+enum Change {
+    /// Shallow-merge these members in.
+    Merge(Map<String, Value>),
+    Delete,
+}
+
+/// Changes every document `target` matches, in one transaction, and answers them within `target.max_bytes`.
+async fn change_matching(pool: Pool, options: PgOptions, target: Target, change: Change) -> StoreResult<Affected> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let tx = client.transaction().await.map_err(classify)?;
+    let mut out = Affected::default();
+    let mut bytes = 0;
+    let key = [&target.space as &(dyn ToSql + Sync), &target.doctype];
+    for (name, mut doc) in matching(&tx, &target, &options).await? {
+        let len = match &change {
+            Change::Merge(data) => {
+                for (k, v) in data {
+                    doc.insert(k.clone(), v.clone());
+                }
+                let body = serde_json::to_string(&doc).map_err(|_| StoreError::Failed)?;
+                if body.len() > options.max_document_bytes {
+                    let what = format!("{} {name:?}", target.doctype);
+                    return Err(StoreError::too_big(&what, options.max_document_bytes));
+                }
+                let sql = "UPDATE docs SET body = $4::text::jsonb WHERE space = $1 AND doctype = $2 AND name = $3";
+                tx.execute(sql, &[key[0], key[1], &name, &body]).await.map_err(classify)?;
+                body.len()
+            }
+            Change::Delete => {
+                let sql = "DELETE FROM docs WHERE space = $1 AND doctype = $2 AND name = $3";
+                tx.execute(sql, &[key[0], key[1], &name]).await.map_err(classify)?;
+                serde_json::to_string(&doc).map_err(|_| StoreError::Failed)?.len()
+            }
+        };
+        out.add(doc, len, &mut bytes, target.max_bytes);
+    }
+    tx.commit().await.map_err(classify)?;
+    Ok(out)
 }
 
 /// The documents a target matches (locked for the transaction), refused past `max_affected`.
