@@ -122,7 +122,11 @@ impl Fixture {
     /// Sets `output.tokens` of `id` to `k` tokens.
     fn fill(&self, id: RunId, k: usize) {
         let tokens = Value::Array((0..k).map(token).collect());
-        self.engine.patch(id, vec![PatchOp::set(path("output.tokens"), tokens)], &TRUSTED).expect("fill");
+        self.engine
+            .patch(id, vec![PatchOp::set(path("output.tokens"), tokens)], &TRUSTED)
+            .now()
+            .expect("a single node answers at once")
+            .expect("fill");
     }
 
     /// Lets the ticker flush everything journaled so far and start a new tick.
@@ -144,7 +148,7 @@ impl Fixture {
         let indexes: Vec<usize> = (base..base + appended).rev().collect();
         for chunk in indexes.chunks(MAX_OPS) {
             let ops = chunk.iter().map(|i| PatchOp::remove(path(&format!("output.tokens[{i}]")))).collect();
-            self.engine.patch(id, ops, &TRUSTED).expect("truncate");
+            self.engine.patch(id, ops, &TRUSTED).now().expect("a single node answers at once").expect("truncate");
         }
     }
 
@@ -161,7 +165,7 @@ impl Fixture {
             iters,
             targets,
             |i, id| (id, vec![op(i)]),
-            |engine, (id, ops)| black_box(engine.patch(id, ops, &TRUSTED)).expect("patch"),
+            |engine, (id, ops)| black_box(engine.patch(id, ops, &TRUSTED).now().expect("at once")).expect("patch"),
             after,
         )
     }
@@ -184,7 +188,7 @@ impl Fixture {
                 let Ok(ClientMsg::Patch { run, ops, .. }) = protocol::parse(&text, &limits) else {
                     panic!("not a valid patch: {text}");
                 };
-                black_box(engine.patch(run, ops, &TRUSTED)).expect("patch");
+                black_box(engine.patch(run, ops, &TRUSTED).now().expect("at once")).expect("patch");
             },
             after,
         )
@@ -227,7 +231,8 @@ impl Fixture {
 
     /// Completes `id` and returns its final `output`.
     fn finish(&self, id: RunId) -> Value {
-        let finished = self.engine.complete(id, None, &TRUSTED).expect("complete");
+        let finished =
+            self.engine.complete(id, None, &TRUSTED).now().expect("a single node answers at once").expect("complete");
         finished.run["output"].clone()
     }
 }

@@ -83,6 +83,9 @@ pub enum ErrorCode {
     StoreBusy,
     /// The store could not be reached within its wait; nothing was done.
     StoreUnavailable,
+    /// Cluster mode: the shared log (NATS JetStream) did not take the write within its wait, or the node is cut off
+    /// from it and serves nothing new. The write was not applied.
+    Unavailable,
     /// A bug or an unexpected condition on the server; details are in the server log only.
     Internal,
 }
@@ -129,12 +132,13 @@ impl ErrorCode {
             ErrorCode::QueryTimeout => "query_timeout",
             ErrorCode::StoreBusy => "store_busy",
             ErrorCode::StoreUnavailable => "store_unavailable",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
     }
 
     /// Every code, for the protocol-doc test.
-    pub const ALL: [ErrorCode; 39] = [
+    pub const ALL: [ErrorCode; 40] = [
         ErrorCode::BadJson,
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
@@ -173,6 +177,7 @@ impl ErrorCode {
         ErrorCode::QueryTimeout,
         ErrorCode::StoreBusy,
         ErrorCode::StoreUnavailable,
+        ErrorCode::Unavailable,
         ErrorCode::Internal,
     ];
 }

@@ -2,6 +2,7 @@
 //!
 //! # Layers (dependencies point down only)
 //! - [`net`]: routes, sessions, tokens.
+//! - [`cluster`]: the replicated sequencer over NATS JetStream: log entries, per-space replicas, snapshots.
 //! - [`plugin`]: hooks, server-side operations, the data operations.
 //! - [`engine`]: commands, quotas, the sequencer and the space handle, the per-space ticker.
 //! - [`feed`]: per-node delivery: journal, rendering, history, subscriber slots.
@@ -13,6 +14,7 @@
 //! - [`config`], [`error`], [`telemetry`]: used by every layer.
 
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod error;

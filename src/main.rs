@@ -66,6 +66,16 @@ struct Args {
     #[arg(long, env = "COWORKER_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
 
+    /// Cluster mode: NATS server URLs (comma-separated), whose JetStream orders every space's changes for all
+    /// nodes. Needs --database-url (the nodes share one store).
+    #[arg(long, env = "COWORKER_CLUSTER")]
+    cluster: Option<String>,
+
+    /// This node's name in cluster mode (logs, NATS's connection list). Default: the host name and a random
+    /// suffix.
+    #[arg(long, env = "COWORKER_NODE_NAME")]
+    node_name: Option<String>,
+
     /// Shared secret for HS256 tokens. With no key the server is in development mode (everyone trusted).
     #[arg(long, env = "COWORKER_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
@@ -148,6 +158,9 @@ async fn main() -> ExitCode {
         },
         data_dir: Some(args.data_dir),
         database_url: args.database_url,
+        cluster: args
+            .cluster
+            .map(|urls| coworker::cluster::Settings::new(urls, args.node_name.unwrap_or_else(node_name))),
         ..Config::default()
     };
     let limits = &config.engine.limits;
@@ -189,6 +202,16 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The host name and a random suffix: distinct for every process on one host.
+fn node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let suffix = uuid::Uuid::now_v7().as_u64_pair().1 & 0xff_ffff;
+    format!("{}-{suffix:06x}", if host.is_empty() { "coworker" } else { &host })
 }
 
 /// Installs the SIGINT (Ctrl-C) and SIGTERM handlers now (on unix) and returns a future that resolves on either. Installed before

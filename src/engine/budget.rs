@@ -229,6 +229,18 @@ impl Budgets {
         })
     }
 
+    /// Counts a run another node admitted (a cluster node holds every run of the spaces it holds): its
+    /// active-run slot and its state bytes, never refused. [`Budgets::end_run`] gives them back.
+    pub fn adopt_run(&self, owner: &str, bytes: usize) -> Arc<Account> {
+        let account = self.account(owner, |a| {
+            a.active.fetch_add(1, Ordering::Relaxed);
+            Ok(a.clone())
+        });
+        let account = account.expect("adopting never fails");
+        self.grow(&account, bytes as isize);
+        account
+    }
+
     /// Gives back a run's active-run slot and its state bytes.
     pub fn end_run(&self, account: &Account, bytes: usize) {
         self.grow(account, -(bytes as isize));

@@ -19,7 +19,7 @@ pub mod ticker;
 use crate::config::EngineConfig;
 use crate::engine::budget::{Account, Budgets, ConnectionQuota};
 use crate::engine::caller::Caller;
-use crate::engine::sequencer::{Refusal, Sequenced, Sequencer};
+use crate::engine::sequencer::{Health, Host, Located, Origin, Refusal, Sequenced, Sequencer, Submission};
 use crate::engine::space::Space;
 use crate::error::{Error, ErrorCode, Result};
 use crate::feed::Joining;
@@ -81,6 +81,46 @@ impl Finished {
     pub async fn durable(self) -> Result<Arc<Map<String, Value>>> {
         self.durable.await?;
         Ok(self.run)
+    }
+}
+
+/// A command's answer: at once on a single node; once the shared log has ordered and applied it in a cluster.
+/// The side effects of an answer given at once have already run when the command returns.
+pub enum Outcome<T> {
+    Ready(T),
+    Later(BoxFuture<'static, T>),
+}
+
+impl<T> Outcome<T> {
+    pub async fn wait(self) -> T {
+        match self {
+            Outcome::Ready(t) => t,
+            Outcome::Later(f) => f.await,
+        }
+    }
+
+    /// The answer if it is ready (a single node's always is).
+    pub fn now(self) -> Option<T> {
+        match self {
+            Outcome::Ready(t) => Some(t),
+            Outcome::Later(_) => None,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Outcome<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Outcome::Ready(_) => "Outcome::Ready",
+            Outcome::Later(_) => "Outcome::Later",
+        })
+    }
+}
+
+fn refusal_error(r: Refusal) -> Error {
+    match r {
+        Refusal::Refused(e) => e,
+        Refusal::Retired => Error::new(ErrorCode::UnknownRun, "no active run has this id"),
     }
 }
 
@@ -237,6 +277,9 @@ impl Engine {
         if let Some(id) = spec.id {
             self.check_new_id(id).await?;
         }
+        if let Some(parent) = spec.parent_run {
+            self.locate(parent).await?;
+        }
         let owner = spec.owner.clone().unwrap_or_else(|| "system".into());
         // Given back on every early return below (a guard).
         let mut quota = self.shared.budgets.start_run(&owner)?;
@@ -267,6 +310,14 @@ impl Engine {
         ctx.insert("success".into(), Value::Bool(false));
         ctx.insert("duration".into(), Value::from(0));
         quota.admit(crate::model::size::run(&ctx))?;
+        if self.shared.sequencer.replicated() {
+            self.health()?;
+            // The id is the cluster's from here: no other node starts a run with it.
+            let at = Located { space: space.name.clone(), owner: owner.as_str().into() };
+            if !self.shared.sequencer.claim(id, at).await? {
+                return Err(Error::new(ErrorCode::DuplicateRun, "a run with this id exists").into());
+            }
+        }
 
         if let Err(e) = self.shared.hooks.before(&ctx) {
             drop(quota);
@@ -278,7 +329,7 @@ impl Engine {
             let ctx = Arc::new(ctx);
             // Its notice for the space's subscribers. Refused only for an id the space has seen, which
             // `check_new_id` ruled out, or skipped when the space was reclaimed meanwhile: nothing to undo either way.
-            let _ = self.submit(&space, SpaceEvent::Rejected { id, ctx: (*ctx).clone() });
+            let _ = self.submit(&space, SpaceEvent::Rejected { id, ctx: (*ctx).clone() }, |_, _| ());
             self.record(&ctx).await?;
             return Err(RunFailure { error: e, run: Some(ctx) });
         }
@@ -306,7 +357,8 @@ impl Engine {
                 ctx: ctx.take().expect("submitted once"),
                 producer,
             };
-            match self.shared.sequencer.submit(&space, event) {
+            space.last_write_ms.store(self.shared.clock.now_ms(), Ordering::Relaxed);
+            match self.shared.sequencer.submit(&space, event).outcome().await {
                 Ok(_) => break,
                 Err(refusal) => {
                     self.shared.registry.remove(&id);
@@ -328,21 +380,58 @@ impl Engine {
 
         let Some(handler) = handler else { return Ok(Arc::new(reply)) };
         match handler.execute(reply, Arc::new(self.clone())).await {
-            Ok(output) => Ok(self.complete(id, Some(output), &Caller::trusted())?.durable().await?),
+            Ok(output) => Ok(self.complete(id, Some(output), &Caller::trusted()).wait().await?.durable().await?),
             Err(e) => {
                 let error = json!({"code": e.code.as_str(), "message": e.message});
-                let run = self.fail(id, error, &Caller::trusted())?.durable().await?;
+                let run = self.fail(id, error, &Caller::trusted()).wait().await?.durable().await?;
                 Err(RunFailure { error: Error::new(ErrorCode::OperationFailed, e.message), run: Some(run) })
             }
         }
     }
 
-    /// Submits an event to a space that cannot be retired (it holds the run the event is about).
-    fn submit(&self, space: &Space, event: SpaceEvent) -> Result<Sequenced> {
-        self.shared.sequencer.submit(space, event).map_err(|r| match r {
-            Refusal::Refused(e) => e,
-            Refusal::Retired => Error::new(ErrorCode::UnknownRun, "no active run has this id"),
-        })
+    /// Submits an event to a space that cannot be retired (it holds the run the event is about), and runs `then`
+    /// on its answer: at once when the sequencer answers at once, else when the log has applied it.
+    fn submit<T: Send + 'static>(
+        &self,
+        space: &Arc<Space>,
+        event: SpaceEvent,
+        then: impl FnOnce(&Engine, Result<Sequenced>) -> T + Send + 'static,
+    ) -> Outcome<T> {
+        space.last_write_ms.store(self.shared.clock.now_ms(), Ordering::Relaxed);
+        match self.shared.sequencer.submit(space, event) {
+            Submission::Done(r) => Outcome::Ready(then(self, r.map_err(refusal_error))),
+            Submission::Pending(rx) => {
+                let engine = self.clone();
+                let answer = Submission::Pending(rx);
+                Outcome::Later(Box::pin(async move { then(&engine, answer.outcome().await.map_err(refusal_error)) }))
+            }
+        }
+    }
+
+    /// Whether this node can serve fresh state: `unavailable` when it is cut off from the cluster's log.
+    pub fn health(&self) -> Result<()> {
+        match self.shared.sequencer.health() {
+            Health::Ok => Ok(()),
+            Health::Degraded => Err(crate::engine::sequencer::unavailable()),
+        }
+    }
+
+    /// Whether the node shares its spaces with other nodes.
+    pub fn replicated(&self) -> bool {
+        self.shared.sequencer.replicated()
+    }
+
+    /// Makes sure this node holds the space of run `id` if the run lives anywhere in the cluster: looks it up in
+    /// the cluster's run index, takes the space, and waits until it has caught up with the log. A no-op on a
+    /// single node, or for a run this node already routes.
+    pub async fn locate(&self, id: RunId) -> Result<()> {
+        if !self.replicated() || self.shared.registry.contains_key(&id) {
+            return Ok(());
+        }
+        let Some(at) = self.shared.sequencer.locate(id).await? else { return Ok(()) };
+        let space = self.space(&at.space, &Caller::trusted())?;
+        space.until_ready().await;
+        Ok(())
     }
 
     fn resolve_space(&self, spec: &RunSpec, caller: &Caller) -> Result<(Arc<Space>, Option<RunId>)> {
@@ -383,14 +472,15 @@ impl Engine {
             // Someone else created it meanwhile: the quota taken is dropped, given back.
             Entry::Occupied(e) => e.get().clone(),
             Entry::Vacant(v) => {
-                let space = Space::new(Arc::from(name), self.rules(), self.shared.history.clone(), quota);
+                let epoch = self.shared.sequencer.epoch();
+                let space = Space::new(Arc::from(name), self.rules(), self.shared.history.clone(), quota, epoch);
                 crate::telemetry::SPACES.increment(1.0);
                 let settings = ticker::Settings {
                     tick: self.shared.config.tick,
                     cap: self.shared.config.limits.max_pending_bytes,
                     shutdown: self.shared.shutdown.clone(),
                 };
-                tokio::spawn(ticker::run(space.clone(), self.clone(), settings));
+                self.shared.sequencer.open(space.clone(), Arc::new(self.clone()), settings);
                 v.insert(space).clone()
             }
         };
@@ -438,7 +528,7 @@ impl Engine {
     }
 
     /// Applies a patch atomically and journals its changes.
-    pub fn patch(&self, id: RunId, ops: Vec<PatchOp>, caller: &Caller) -> Result<()> {
+    pub fn patch(&self, id: RunId, ops: Vec<PatchOp>, caller: &Caller) -> Outcome<Result<()>> {
         if !crate::telemetry::sample_patch() {
             return self.patch_timed(id, ops, caller);
         }
@@ -448,8 +538,11 @@ impl Engine {
         result
     }
 
-    fn patch_timed(&self, id: RunId, ops: Vec<PatchOp>, caller: &Caller) -> Result<()> {
-        let route = self.route(id, caller)?;
+    fn patch_timed(&self, id: RunId, ops: Vec<PatchOp>, caller: &Caller) -> Outcome<Result<()>> {
+        let route = match self.route(id, caller) {
+            Ok(r) => r,
+            Err(e) => return Outcome::Ready(Err(e)),
+        };
         let budgets = &self.shared.budgets;
         // The owner's and the server's budgets are admitted here, before the event exists: the usual patch's
         // growth bound fits and is reserved; otherwise whatever headroom is left is, and the state machine
@@ -461,44 +554,59 @@ impl Engine {
         };
         let event = SpaceEvent::Patched { run: id, ops, producer: self.producer(caller), allowance };
         let reserved = allowance.bytes as isize;
-        match self.submit(&route.space, event) {
-            Ok(s) => {
-                budgets.grow(&route.account, s.applied.grown - reserved);
-                Ok(())
-            }
-            Err(e) => {
-                budgets.grow(&route.account, -reserved);
-                if matches!(e.code, ErrorCode::RunTooLarge | ErrorCode::QuotaStateBytes | ErrorCode::OverCapacity) {
-                    crate::telemetry::refusal(e.code);
+        let space = route.space.clone();
+        self.submit(&space, event, move |engine, r| {
+            let budgets = &engine.shared.budgets;
+            match r {
+                Ok(s) => {
+                    budgets.grow(&route.account, s.applied.grown - reserved);
+                    Ok(())
                 }
-                Err(e)
+                Err(e) => {
+                    budgets.grow(&route.account, -reserved);
+                    if matches!(e.code, ErrorCode::RunTooLarge | ErrorCode::QuotaStateBytes | ErrorCode::OverCapacity) {
+                        crate::telemetry::refusal(e.code);
+                    }
+                    Err(e)
+                }
             }
-        }
+        })
     }
 
     /// Completes a run: it leaves `activeRuns`; a data run becomes `currentRun`. Returns the final context and
     /// its audit record, queued as soon as the state changed.
-    pub fn complete(&self, id: RunId, output: Option<Value>, caller: &Caller) -> Result<Finished> {
+    pub fn complete(&self, id: RunId, output: Option<Value>, caller: &Caller) -> Outcome<Result<Finished>> {
         self.finish(id, End::Completed { output }, caller)
     }
 
     /// Fails a run: it stays in `activeRuns`, visible as failed, for the linger period. Returns its context and
     /// its audit record, queued as soon as the state changed.
-    pub fn fail(&self, id: RunId, error: Value, caller: &Caller) -> Result<Finished> {
+    pub fn fail(&self, id: RunId, error: Value, caller: &Caller) -> Outcome<Result<Finished>> {
         self.finish(id, End::Failed { error }, caller)
     }
 
-    fn finish(&self, id: RunId, end: End, caller: &Caller) -> Result<Finished> {
-        let route = self.route(id, caller)?;
+    fn finish(&self, id: RunId, end: End, caller: &Caller) -> Outcome<Result<Finished>> {
+        let route = match self.route(id, caller) {
+            Ok(r) => r,
+            Err(e) => return Outcome::Ready(Err(e)),
+        };
         let at_ms = self.shared.clock.now_ms();
-        let s = self.submit(&route.space, SpaceEvent::Finished { run: id, end, at_ms })?;
-        Ok(self.finished(&route, s.applied).expect("a finishing event finishes its run"))
+        let space = route.space.clone();
+        self.submit(&space, SpaceEvent::Finished { run: id, end, at_ms }, move |engine, r| {
+            Ok(engine.finished(&route, r?.applied).expect("a finishing event finishes its run"))
+        })
     }
 
     /// The side effects of an applied event that finished the run `route` routes to (`None` for one that did
     /// not): the budgets, the registry, the audit record and the hooks.
     fn finished(&self, route: &Route, a: Applied) -> Option<Finished> {
-        let ctx = a.finished?;
+        let ctx = a.finished.clone()?;
+        self.account_finished(route, &a);
+        Some(self.announce(ctx, a.notice))
+    }
+
+    /// This node's bookkeeping of a run that finished: the budgets, and the registry when it left.
+    fn account_finished(&self, route: &Route, a: &Applied) {
         let budgets = &self.shared.budgets;
         budgets.grow_shared(a.current_grown);
         match a.left {
@@ -506,7 +614,11 @@ impl Engine {
             // A failure may grow the run (its `error`): never refused, and given back when its linger ends.
             None => budgets.grow(&route.account, a.grown),
         }
-        let durable = if a.notice == Some(Lifecycle::Completed) {
+    }
+
+    /// What only the node that received a finishing request does: the audit record and the hooks.
+    fn announce(&self, ctx: Arc<Map<String, Value>>, notice: Option<Lifecycle>) -> Finished {
+        let durable = if notice == Some(Lifecycle::Completed) {
             let durable = self.record(&self.completed_record(&ctx));
             self.shared.hooks.after(&ctx);
             durable
@@ -516,7 +628,7 @@ impl Engine {
             self.shared.hooks.error(&ctx, &Error::new(ErrorCode::OperationFailed, message));
             durable
         };
-        Some(Finished { run: ctx, durable })
+        Finished { run: ctx, durable }
     }
 
     fn record(&self, ctx: &Arc<Map<String, Value>>) -> BoxFuture<'static, Result<()>> {
@@ -553,10 +665,10 @@ impl Engine {
                 let Some(route) = engine.shared.registry.get(&id).map(|r| r.clone()) else { continue };
                 let at_ms = engine.shared.clock.now_ms();
                 // The state machine fails it only if it is still running and that producer's.
-                let Ok(s) = engine.submit(&route.space, SpaceEvent::ProducerLost { run: id, producer, at_ms }) else {
-                    continue;
-                };
-                if let Some(f) = engine.finished(&route, s.applied)
+                let space = route.space.clone();
+                let event = SpaceEvent::ProducerLost { run: id, producer, at_ms };
+                let finished = engine.submit(&space, event, move |engine, r| engine.finished(&route, r.ok()?.applied));
+                if let Some(f) = finished.wait().await
                     && let Err(e) = f.durable().await
                 {
                     tracing::error!(error = %e, "could not record a run lost with its producer");
@@ -575,6 +687,8 @@ impl Engine {
         if !caller.can_read(space) {
             return Err(Error::new(ErrorCode::Forbidden, "the token may not read this space"));
         }
+        // A node cut off from the cluster's log would serve a state it cannot vouch for.
+        self.health()?;
         let id = self.shared.next_sub.fetch_add(1, Ordering::Relaxed);
         loop {
             let space = self.space(space, caller)?;
@@ -642,19 +756,99 @@ impl ticker::Timers for Engine {
     }
 
     /// Submits the end of every lingering run of `space` whose linger is over.
-    fn expire_lingering(&self, space: &Space) {
+    fn expire_lingering(&self, space: &Arc<Space>) {
         let due = space.lock().model.linger_ended(self.shared.clock.now_ms());
         for id in due {
-            if let Ok(s) = self.submit(space, SpaceEvent::LingerExpired { run: id })
-                && let Some(bytes) = s.applied.left
-            {
-                self.shared.forget(id, bytes);
+            let done = self.submit(space, SpaceEvent::LingerExpired { run: id }, move |engine, r| {
+                if let Ok(s) = r
+                    && let Some(bytes) = s.applied.left
+                {
+                    engine.shared.forget(id, bytes);
+                }
+            });
+            if let Outcome::Later(f) = done {
+                tokio::spawn(f);
             }
         }
     }
 
     fn reclaim(&self, space: &Arc<Space>) -> bool {
         self.shared.reclaim(space)
+    }
+}
+
+impl Host for Engine {
+    fn settle(&self, space: &Arc<Space>, origin: Origin, a: Applied, owner: Option<Arc<str>>) {
+        let shared = &self.shared;
+        if a.notice == Some(Lifecycle::Started) {
+            let owner = owner.unwrap_or_else(|| "system".into());
+            let account = shared.budgets.adopt_run(&owner, a.grown.max(0) as usize);
+            shared.registry.insert(a.run, Arc::new(Route { space: space.clone(), owner, account }));
+            return;
+        }
+        let Some(route) = shared.registry.get(&a.run).map(|r| r.clone()) else { return };
+        if let Some(ctx) = a.finished.clone() {
+            self.account_finished(&route, &a);
+            if origin == Origin::Orphan {
+                // This node received it, and its requester stopped waiting: the audit record and the hooks are
+                // still this node's to run.
+                let durable = self.announce(ctx, a.notice).durable;
+                tokio::spawn(async move {
+                    if let Err(e) = durable.await {
+                        tracing::error!(error = %e, "could not record a finished run");
+                    }
+                });
+            }
+            return;
+        }
+        match a.left {
+            Some(bytes) => shared.forget(a.run, bytes),
+            None => shared.budgets.grow(&route.account, a.grown),
+        }
+    }
+
+    fn adopt(&self, space: &Arc<Space>) {
+        let (runs, current): (Vec<(RunId, Arc<str>, usize)>, usize) = {
+            let st = space.lock();
+            let owner = |r: &crate::model::context::Run| -> Arc<str> {
+                r.ctx.get("owner").and_then(Value::as_str).unwrap_or("system").into()
+            };
+            (st.model.runs().map(|(id, r)| (*id, owner(r), r.bytes)).collect(), st.model.current_bytes())
+        };
+        let shared = &self.shared;
+        for (id, owner, bytes) in runs {
+            let account = shared.budgets.adopt_run(&owner, bytes);
+            shared.registry.insert(id, Arc::new(Route { space: space.clone(), owner, account }));
+        }
+        shared.budgets.grow_shared(current as isize);
+    }
+
+    fn release(&self, space: &Arc<Space>) -> bool {
+        // Lock order: the map's shard, then the space.
+        let removed = self.shared.spaces.remove_if(&space.name, |_, s| {
+            if !Arc::ptr_eq(s, space) {
+                return false;
+            }
+            let mut st = s.lock();
+            st.retired = st.feed.idle_at().is_some();
+            st.retired
+        });
+        if removed.is_none() {
+            return false;
+        }
+        crate::telemetry::SPACES.decrement(1.0);
+        let (runs, current): (Vec<(RunId, usize)>, usize) = {
+            let st = space.lock();
+            (st.model.runs().map(|(id, r)| (*id, r.bytes)).collect(), st.model.current_bytes())
+        };
+        for (id, bytes) in runs {
+            // Only this space's route: a space of the same name opened since has its own.
+            if let Some((_, route)) = self.shared.registry.remove_if(&id, |_, r| Arc::ptr_eq(&r.space, space)) {
+                self.shared.budgets.end_run(&route.account, bytes);
+            }
+        }
+        self.shared.budgets.grow_shared(-(current as isize));
+        true
     }
 }
 

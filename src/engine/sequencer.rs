@@ -1,14 +1,19 @@
 //! The sequencer: turns a submitted [`SpaceEvent`] into an applied one, at a position in the space's log that every
-//! replica agrees on. [`Local`] takes the space's lock, applies and journals, at the cost of a lock: positions are
-//! this node's count of applied events. A replicated sequencer (the cluster's) puts the event in a shared log first
-//! and applies it in log order.
+//! replica agrees on, and drives each space's task. [`Local`] takes the space's lock, applies and journals at once:
+//! positions are this node's count of applied events, and a ticker per space flushes. A replicated sequencer (the
+//! cluster's, in `crate::cluster`) puts the event in a shared log first and applies it in log order, so its
+//! submissions answer later ([`Submission::Pending`]).
 
 use crate::engine::space::Space;
-use crate::error::Error;
+use crate::engine::ticker::{self, Timers};
+use crate::error::{Error, ErrorCode};
+use crate::model::context::RunId;
 use crate::space::event::SpaceEvent;
 use crate::space::model::Applied;
+use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use std::sync::Arc;
+use tokio::sync::oneshot;
 
 /// An applied event and where it is in its space's log.
 #[derive(Debug)]
@@ -22,7 +27,7 @@ pub struct Sequenced {
 pub enum Refusal {
     /// The space was reclaimed since it was looked up: look it up again and resubmit.
     Retired,
-    /// The state machine refused it (the state is unchanged).
+    /// The state machine refused it (the state is unchanged), or the log could not take it (`unavailable`).
     Refused(Error),
 }
 
@@ -32,9 +37,99 @@ impl From<Error> for Refusal {
     }
 }
 
+/// What a submission answers: at once, or once the log has ordered and applied the event.
+#[derive(Debug)]
+pub enum Submission {
+    Done(Result<Sequenced, Refusal>),
+    Pending(oneshot::Receiver<Result<Sequenced, Refusal>>),
+}
+
+impl Submission {
+    /// The answer; a submission whose answer can no longer come (the node lost the log) is `unavailable`.
+    pub async fn outcome(self) -> Result<Sequenced, Refusal> {
+        match self {
+            Submission::Done(r) => r,
+            Submission::Pending(rx) => rx.await.unwrap_or_else(|_| Err(Refusal::Refused(unavailable()))),
+        }
+    }
+}
+
+/// The error of a write the log did not take in time.
+pub fn unavailable() -> Error {
+    Error::new(ErrorCode::Unavailable, "the cluster's log is unreachable; the write was not applied")
+}
+
+/// Where a run this node does not hold lives, as the cluster's run index says.
+#[derive(Debug, Clone)]
+pub struct Located {
+    pub space: Arc<str>,
+    pub owner: Arc<str>,
+}
+
+/// Whether the node can serve fresh state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Ok,
+    /// The shared log is unreachable: writes fail with `unavailable`, and nothing new is served.
+    Degraded,
+}
+
+/// Who an applied event came from, for the side effects it still needs on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Another node: only this node's bookkeeping (its registry, its budgets).
+    Remote,
+    /// This node, but nobody waits for the answer any more (it timed out): the bookkeeping, and the side effects
+    /// only the receiving node runs (the audit record, the hooks).
+    Orphan,
+}
+
+/// What the space tasks ask of the engine.
+pub trait Host: Timers {
+    /// The side effects on this node of an event applied without a waiting submitter. `owner` is the run's owner
+    /// for a [`SpaceEvent::RunStarted`].
+    fn settle(&self, space: &Arc<Space>, origin: Origin, applied: Applied, owner: Option<Arc<str>>);
+    /// A space whose model was just restored from a snapshot: every run of it enters this node's registry and
+    /// budgets.
+    fn adopt(&self, space: &Arc<Space>);
+    /// Lets go of a space no client of this node uses, runs and all (a cluster node): it leaves the node's map, is
+    /// marked retired, and its runs leave the registry and the budgets. `false` if a subscriber came meanwhile.
+    fn release(&self, space: &Arc<Space>) -> bool;
+}
+
 /// Orders and applies the events of every space.
 pub trait Sequencer: Send + Sync + std::fmt::Debug + 'static {
-    fn submit(&self, space: &Space, event: SpaceEvent) -> Result<Sequenced, Refusal>;
+    /// Orders and applies `event` in `space`.
+    fn submit(&self, space: &Arc<Space>, event: SpaceEvent) -> Submission;
+
+    /// Starts the task that drives a new space: its ticker here, its log consumer in a cluster.
+    fn open(&self, space: Arc<Space>, host: Arc<dyn Host>, settings: ticker::Settings) {
+        tokio::spawn(ticker::run(space, host, settings));
+    }
+
+    /// The epoch a new space gets: `None` for a random one.
+    fn epoch(&self) -> Option<u64> {
+        None
+    }
+
+    fn health(&self) -> Health {
+        Health::Ok
+    }
+
+    /// Whether spaces are shared with other nodes (runs may live in spaces this node does not hold).
+    fn replicated(&self) -> bool {
+        false
+    }
+
+    /// Where a run lives when this node does not hold it (`None`: unknown everywhere).
+    fn locate(&self, _run: RunId) -> BoxFuture<'static, Result<Option<Located>, Error>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Claims a run id for the whole cluster before its run starts: `false` if another node has it.
+    fn claim(&self, _run: RunId, _at: Located) -> BoxFuture<'static, Result<bool, Error>> {
+        Box::pin(async { Ok(true) })
+    }
 }
 
 /// The single-node sequencer: the space's lock is the order.
@@ -42,17 +137,20 @@ pub trait Sequencer: Send + Sync + std::fmt::Debug + 'static {
 pub struct Local;
 
 impl Sequencer for Local {
-    fn submit(&self, space: &Space, event: SpaceEvent) -> Result<Sequenced, Refusal> {
+    fn submit(&self, space: &Arc<Space>, event: SpaceEvent) -> Submission {
         let mut guard = space.lock();
         let st = &mut *guard;
         if st.retired {
-            return Err(Refusal::Retired);
+            return Submission::Done(Err(Refusal::Retired));
         }
-        let mut applied = st.model.apply(event)?;
+        let mut applied = match st.model.apply(event) {
+            Ok(a) => a,
+            Err(e) => return Submission::Done(Err(e.into())),
+        };
         st.position += 1;
         st.feed.record(&st.model, &mut applied);
         space.changed(st);
-        Ok(Sequenced { position: st.position, applied })
+        Submission::Done(Ok(Sequenced { position: st.position, applied }))
     }
 }
 
@@ -67,7 +165,8 @@ pub struct Recorded {
 }
 
 /// A sequencer that keeps every event it applied, encoded, beside its position: a log to replay (tests, audits of
-/// determinism). Encodes each event before submitting it, so it costs an encoding per event.
+/// determinism). Encodes each event before submitting it, so it costs an encoding per event. Wraps a sequencer
+/// that answers at once.
 #[derive(Debug, Default)]
 pub struct Recording<S> {
     inner: S,
@@ -88,17 +187,43 @@ impl<S: Sequencer> Recording<S> {
 }
 
 impl<S: Sequencer> Sequencer for Recording<S> {
-    fn submit(&self, space: &Space, event: SpaceEvent) -> Result<Sequenced, Refusal> {
+    fn submit(&self, space: &Arc<Space>, event: SpaceEvent) -> Submission {
         let bytes = event.encode();
-        let s = self.inner.submit(space, event)?;
-        let (name, epoch, position) = (space.name.clone(), space.epoch, s.position);
-        self.log.lock().push(Recorded { space: name, epoch, position, bytes });
-        Ok(s)
+        let s = self.inner.submit(space, event);
+        if let Submission::Done(Ok(s)) = &s {
+            let (name, epoch, position) = (space.name.clone(), space.epoch, s.position);
+            self.log.lock().push(Recorded { space: name, epoch, position, bytes });
+        }
+        s
     }
 }
 
 impl<S: Sequencer> Sequencer for Arc<S> {
-    fn submit(&self, space: &Space, event: SpaceEvent) -> Result<Sequenced, Refusal> {
+    fn submit(&self, space: &Arc<Space>, event: SpaceEvent) -> Submission {
         (**self).submit(space, event)
+    }
+
+    fn open(&self, space: Arc<Space>, host: Arc<dyn Host>, settings: ticker::Settings) {
+        (**self).open(space, host, settings)
+    }
+
+    fn epoch(&self) -> Option<u64> {
+        (**self).epoch()
+    }
+
+    fn health(&self) -> Health {
+        (**self).health()
+    }
+
+    fn replicated(&self) -> bool {
+        (**self).replicated()
+    }
+
+    fn locate(&self, run: RunId) -> BoxFuture<'static, Result<Option<Located>, Error>> {
+        (**self).locate(run)
+    }
+
+    fn claim(&self, run: RunId, at: Located) -> BoxFuture<'static, Result<bool, Error>> {
+        (**self).claim(run, at)
     }
 }

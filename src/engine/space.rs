@@ -52,6 +52,11 @@ pub struct Space {
     wake: Notify,
     /// The creator's space quota, given back when the space is dropped.
     _quota: Option<crate::engine::budget::SpaceQuota>,
+    /// Set once the space holds its state: at once on a single node; once caught up with the log in a cluster.
+    ready: tokio::sync::watch::Sender<bool>,
+    /// When this node last submitted a write to it (milliseconds on the engine's clock): a cluster node keeps a
+    /// space its clients write to.
+    pub last_write_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Space {
@@ -60,6 +65,7 @@ impl Space {
         rules: Rules,
         history: Arc<HistoryBudget>,
         quota: Option<crate::engine::budget::SpaceQuota>,
+        epoch: Option<u64>,
     ) -> Arc<Space> {
         let state = SpaceState {
             model: SpaceModel::new(rules),
@@ -68,8 +74,27 @@ impl Space {
             dirty: false,
             retired: false,
         };
-        let epoch = uuid::Uuid::now_v7().as_u64_pair().1 & ((1 << 53) - 1);
-        Arc::new(Space { name, epoch, state: Mutex::new(state), wake: Notify::new(), _quota: quota })
+        let epoch = epoch.unwrap_or_else(|| uuid::Uuid::now_v7().as_u64_pair().1 & ((1 << 53) - 1));
+        Arc::new(Space {
+            name,
+            epoch,
+            state: Mutex::new(state),
+            wake: Notify::new(),
+            _quota: quota,
+            ready: tokio::sync::watch::Sender::new(false),
+            last_write_ms: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// Marks the space as holding its state.
+    pub fn set_ready(&self) {
+        self.ready.send_replace(true);
+    }
+
+    /// Waits until the space holds its state.
+    pub async fn until_ready(&self) {
+        let mut rx = self.ready.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
     }
 
     pub fn lock(&self) -> MutexGuard<'_, SpaceState> {

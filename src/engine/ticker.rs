@@ -14,7 +14,7 @@ pub trait Timers: Send + Sync + 'static {
     /// The instant at which the engine's clock reads `ms` (milliseconds since the epoch).
     fn instant_at(&self, ms: u64) -> Instant;
     /// Submits the end of every lingering run of `space` whose linger is over.
-    fn expire_lingering(&self, space: &Space);
+    fn expire_lingering(&self, space: &Arc<Space>);
     /// Reclaims `space` if it still holds nothing; returns whether it did.
     fn reclaim(&self, space: &Arc<Space>) -> bool;
 }
@@ -31,7 +31,7 @@ pub struct Settings {
 }
 
 /// Runs until the engine shuts down or the space is reclaimed.
-pub async fn run(space: Arc<Space>, timers: impl Timers, settings: Settings) {
+pub async fn run(space: Arc<Space>, timers: Arc<dyn Timers>, settings: Settings) {
     let Settings { tick, cap, shutdown } = settings;
     loop {
         // The next deadline: a lingering run's end, a deferred resync, or the moment the space may be reclaimed.

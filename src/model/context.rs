@@ -87,7 +87,7 @@ impl Status {
 }
 
 /// What a run's operation means to the views.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
     /// `dialog`: listed in `activeDialogs` while running.
     Dialog,
@@ -133,7 +133,7 @@ impl Class {
 }
 
 /// A run held by the engine.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Run {
     pub id: RunId,
     /// The run's parent when the parent was active at creation (pipeline grouping).

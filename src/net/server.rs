@@ -2,6 +2,7 @@
 //! every session, and shuts down in order: stop accepting, close every socket with 1001, wait (bounded), stop the
 //! engine.
 
+use crate::cluster::Cluster;
 use crate::config::EngineConfig;
 use crate::engine::Engine;
 use crate::engine::sequencer::{Local, Sequencer};
@@ -68,6 +69,8 @@ pub struct Config {
     pub auth: Option<Auth>,
     /// Origins allowed to open a WebSocket (exact match). Empty: the server's own origin, and localhost origins.
     pub allowed_origins: Vec<String>,
+    /// Cluster mode: the NATS servers and this node's part (needs `database_url`). `None`: a single node.
+    pub cluster: Option<crate::cluster::Settings>,
     /// Serve `/autobahn`, an echo endpoint on the production accept path and limits, for the conformance suite.
     pub autobahn_echo: bool,
 }
@@ -83,6 +86,7 @@ impl Default for Config {
             database_url: None,
             auth: None,
             allowed_origins: Vec::new(),
+            cluster: None,
             autobahn_echo: false,
         }
     }
@@ -114,6 +118,11 @@ impl Backend {
     /// the embedded SQLite in `config.data_dir` (a scratch database without one). Fails with a one-line reason when
     /// the URL is not a `postgres://` one or the database cannot be reached or set up.
     pub async fn open(config: &Config) -> std::io::Result<Backend> {
+        if config.cluster.is_some() && config.database_url.is_none() {
+            return Err(std::io::Error::other(
+                "cluster mode needs a shared store: give --database-url (COWORKER_DATABASE_URL) a postgres:// URL",
+            ));
+        }
         let query_timeout = config.engine.limits.query_timeout;
         let store: Arc<dyn Store> = match &config.database_url {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
@@ -138,7 +147,11 @@ impl Backend {
                 Arc::new(store)
             }
         };
-        Ok(Backend { store, sequencer: Arc::new(Local) })
+        let sequencer: Arc<dyn Sequencer> = match &config.cluster {
+            Some(settings) => Arc::new(Cluster::connect(settings.clone()).await.map_err(std::io::Error::other)?),
+            None => Arc::new(Local),
+        };
+        Ok(Backend { store, sequencer })
     }
 }
 
@@ -396,7 +409,14 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     let budgets = state.engine.budgets();
     Json(json!({
-        "status": if budgets.over_capacity() { "over_capacity" } else { "ok" },
+        "status": if state.engine.health().is_err() {
+            "degraded"
+        } else if budgets.over_capacity() {
+            "over_capacity"
+        } else {
+            "ok"
+        },
+        "replicated": state.engine.replicated(),
         "protocol": PROTOCOL_VERSION,
         "activeRuns": state.engine.active_runs(),
         "connections": state.sessions.len(),

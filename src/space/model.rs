@@ -15,7 +15,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 /// The rules every replica applies with: part of the space's definition, so equal on every node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Rules {
     /// How long a failed run stays in `activeRuns`, in milliseconds.
     pub linger_ms: u64,
@@ -77,7 +77,7 @@ impl Applied {
 }
 
 /// Finished run ids, bounded, oldest forgotten first.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FinishedIds {
     set: HashSet<RunId, RunHasher>,
     order: VecDeque<RunId>,
@@ -102,8 +102,10 @@ impl FinishedIds {
 }
 
 /// One space's state.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct SpaceModel {
+    /// Not in a snapshot: every replica has them from its config.
+    #[serde(skip)]
     rules: Rules,
     /// `activeRuns`, in creation order (removals may reorder: the view arrays carry the order).
     runs: IndexMap<RunId, Run, RunHasher>,
@@ -276,6 +278,11 @@ impl SpaceModel {
         self.finished.insert(id, self.rules.finished_memory);
     }
 
+    /// The rules it applies with.
+    pub fn rules(&self) -> Rules {
+        self.rules
+    }
+
     /// The runs of `activeRuns`.
     pub fn runs(&self) -> impl Iterator<Item = (&RunId, &Run)> {
         self.runs.iter()
@@ -312,6 +319,25 @@ impl SpaceModel {
     /// The state bytes of `currentRun`.
     pub fn current_bytes(&self) -> usize {
         self.current.as_ref().map_or(0, |(_, s)| *s)
+    }
+
+    /// The whole state, encoded (CBOR, behind [`crate::space::event::VERSION`]): what a replica that joins late
+    /// starts from instead of the log's beginning.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::into_writer(&(crate::space::event::VERSION, self), &mut out).expect("a model encodes into memory");
+        out
+    }
+
+    /// A model from [`SpaceModel::snapshot`]'s bytes, applying `rules` from here on.
+    pub fn restore(rules: Rules, bytes: &[u8]) -> Result<SpaceModel> {
+        let bad = |why: String| Error::new(ErrorCode::Internal, format!("an undecodable space snapshot: {why}"));
+        let (version, mut model): (u8, SpaceModel) = ciborium::from_reader(bytes).map_err(|e| bad(e.to_string()))?;
+        if version != crate::space::event::VERSION {
+            return Err(bad(format!("version {version}")));
+        }
+        model.rules = rules;
+        Ok(model)
     }
 
     /// The whole state as JSON, for tests and comparisons (not the wire's state document).

@@ -102,7 +102,7 @@ impl ViewOp {
 }
 
 /// `activePipelines`: every active run grouped under its root (follow `parentRun` while the parent is active).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Pipelines {
     groups: IndexMap<RunId, IndexSet<RunId>>,
     root_of: HashMap<RunId, RunId>,
@@ -180,7 +180,7 @@ impl Pipelines {
 }
 
 /// The views of one space.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Views {
     dialogs: IndexSet<RunId>,
     ai: IndexSet<RunId>,

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// Layers, lowest first. A module may use its own layer and the ones below.
-const LAYERS: [&[&str]; 9] = [
+const LAYERS: [&[&str]; 10] = [
     &["error", "telemetry"],
     &["model"],
     &["config"],
@@ -15,6 +15,7 @@ const LAYERS: [&[&str]; 9] = [
     &["feed"],
     &["plugin"],
     &["engine"],
+    &["cluster"],
     &["net", "client"],
 ];
 

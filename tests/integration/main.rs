@@ -5,6 +5,7 @@ mod auth;
 mod bad_input;
 mod binary;
 mod budgets;
+mod cluster;
 mod crash;
 mod data;
 mod diff_invariant;

@@ -2,7 +2,7 @@
 //! `complete`/`fail` reply once its audit record is durable).
 
 use super::{Session, error_frame};
-use crate::engine::SubscribeRequest;
+use crate::engine::{Outcome, SubscribeRequest};
 use crate::error::{Error, ErrorCode};
 use crate::model::context::RunId;
 use crate::net::session::transport::Outgoing;
@@ -11,10 +11,10 @@ use futures::FutureExt;
 use serde_json::Value;
 
 impl Session {
-    /// Queues the reply to `complete` or `fail`: sent once the run's record is durable.
-    fn send_when_durable(&mut self, id: protocol::ReqId, finished: Result<crate::engine::Finished, Error>) {
+    /// Queues the reply to `complete` or `fail`: sent once the log applied it and the run's record is durable.
+    fn send_when_durable(&mut self, id: protocol::ReqId, finished: Outcome<Result<crate::engine::Finished, Error>>) {
         let frame = async move {
-            match finished {
+            match finished.wait().await {
                 Ok(f) => match f.durable().await {
                     Ok(ctx) => protocol::reply(&id, Some(&ctx)),
                     Err(e) => error_frame(&id, &e, None),
@@ -22,7 +22,7 @@ impl Session {
                 Err(e) => error_frame(&id, &e, None),
             }
         };
-        self.waiting.push_back(frame.boxed());
+        self.waiting.push_back(frame.map(Some).boxed());
     }
 
     pub(super) async fn handle(&mut self, text: &str) {
@@ -70,21 +70,44 @@ impl Session {
                 };
                 self.send(frame).await;
             }
-            ClientMsg::Patch { id, run, ops } => match self.engine.patch(run, ops, &caller) {
-                Ok(()) => {
-                    self.note_produced(run);
-                    if id.is_some() {
-                        self.send(protocol::reply(&id, None)).await;
+            ClientMsg::Patch { id, run, ops } => {
+                if let Err(e) = self.engine.locate(run).await {
+                    return self.send(error_frame(&id, &e, None)).await;
+                }
+                match self.engine.patch(run, ops, &caller) {
+                    Outcome::Ready(Ok(())) => {
+                        self.note_produced(run);
+                        if id.is_some() {
+                            self.send(protocol::reply(&id, None)).await;
+                        }
+                    }
+                    Outcome::Ready(Err(e)) => self.send(error_frame(&id, &e, None)).await,
+                    Outcome::Later(answer) => {
+                        // In a cluster: answered once the log applied it; a write without an `id` is answered
+                        // only when it failed.
+                        self.note_produced(run);
+                        let frame = async move {
+                            match answer.await {
+                                Ok(()) => id.is_some().then(|| protocol::reply(&id, None)),
+                                Err(e) => Some(error_frame(&id, &e, None)),
+                            }
+                        };
+                        self.waiting.push_back(frame.boxed());
                     }
                 }
-                Err(e) => self.send(error_frame(&id, &e, None)).await,
-            },
+            }
             ClientMsg::Complete { id, run, output } => {
+                if let Err(e) = self.engine.locate(run).await {
+                    return self.send(error_frame(&id, &e, None)).await;
+                }
                 self.produced.remove(&run);
                 let finished = self.engine.complete(run, output, &caller);
                 self.send_when_durable(id, finished);
             }
             ClientMsg::Fail { id, run, error } => {
+                if let Err(e) = self.engine.locate(run).await {
+                    return self.send(error_frame(&id, &e, None)).await;
+                }
                 self.produced.remove(&run);
                 let finished = self.engine.fail(run, error, &caller);
                 self.send_when_durable(id, finished);

@@ -54,7 +54,8 @@ struct Session {
     outbox: Arc<Outbox>,
     tx: mpsc::Sender<Outgoing>,
     /// Replies that wait for durability, in request order; later replies queue behind them.
-    waiting: FuturesOrdered<BoxFuture<'static, String>>,
+    /// `None`: a write answered only when it fails, which did not.
+    waiting: FuturesOrdered<BoxFuture<'static, Option<String>>>,
     subs: HashMap<u64, Arc<SubSlot>>,
     parse_limits: ParseLimits,
     auth: Option<Auth>,
@@ -175,7 +176,9 @@ async fn serve_connection(
         let msg = tokio::select! {
             biased;
             Some(frame) = session.waiting.next(), if !session.waiting.is_empty() => {
-                session.send_now(frame).await;
+                if let Some(frame) = frame {
+                    session.send_now(frame).await;
+                }
                 continue;
             }
             m = stream.next(), if session.waiting.len() < limits.reply_queue && !session.outbox.replies_full() => m,
@@ -270,7 +273,9 @@ async fn serve_connection(
     }
     // Acknowledgements already owed are sent once durable, before any close frame.
     while let Some(frame) = session.waiting.next().await {
-        session.send_now(frame).await;
+        if let Some(frame) = frame {
+            session.send_now(frame).await;
+        }
     }
     if let Some((code, reason)) = closing {
         let _ = session.tx.send(Outgoing::Close(code, reason)).await;
@@ -309,7 +314,7 @@ impl Session {
         if self.waiting.is_empty() {
             self.send_now(frame).await;
         } else {
-            self.waiting.push_back(futures::future::ready(frame).boxed());
+            self.waiting.push_back(futures::future::ready(Some(frame)).boxed());
         }
     }
 }

@@ -1,0 +1,385 @@
+//! Cluster mode: real coworker processes over one real nats-server (JetStream, started here on a free port with a
+//! temporary store) and one PostgreSQL database of their own. Every node serves one state; a node killed with
+//! SIGKILL costs its subscribers a resume on another node; a broker killed and restarted costs writes an
+//! `unavailable`, never an acknowledged completion.
+
+use crate::support::{Process, WAIT, heavy};
+use coworker::client::{Client, ClientError, Subscription};
+use coworker::store::postgres::TestDatabase;
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A nats-server with JetStream of the test's own. Killed when dropped.
+struct Nats {
+    child: std::process::Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Nats {
+    fn start() -> Nats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Nats::spawn(port, &dir);
+        Nats { child, port, dir }
+    }
+
+    fn spawn(port: u16, dir: &tempfile::TempDir) -> std::process::Child {
+        let child = std::process::Command::new("nats-server")
+            .args(["-js", "-sd", dir.path().to_str().unwrap(), "-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (scripts/test.sh installs Debian's nats-server)");
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "nats-server did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and store.
+    fn restart(&mut self) {
+        self.child = Nats::spawn(self.port, &self.dir);
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// NATS, PostgreSQL and `n` nodes.
+struct TestCluster {
+    nodes: Vec<Process>,
+    nats: Nats,
+    db: TestDatabase,
+}
+
+impl TestCluster {
+    async fn start(n: usize) -> TestCluster {
+        let nats = Nats::start();
+        let db = TestDatabase::create().await;
+        let nodes = (1..=n).map(|i| node(&nats, &db, i)).collect();
+        TestCluster { nodes, nats, db }
+    }
+
+    fn url(&self, i: usize) -> &str {
+        &self.nodes[i].url
+    }
+
+    async fn remove(self) {
+        let TestCluster { nodes, nats, db } = self;
+        drop(nodes);
+        drop(nats);
+        db.drop_now().await;
+    }
+}
+
+fn node(nats: &Nats, db: &TestDatabase, i: usize) -> Process {
+    Process::start(&["--cluster", &nats.url(), "--database-url", &db.url, "--node-name", &format!("node{i}")])
+}
+
+async fn connect(url: &str) -> Client {
+    Client::connect(url).await.unwrap()
+}
+
+fn append(text: String) -> Value {
+    json!([{"op": "append", "path": "output.text", "value": text}])
+}
+
+/// A fresh snapshot of `space` on `client`'s node, taken once `check` holds of it.
+async fn fresh(client: &Client, space: &str, check: impl Fn(&Value) -> bool) -> (Value, u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let sub = client.subscribe(space, None, false).await.unwrap();
+        let (state, seq) = (sub.state().clone(), sub.seq);
+        sub.unsubscribe().await.unwrap();
+        if check(&state) {
+            return (state, seq);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never reached: {state}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Applies `sub`'s diffs until its state is at `seq`; every update must be a diff (no resync).
+async fn follow_to(sub: &mut Subscription, seq: u64) {
+    while sub.seq < seq {
+        let update = tokio::time::timeout(WAIT, sub.next()).await.expect("diffs keep coming").expect("connected");
+        match update.unwrap() {
+            coworker::client::Update::Diff { .. } | coworker::client::Update::Event { .. } => {}
+            coworker::client::Update::Resync { seq } => panic!("a resync at {seq}: a diff went missing"),
+        }
+    }
+    assert_eq!(sub.seq, seq, "past the snapshot's seq");
+}
+
+fn output_text(state: &Value, run: &str) -> String {
+    // Appends to a missing path make an array of the appended strings.
+    let text = &state["activeRuns"][run]["output"]["text"];
+    text.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default()
+}
+
+/// Token numbers in `text` ("0,1,2,"), checked to be exactly 0..n in order: no gap, no duplicate.
+fn assert_tokens(text: &str, n: usize) {
+    let got: Vec<usize> = text.split(',').filter(|t| !t.is_empty()).map(|t| t.parse().unwrap()).collect();
+    let want: Vec<usize> = (0..n).collect();
+    assert_eq!(got, want, "tokens out of order, missing or repeated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_serve_one_state() {
+    let _heavy = heavy().await;
+    let cluster = TestCluster::start(3).await;
+    let (n1, n2, n3) = (connect(cluster.url(0)).await, connect(cluster.url(1)).await, connect(cluster.url(2)).await);
+    let mut sub2 = n2.subscribe("room", None, false).await.unwrap();
+    let mut sub3 = n3.subscribe("room", None, false).await.unwrap();
+
+    // A producer on node 1 streams into a run; subscribers on nodes 2 and 3 apply every diff.
+    let run = n1.run(json!({"operation": "interpret", "space": "room"})).await.unwrap();
+    let id = run["id"].as_str().unwrap().to_string();
+    const TOKENS: usize = 300;
+    for t in 0..TOKENS {
+        n1.patch_nowait(&id, append(format!("{t},"))).await.unwrap();
+    }
+    n1.patch(&id, json!([{"op": "set", "path": "output.done", "value": true}])).await.unwrap();
+    let (state1, seq1) = fresh(&n1, "room", |s| s["activeRuns"][id.as_str()]["output"]["done"] == true).await;
+    assert_tokens(&output_text(&state1, &id), TOKENS);
+    for sub in [&mut sub2, &mut sub3] {
+        follow_to(sub, seq1).await;
+        assert_eq!(sub.state(), &state1, "a subscriber's state differs from node 1's snapshot at the same seq");
+    }
+
+    // A run created on node 2 in a space the others do not hold yet, patched through nodes 1 and 3.
+    let other = n2.run(json!({"operation": "task", "space": "other"})).await.unwrap();
+    let oid = other["id"].as_str().unwrap().to_string();
+    n1.patch(&oid, json!([{"op": "set", "path": "output.a", "value": 1}])).await.unwrap();
+    n3.patch(&oid, json!([{"op": "set", "path": "output.b", "value": 2}])).await.unwrap();
+    n2.patch(&oid, json!([{"op": "set", "path": "output.c", "value": 3}])).await.unwrap();
+    let has_all = |s: &Value| s["activeRuns"][oid.as_str()]["output"] == json!({"a": 1, "b": 2, "c": 3});
+    let snapshots =
+        [fresh(&n1, "other", has_all).await, fresh(&n2, "other", has_all).await, fresh(&n3, "other", has_all).await];
+    assert!(snapshots.iter().all(|s| s == &snapshots[0]), "the nodes disagree: {snapshots:?}");
+
+    // A completion acknowledged on node 3 is in the shared trail, read through node 1.
+    let done = n3.complete(&oid, Some(json!({"by": "node3"}))).await.unwrap();
+    assert_eq!(done["status"], "completed");
+    let page = n1
+        .run(json!({"operation": "select", "doctype": "Run", "input": {"where": {"id": oid}, "take": 10}}))
+        .await
+        .unwrap();
+    let rows = page["output"]["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{page}");
+    assert_eq!(rows[0]["output"], json!({"by": "node3"}));
+
+    // A write refused by the state machine is refused on every node alike: the run has finished.
+    let e = n1.patch(&oid, json!([{"op": "set", "path": "output.x", "value": 1}])).await.unwrap_err();
+    assert!(matches!(e, ClientError::Server { ref code, .. } if code == "run_finished"), "{e:?}");
+    cluster.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_stream_costs_its_subscribers_a_resume_elsewhere() {
+    let _heavy = heavy().await;
+    let cluster = TestCluster::start(3).await;
+    let (n1, n2, n3) = (connect(cluster.url(0)).await, connect(cluster.url(1)).await, connect(cluster.url(2)).await);
+    let run = n1.run(json!({"operation": "interpret", "space": "live"})).await.unwrap();
+    let id = run["id"].as_str().unwrap().to_string();
+    let mut sub = n2.subscribe("live", None, false).await.unwrap();
+    // Node 3 holds the space too (another subscriber there), as a node behind a load balancer usually does.
+    let _watcher = n3.subscribe("live", None, false).await.unwrap();
+
+    const TOKENS: usize = 400;
+    let producer = {
+        let (n1, id) = (n1.clone(), id.clone());
+        tokio::spawn(async move {
+            for t in 0..TOKENS {
+                n1.patch_nowait(&id, append(format!("{t},"))).await.unwrap();
+                if t % 20 == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            n1.patch(&id, json!([{"op": "set", "path": "output.done", "value": true}])).await.unwrap();
+        })
+    };
+    // Some diffs arrive through node 2, then node 2 dies.
+    while output_text(sub.state(), &id).len() < 200 {
+        tokio::time::timeout(WAIT, sub.next()).await.unwrap().unwrap().unwrap();
+    }
+    cluster.nodes[1].signal("-KILL");
+    // Whatever node 2 sent before it died is applied; then the connection ends.
+    while let Ok(Some(update)) = tokio::time::timeout(WAIT, sub.next()).await {
+        update.unwrap();
+    }
+    let seen = output_text(sub.state(), &id);
+    let resumed = n3.resume("live", None, &sub).await.unwrap();
+    assert!(!resumed.resynced, "node 3 could not serve the diffs after seq {}", sub.seq);
+    let mut sub = resumed;
+    producer.await.unwrap();
+    let (state1, seq1) = fresh(&n1, "live", |s| s["activeRuns"][id.as_str()]["output"]["done"] == true).await;
+    follow_to(&mut sub, seq1).await;
+    assert_tokens(&output_text(sub.state(), &id), TOKENS);
+    assert!(output_text(sub.state(), &id).starts_with(&seen));
+    assert_eq!(sub.state(), &state1, "the resumed state differs from a fresh snapshot");
+    cluster.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_loses_no_acknowledged_completion() {
+    let _heavy = heavy().await;
+    let mut cluster = TestCluster::start(3).await;
+    let (n1, n2) = (connect(cluster.url(0)).await, connect(cluster.url(1)).await);
+    let mut sub = n2.subscribe("jobs", None, false).await.unwrap();
+    let acked = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let refused = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let (acked, refused, stop) = (acked.clone(), refused.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let step = async {
+                    let run = n1.run(json!({"operation": "task", "space": "jobs"})).await?;
+                    let id = run["id"].as_str().unwrap().to_string();
+                    n1.patch(&id, json!([{"op": "set", "path": "output.n", "value": n}])).await?;
+                    n1.complete(&id, Some(json!({"n": n}))).await?;
+                    Ok::<_, ClientError>(id)
+                };
+                match step.await {
+                    Ok(id) => acked.lock().push(id),
+                    Err(ClientError::Server { code, .. }) => {
+                        refused.lock().push(code);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => {
+                        refused.lock().push(format!("{e:?}"));
+                        return;
+                    }
+                }
+            }
+        })
+    };
+    let count = |v: &Arc<parking_lot::Mutex<Vec<String>>>| v.lock().len();
+    while count(&acked) < 20 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.nats.kill();
+    let before = count(&refused);
+    while count(&refused) < before + 3 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // While the broker is gone the nodes say so, and serve nothing new.
+    let n3 = connect(cluster.url(2)).await;
+    let e = n3.subscribe("fresh-space", None, false).await.map(|_| ()).unwrap_err();
+    assert!(matches!(e, ClientError::Server { ref code, .. } if code == "unavailable"), "{e:?}");
+    cluster.nats.restart();
+    let after = count(&acked);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while count(&acked) < after + 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no completion after the broker came back; node 1 logged:\n{}",
+            cluster.nodes[0].log.lock().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    worker.await.unwrap();
+
+    let refused = refused.lock().clone();
+    assert!(refused.iter().all(|c| c == "unavailable"), "refusals other than unavailable: {refused:?}");
+    let acked = acked.lock().clone();
+    let mut trail = HashSet::new();
+    let mut skip = 0;
+    loop {
+        let page = n3
+            .run(json!({"operation": "select", "doctype": "Run",
+                "input": {"where": {"operation": "task"}, "take": 1000, "skip": skip}}))
+            .await
+            .unwrap();
+        let rows = page["output"]["data"].as_array().unwrap().clone();
+        if rows.is_empty() {
+            break;
+        }
+        skip += rows.len();
+        for r in rows {
+            let id = r["id"].as_str().unwrap().to_string();
+            assert!(trail.insert(id.clone()), "run {id} is in the trail twice");
+        }
+    }
+    for id in &acked {
+        assert!(trail.contains(id), "acknowledged completion {id} is missing from the trail");
+    }
+    // The subscriber that stayed on node 2 ends with the state a fresh subscriber gets there.
+    let (state, seq) = fresh(&n2, "jobs", |_| true).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while sub.seq < seq {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::timeout(WAIT, sub.next()).await.unwrap().unwrap().unwrap();
+    }
+    assert_eq!(sub.state(), &state);
+    eprintln!("broker restart: {} acknowledged, {} refused with unavailable", acked.len(), refused.len());
+    cluster.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_producers_on_two_nodes_land_in_one_order_everywhere() {
+    let _heavy = heavy().await;
+    let cluster = TestCluster::start(3).await;
+    let (n1, n2, n3) = (connect(cluster.url(0)).await, connect(cluster.url(1)).await, connect(cluster.url(2)).await);
+    let run = n1.run(json!({"operation": "interpret", "space": "duet"})).await.unwrap();
+    let id = run["id"].as_str().unwrap().to_string();
+    let _holder = n2.subscribe("duet", None, false).await.unwrap();
+    const EACH: usize = 150;
+    let write = |c: Client, tag: &'static str| {
+        let id = id.clone();
+        tokio::spawn(async move {
+            for i in 0..EACH {
+                c.patch_nowait(&id, append(format!("{tag}{i};"))).await.unwrap();
+            }
+            c.patch(&id, json!([{"op": "set", "path": format!("output.{tag}"), "value": true}])).await.unwrap();
+        })
+    };
+    let (a, b) = (write(n1.clone(), "a"), write(n2.clone(), "b"));
+    a.await.unwrap();
+    b.await.unwrap();
+    let both = |s: &Value| {
+        s["activeRuns"][id.as_str()]["output"]["a"] == true && s["activeRuns"][id.as_str()]["output"]["b"] == true
+    };
+    let states = [fresh(&n1, "duet", both).await, fresh(&n2, "duet", both).await, fresh(&n3, "duet", both).await];
+    assert!(states.iter().all(|s| s == &states[0]), "the nodes applied different orders");
+    let text = output_text(&states[0].0, &id);
+    for tag in ["a", "b"] {
+        let mine: Vec<usize> =
+            text.split(';').filter_map(|t| t.strip_prefix(tag)).map(|n| n.parse().unwrap()).collect();
+        assert_eq!(mine, (0..EACH).collect::<Vec<_>>(), "producer {tag}'s writes out of order or lost");
+    }
+    cluster.remove().await;
+}
+
+#[test]
+fn cluster_mode_without_a_shared_store_refuses_to_start() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coworker"))
+        .args(["--listen", "127.0.0.1:0", "--cluster", "nats://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cluster mode needs a shared store"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}
