@@ -3,7 +3,9 @@
 # tests, examples and the benches once each, then the browser client and the demo page (Node's test runner and
 # headless Chromium; installs chromium and the npm packages when missing). Ends with one line summing them up.
 # The PostgreSQL tests use the server at COWORKER_TEST_DATABASE_URL when one answers there, and otherwise a
-# throwaway cluster that scripts/postgres.sh installs and starts (and this script stops at the end).
+# throwaway cluster that scripts/postgres.sh installs and starts (and this script stops at the end). The cluster
+# tests start their own nats-server (JetStream, free ports, temporary stores): Debian's `nats-server` package is
+# installed when the binary is missing.
 # Usage: ./scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +13,12 @@ read -r COWORKER_TEST_DATABASE_URL PG_DIR < <(./scripts/postgres.sh start | tail
 [ -n "${COWORKER_TEST_DATABASE_URL:-}" ] || { echo "no PostgreSQL for the tests (scripts/postgres.sh failed)" >&2; exit 1; }
 export COWORKER_TEST_DATABASE_URL
 if [ -n "${PG_DIR:-}" ]; then trap './scripts/postgres.sh stop "$PG_DIR"' EXIT; fi
+export PATH="$PATH:/usr/sbin"
+if ! command -v nats-server >/dev/null; then
+  echo "test: installing the nats-server package" >&2
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  $SUDO apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nats-server >&2
+fi
 ./scripts/autobahn.sh
 mkdir -p target
 cargo test --locked --all-targets 2>&1 | tee target/test-output.txt

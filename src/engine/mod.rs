@@ -431,6 +431,10 @@ impl Engine {
         let Some(at) = self.shared.sequencer.locate(id).await? else { return Ok(()) };
         let space = self.space(&at.space, &Caller::trusted())?;
         space.until_ready().await;
+        // A run that finished before this node took the space: known as finished, not as unknown.
+        if !self.shared.registry.contains_key(&id) && space.lock().model.has_finished(id) {
+            self.shared.finished.lock().insert(id, self.shared.config.limits.finished_memory);
+        }
         Ok(())
     }
 

@@ -278,6 +278,11 @@ impl SpaceModel {
         self.finished.insert(id, self.rules.finished_memory);
     }
 
+    /// Whether the space finished the run `id` (among the last `finished_memory` it finished).
+    pub fn has_finished(&self, id: RunId) -> bool {
+        self.finished.contains(&id)
+    }
+
     /// The rules it applies with.
     pub fn rules(&self) -> Rules {
         self.rules

@@ -531,7 +531,7 @@ async fn drive(mut p: Producer, job: Job, live: Arc<Live>) -> Result<(Producer, 
 /// Runs the scenario against a coworker server.
 pub async fn run(args: &Args, live: Arc<Live>) -> Result<Outcome, String> {
     let space = format!("load-{}", uuid::Uuid::now_v7());
-    let control = connect(&args.url).await?;
+    let control = connect(args.producer_url()).await?;
     // Many at a time: each subscribe waits for the space's next flush.
     let full = args.verify.unwrap_or(args.subscribers).min(args.subscribers);
     let space_ref = space.as_str();
@@ -539,9 +539,9 @@ pub async fn run(args: &Args, live: Arc<Live>) -> Result<Outcome, String> {
         .map(|n| async move {
             let space = space_ref;
             Ok::<_, String>(if n < full {
-                Subscriber::Full(Box::new(Watcher::start(&args.url, space, args.scenario).await?))
+                Subscriber::Full(Box::new(Watcher::start(args.subscriber_url(n), space, args.scenario).await?))
             } else {
-                Subscriber::Counting(Box::new(Counting::start(&args.url, space, args.scenario).await?))
+                Subscriber::Counting(Box::new(Counting::start(args.subscriber_url(n), space, args.scenario).await?))
             })
         })
         .buffer_unordered(CONNECTING_AT_ONCE)
@@ -553,7 +553,7 @@ pub async fn run(args: &Args, live: Arc<Live>) -> Result<Outcome, String> {
     };
     let mut producers = Vec::new();
     for _ in 0..conns {
-        producers.push(Producer::connect(&args.url).await?);
+        producers.push(Producer::connect(args.producer_url()).await?);
     }
     // The live runs, spread over the producer connections (none up front for `pipeline`).
     let mut owned: Vec<Vec<String>> = vec![Vec::new(); conns as usize];
@@ -578,7 +578,7 @@ pub async fn run(args: &Args, live: Arc<Live>) -> Result<Outcome, String> {
         }
     }
 
-    let window = Window::open(args.server_pid);
+    let window = Window::open(&args.server_pid);
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(args.duration);
     // Once the producers are done: how many items each subscriber should see (when all must arrive).

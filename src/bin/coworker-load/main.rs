@@ -72,9 +72,10 @@ pub struct Args {
     /// Seconds of streaming.
     #[arg(long, default_value_t = 5.0, value_parser = parse_duration)]
     duration: f64,
-    /// The server's WebSocket URL.
-    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
-    url: String,
+    /// The server's WebSocket URL; for a cluster, several (comma-separated or repeated): producers connect to the
+    /// first, and subscribers are spread over all of them in turn.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws", value_delimiter = ',', required = true)]
+    url: Vec<String>,
     /// `ai`: nest the AI runs under pipeline roots, ten per root.
     #[arg(long)]
     nested: bool,
@@ -88,9 +89,22 @@ pub struct Args {
     /// Print one JSON object (field names in the README) instead of the table.
     #[arg(long)]
     json: bool,
-    /// The server's process id, to report its CPU time and memory (from /proc).
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// The server's process id, to report its CPU time and memory (from /proc); several (comma-separated or
+    /// repeated) are summed: a cluster's nodes and its broker.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
+}
+
+impl Args {
+    /// Where producers (and the control connection) go.
+    pub fn producer_url(&self) -> &str {
+        &self.url[0]
+    }
+
+    /// Where the `n`th subscriber goes.
+    pub fn subscriber_url(&self, n: u64) -> &str {
+        &self.url[n as usize % self.url.len()]
+    }
 }
 
 fn parse_duration(s: &str) -> Result<f64, String> {
@@ -118,20 +132,28 @@ pub struct Outcome {
 
 /// The server's (and this process's) CPU time over the streaming window.
 pub struct Window {
-    pid: Option<u32>,
+    pids: Vec<u32>,
     before: Option<(u64, u64)>,
     load_before: u64,
 }
 
+/// CPU µs and RSS summed over `pids` (`None` without any, or when one is gone).
+fn usage(pids: &[u32]) -> Option<(u64, u64)> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| measure::server_usage(*p)).try_fold((0, 0), |(c, r), u| u.map(|(c1, r1)| (c + c1, r + r1)))
+}
+
 impl Window {
-    pub fn open(pid: Option<u32>) -> Window {
+    pub fn open(pids: &[u32]) -> Window {
         let load_before = measure::server_usage(std::process::id()).map_or(0, |(cpu, _)| cpu);
-        Window { pid, before: pid.and_then(measure::server_usage), load_before }
+        Window { pids: pids.to_vec(), before: usage(pids), load_before }
     }
     /// The server's CPU µs and RSS, and this process's CPU µs, since `open`.
     pub fn close(self) -> (Option<(u64, u64)>, u64) {
         let load = measure::server_usage(std::process::id()).map_or(0, |(cpu, _)| cpu.saturating_sub(self.load_before));
-        let server = self.before.zip(self.pid.and_then(measure::server_usage));
+        let server = self.before.zip(usage(&self.pids));
         (server.map(|((cpu0, _), (cpu1, rss))| (cpu1.saturating_sub(cpu0), rss)), load)
     }
 }

@@ -244,7 +244,7 @@ fn parse_nats(buf: &mut Vec<u8>) -> (Vec<Token>, bool, u64) {
 /// Runs the `ai` scenario against a peer.
 pub async fn run(target: Target, args: &Args, live: Arc<Live>) -> Result<Outcome, String> {
     let subscribers: Vec<Ws> = futures::stream::iter(0..args.subscribers)
-        .map(|_| connect(target, &args.url, true))
+        .map(|_| connect(target, args.producer_url(), true))
         .buffer_unordered(64)
         .try_collect()
         .await?;
@@ -252,9 +252,9 @@ pub async fn run(target: Target, args: &Args, live: Arc<Live>) -> Result<Outcome
     let mut producers = Vec::new();
     for c in 0..conns {
         let runs: Vec<u64> = (c..args.runs).step_by(conns as usize).collect();
-        producers.push((connect(target, &args.url, false).await?, runs));
+        producers.push((connect(target, args.producer_url(), false).await?, runs));
     }
-    let window = Window::open(args.server_pid);
+    let window = Window::open(&args.server_pid);
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(args.duration);
     let (total_tx, total) = watch::channel(None);
