@@ -29,6 +29,12 @@ pub const STREAM: &str = "COWORKER";
 pub const RUNS_BUCKET: &str = "coworker-runs";
 /// The bucket of space snapshots: space key → position and encoded model, a few revisions kept.
 pub const SNAPSHOTS_BUCKET: &str = "coworker-snapshots";
+/// The bucket of live nodes: each node puts its key every [`HEARTBEAT`]; a key older than [`NODE_TTL`] is gone.
+pub const NODES_BUCKET: &str = "coworker-nodes";
+/// How often a node says it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// How long a node that stopped saying so counts as alive: its producers' runs fail with `producer_lost` after.
+pub const NODE_TTL: Duration = Duration::from_secs(15);
 
 /// How a node takes part in a cluster.
 #[derive(Debug, Clone)]
@@ -105,6 +111,7 @@ pub(crate) struct Inner {
     stream: stream::Stream,
     runs: kv::Store,
     snapshots: kv::Store,
+    nodes: kv::Store,
     epoch: u64,
     lanes: DashMap<Arc<str>, Arc<Lane>>,
     /// An entry's bytes at most (the server's `max_payload`, less room for the header).
@@ -155,14 +162,28 @@ impl Cluster {
         let created = stream.info().await.map_err(|e| nats_error("the log's stream", e))?.created;
         // The stream's identity: a resume `epoch` every node agrees on, below 2^53 for JavaScript.
         let epoch = (created.unix_timestamp_nanos() as u64) & ((1 << 53) - 1);
-        let runs = open_bucket(&js, RUNS_BUCKET, 1, &settings).await?;
-        let snapshots = open_bucket(&js, SNAPSHOTS_BUCKET, 8, &settings).await?;
+        let runs = open_bucket(&js, RUNS_BUCKET, 1, settings.max_age, &settings).await?;
+        let snapshots = open_bucket(&js, SNAPSHOTS_BUCKET, 8, settings.max_age, &settings).await?;
+        let nodes = open_bucket(&js, NODES_BUCKET, 1, NODE_TTL, &settings).await?;
         let max_entry = (client.server_info().max_payload).saturating_sub(1024).max(4096);
         let node = uuid::Uuid::now_v7().as_u64_pair().1;
         tracing::info!(node = %settings.node_name, epoch, "cluster: joined the log {STREAM}");
-        let inner =
-            Inner { settings, node, client, js, stream, runs, snapshots, epoch, lanes: DashMap::new(), max_entry };
-        Ok(Cluster { inner: Arc::new(inner) })
+        let inner = Inner {
+            settings,
+            node,
+            client,
+            js,
+            stream,
+            runs,
+            snapshots,
+            nodes,
+            epoch,
+            lanes: DashMap::new(),
+            max_entry,
+        };
+        let inner = Arc::new(inner);
+        tokio::spawn(heartbeat(Arc::downgrade(&inner)));
+        Ok(Cluster { inner })
     }
 
     /// This node's name.
@@ -174,12 +195,18 @@ impl Cluster {
 /// Opens a key-value bucket, creating its stream first if needed. The stream is made here, with the bucket
 /// conventions (`KV_<bucket>`, `$KV.<bucket>.>`), rather than by `create_key_value`, which first asks for the
 /// account's limits in a form the NATS 2.9 servers of Debian 12 do not answer.
-async fn open_bucket(js: &jetstream::Context, bucket: &str, history: i64, settings: &Settings) -> Result<kv::Store> {
+async fn open_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    history: i64,
+    max_age: Duration,
+    settings: &Settings,
+) -> Result<kv::Store> {
     let config = stream::Config {
         name: format!("KV_{bucket}"),
         subjects: vec![format!("$KV.{bucket}.>")],
         max_messages_per_subject: history,
-        max_age: settings.max_age,
+        max_age,
         max_bytes: settings.max_bytes,
         storage: stream::StorageType::File,
         allow_rollup: true,
@@ -190,6 +217,40 @@ async fn open_bucket(js: &jetstream::Context, bucket: &str, history: i64, settin
     };
     js.get_or_create_stream(config).await.map_err(|e| nats_error("a key-value bucket of the cluster", e))?;
     js.get_key_value(bucket).await.map_err(|e| nats_error("a key-value bucket of the cluster", e))
+}
+
+/// A node's key in the nodes bucket.
+pub(crate) fn node_key(node: u64) -> String {
+    format!("n{node:016x}")
+}
+
+/// Says this node is alive every [`HEARTBEAT`], for as long as the cluster is in use.
+async fn heartbeat(inner: std::sync::Weak<Inner>) {
+    loop {
+        let Some(i) = inner.upgrade() else { return };
+        let put = i.nodes.put(node_key(i.node), i.settings.node_name.clone().into());
+        if let Ok(Err(e)) = tokio::time::timeout(HEARTBEAT, put).await {
+            tracing::debug!(error = %e, "cluster: a heartbeat was not written");
+        }
+        drop(i);
+        tokio::time::sleep(HEARTBEAT).await;
+    }
+}
+
+impl Inner {
+    /// Of `nodes`, those the nodes bucket no longer lists (they stopped for longer than [`NODE_TTL`]). Empty when
+    /// the bucket cannot be read: a node cut off from NATS declares nobody dead.
+    pub(crate) async fn dead(&self, nodes: Vec<u64>) -> Vec<u64> {
+        let mut dead = Vec::new();
+        for node in nodes {
+            match tokio::time::timeout(self.settings.write_timeout, self.nodes.get(node_key(node))).await {
+                Ok(Ok(None)) => dead.push(node),
+                Ok(Ok(Some(_))) => {}
+                _ => return Vec::new(),
+            }
+        }
+        dead
+    }
 }
 
 /// What the run index holds for a run id.
@@ -224,6 +285,10 @@ impl Sequencer for Cluster {
 
     fn epoch(&self) -> Option<u64> {
         Some(self.inner.epoch)
+    }
+
+    fn node(&self) -> Option<u64> {
+        Some(self.inner.node)
     }
 
     fn health(&self) -> Health {

@@ -27,6 +27,8 @@ type Acked = (u64, bool);
 
 /// How often a failed catch-up is tried again.
 const RETRY: Duration = Duration::from_secs(1);
+/// How often a space looks for runs whose producer's node died.
+const ORPHAN_CHECK: Duration = Duration::from_secs(3);
 
 struct Replica {
     inner: Arc<Inner>,
@@ -47,6 +49,8 @@ struct Replica {
     snapshot_at: (u64, Instant),
     /// Timer events already submitted are not submitted again before this.
     linger_retry: Option<Instant>,
+    /// When to look next for runs whose producer's node died.
+    orphans_at: Instant,
 }
 
 fn now_ms() -> u64 {
@@ -79,6 +83,7 @@ pub(super) async fn run(
         in_flight: 0,
         snapshot_at: (0, Instant::now()),
         linger_retry: None,
+        orphans_at: Instant::now() + ORPHAN_CHECK,
     };
     let shutdown = r.settings.shutdown.clone();
     // Writes queued while catching up are published at once: their entries come after everything caught up.
@@ -399,7 +404,8 @@ impl Replica {
             self.host.instant_at(last + self.inner.settings.keep.as_millis() as u64).max(Instant::now())
                 + Duration::from_millis(1)
         });
-        [publish, linger, st.feed.resync_wake, snapshot, keep].into_iter().flatten().min()
+        let orphans = Some(self.orphans_at).filter(|_| !st.model.is_empty());
+        [publish, linger, st.feed.resync_wake, snapshot, keep, orphans].into_iter().flatten().min()
     }
 
     /// Submits the end of lingering runs whose linger is over (on every node that holds the space: applying one
@@ -417,6 +423,40 @@ impl Replica {
             self.host.expire_lingering(&self.space);
             self.linger_retry = Some(now + RETRY);
         }
+        if self.orphans_at <= now {
+            self.orphans_at = now + ORPHAN_CHECK;
+            self.orphans();
+        }
+    }
+
+    /// Fails the running runs whose producer's node is gone from the nodes bucket (it died: its connections
+    /// cannot report their own loss). Every node holding the space may find them; the first failure applied wins,
+    /// the others are no-ops.
+    fn orphans(&self) {
+        let me = self.inner.node;
+        let runs: Vec<_> = {
+            let st = self.space.lock();
+            st.model
+                .runs()
+                .filter(|(_, r)| !r.status.is_finished())
+                .filter_map(|(id, r)| r.producer.filter(|p| p.node != me).map(|p| (*id, p)))
+                .collect()
+        };
+        if runs.is_empty() {
+            return;
+        }
+        let mut nodes: Vec<u64> = runs.iter().map(|(_, p)| p.node).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let (inner, host) = (self.inner.clone(), self.host.clone());
+        tokio::spawn(async move {
+            let dead = inner.dead(nodes).await;
+            let lost: Vec<_> = runs.into_iter().filter(|(_, p)| dead.contains(&p.node)).collect();
+            if !lost.is_empty() {
+                tracing::info!(runs = lost.len(), "cluster: failing runs whose producer's node is gone");
+                host.producers_lost(lost);
+            }
+        });
     }
 
     /// Writes a snapshot when enough entries or time have passed since the last one.

@@ -203,6 +203,7 @@ impl Engine {
         crate::telemetry::install();
         let budgets = Budgets::new(config.limits.clone());
         let history = crate::feed::history::HistoryBudget::new(config.limits.max_history_bytes);
+        let node = sequencer.node().unwrap_or_else(|| uuid::Uuid::now_v7().as_u64_pair().1);
         Engine {
             shared: Arc::new(Shared {
                 registry: DashMap::with_hasher(RunHasher::default()),
@@ -212,7 +213,7 @@ impl Engine {
                 store,
                 sequencer,
                 config,
-                node: uuid::Uuid::now_v7().as_u64_pair().1,
+                node,
                 clock: Clock::new(),
                 next_sub: AtomicU64::new(1),
                 budgets,
@@ -666,19 +667,24 @@ impl Engine {
                 _ = engine.shared.shutdown.cancelled() => return,
             }
             for id in runs {
-                let Some(route) = engine.shared.registry.get(&id).map(|r| r.clone()) else { continue };
-                let at_ms = engine.shared.clock.now_ms();
-                // The state machine fails it only if it is still running and that producer's.
-                let space = route.space.clone();
-                let event = SpaceEvent::ProducerLost { run: id, producer, at_ms };
-                let finished = engine.submit(&space, event, move |engine, r| engine.finished(&route, r.ok()?.applied));
-                if let Some(f) = finished.wait().await
-                    && let Err(e) = f.durable().await
-                {
-                    tracing::error!(error = %e, "could not record a run lost with its producer");
-                }
+                engine.lose(id, producer).await;
             }
         });
+    }
+
+    /// Fails run `id` with `producer_lost` if it is still running and `producer`'s, and records it.
+    async fn lose(&self, id: RunId, producer: ProducerId) {
+        let Some(route) = self.shared.registry.get(&id).map(|r| r.clone()) else { return };
+        let at_ms = self.shared.clock.now_ms();
+        // The state machine fails it only if it is still running and that producer's.
+        let space = route.space.clone();
+        let event = SpaceEvent::ProducerLost { run: id, producer, at_ms };
+        let finished = self.submit(&space, event, move |engine, r| engine.finished(&route, r.ok()?.applied));
+        if let Some(f) = finished.wait().await
+            && let Err(e) = f.durable().await
+        {
+            tracing::error!(error = %e, "could not record a run lost with its producer");
+        }
     }
 
     /// Subscribes an outbox to a space. The snapshot arrives through the slot at the space's next flush, which the
@@ -825,6 +831,15 @@ impl Host for Engine {
             shared.registry.insert(id, Arc::new(Route { space: space.clone(), owner, account }));
         }
         shared.budgets.grow_shared(current as isize);
+    }
+
+    fn producers_lost(&self, runs: Vec<(RunId, ProducerId)>) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            for (id, producer) in runs {
+                engine.lose(id, producer).await;
+            }
+        });
     }
 
     fn release(&self, space: &Arc<Space>) -> bool {

@@ -95,6 +95,8 @@ pub trait Host: Timers {
     /// Lets go of a space no client of this node uses, runs and all (a cluster node): it leaves the node's map, is
     /// marked retired, and its runs leave the registry and the budgets. `false` if a subscriber came meanwhile.
     fn release(&self, space: &Arc<Space>) -> bool;
+    /// Fails each run with `producer_lost` if it is still running and still that producer's (its node died).
+    fn producers_lost(&self, runs: Vec<(RunId, crate::model::context::ProducerId)>);
 }
 
 /// Orders and applies the events of every space.
@@ -109,6 +111,11 @@ pub trait Sequencer: Send + Sync + std::fmt::Debug + 'static {
 
     /// The epoch a new space gets: `None` for a random one.
     fn epoch(&self) -> Option<u64> {
+        None
+    }
+
+    /// This node's id in the shared log (producers are named by it): `None` for a random one.
+    fn node(&self) -> Option<u64> {
         None
     }
 
@@ -209,6 +216,10 @@ impl<S: Sequencer> Sequencer for Arc<S> {
 
     fn epoch(&self) -> Option<u64> {
         (**self).epoch()
+    }
+
+    fn node(&self) -> Option<u64> {
+        (**self).node()
     }
 
     fn health(&self) -> Health {

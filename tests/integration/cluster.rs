@@ -372,6 +372,42 @@ async fn two_producers_on_two_nodes_land_in_one_order_everywhere() {
     cluster.remove().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_runs_fail_with_producer_lost_once() {
+    let _heavy = heavy().await;
+    let cluster = TestCluster::start(2).await;
+    let (n1, n2) = (connect(cluster.url(0)).await, connect(cluster.url(1)).await);
+    let mut sub = n2.subscribe("orphans", None, false).await.unwrap();
+    let lost = n1.run(json!({"operation": "interpret", "space": "orphans"})).await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    n1.patch(&lost, append("half an answer".into())).await.unwrap();
+    let kept = n2.run(json!({"operation": "interpret", "space": "orphans"})).await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    n2.patch(&kept, append("still here".into())).await.unwrap();
+    cluster.nodes[0].signal("-KILL");
+    // Node 1's heartbeat stops; once its key is gone (NODE_TTL, 15 s) node 2 fails the run it was producing.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
+    while sub.state()["activeRuns"][lost.as_str()]["status"] != "failed" {
+        assert!(tokio::time::Instant::now() < deadline, "the run of the dead node never failed: {}", sub.state());
+        let _ = tokio::time::timeout(Duration::from_secs(1), sub.next()).await;
+    }
+    let run = &sub.state()["activeRuns"][lost.as_str()];
+    assert_eq!(run["error"]["code"], "producer_lost", "{run}");
+    assert_eq!(sub.state()["activeRuns"][kept.as_str()]["status"], "running", "a live node's run is left alone");
+    let page = n2
+        .run(json!({"operation": "select", "doctype": "Run", "input": {"where": {"id": lost}, "take": 10}}))
+        .await
+        .unwrap();
+    let rows = page["output"]["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "recorded once: {page}");
+    assert_eq!(rows[0]["error"]["code"], "producer_lost");
+    cluster.remove().await;
+}
+
 #[test]
 fn cluster_mode_without_a_shared_store_refuses_to_start() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_coworker"))
