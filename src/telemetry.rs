@@ -37,6 +37,12 @@ pub static DIFFS_MERGED: LazyLock<Counter> = LazyLock::new(|| counter!("coworker
 pub static RESYNCS: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_resyncs_total"));
 /// States rendered for snapshots: one per view set and seq, however many subscribers get it.
 pub static SNAPSHOTS_RENDERED: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_snapshots_rendered_total"));
+/// Cluster mode: from an entry's publish (the sender's clock) to its apply on this node.
+pub static ENTRY_LAG_SECONDS: LazyLock<Histogram> = LazyLock::new(|| histogram!("coworker_cluster_entry_lag_seconds"));
+/// Cluster mode: entries this node published, and entries it applied (its own and other nodes').
+pub static ENTRIES_PUBLISHED: LazyLock<Counter> =
+    LazyLock::new(|| counter!("coworker_cluster_entries_published_total"));
+pub static ENTRIES_APPLIED: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_cluster_entries_applied_total"));
 pub static SLOW_CLOSES: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_slow_subscriber_closes_total"));
 pub static PATCH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| histogram!("coworker_patch_seconds"));
 pub static FLUSH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| histogram!("coworker_flush_seconds"));

@@ -35,6 +35,8 @@ pub struct Header {
     pub node: u64,
     /// That node's number for it: the node answers the entry's requests when it comes back.
     pub batch: u64,
+    /// When it was published: milliseconds since the epoch, on the publisher's clock.
+    pub sent_ms: u64,
     /// Milliseconds since the epoch: an entry the log stored later than this is refused by every node (its
     /// requests were already told `unavailable`).
     pub deadline_ms: u64,
@@ -120,7 +122,7 @@ mod tests {
         for e in &events {
             w.push(&e.encode());
         }
-        let header = Header { node: 7, batch: 9, deadline_ms: 11 };
+        let header = Header { node: 7, batch: 9, sent_ms: 10, deadline_ms: 11 };
         let bytes = w.finish(header);
         assert_eq!(read(&bytes).unwrap(), (header, events.to_vec()));
         assert!(read(&bytes[..bytes.len() - 1]).is_err(), "cut short");

@@ -267,7 +267,10 @@ impl Replica {
             }
         };
         let late = stored_ms > header.deadline_ms;
+        crate::telemetry::ENTRIES_APPLIED.increment(1);
+        crate::telemetry::ENTRY_LAG_SECONDS.record(now_ms().saturating_sub(header.sent_ms) as f64 / 1000.0);
         let mut results = Vec::with_capacity(events.len());
+        let started = std::time::Instant::now();
         let tick = {
             let mut guard = self.space.lock();
             let st = &mut *guard;
@@ -306,6 +309,7 @@ impl Replica {
                 self.space.changed(&mut st);
             }
         }
+        crate::telemetry::FLUSH_SECONDS.record(started.elapsed().as_secs_f64());
         let mine = header.node == self.inner.node;
         let mut answers = if mine { self.waiting.remove(&header.batch).unwrap_or_default() } else { Vec::new() };
         for (i, (r, owner)) in results.into_iter().enumerate() {
@@ -339,7 +343,8 @@ impl Replica {
         let wait = self.inner.settings.write_timeout;
         // Half the wait: an entry the log stores later is refused by every node, and its acknowledgement had the
         // other half to come back.
-        let deadline_ms = now_ms() + wait.as_millis() as u64 / 2;
+        let sent_ms = now_ms();
+        let deadline_ms = sent_ms + wait.as_millis() as u64 / 2;
         let (mut writer, mut answers) = (Writer::new(), Vec::new());
         for (event, tx) in queued {
             let bytes = event.encode();
@@ -350,20 +355,21 @@ impl Replica {
             }
             if writer.len() + bytes.len() > self.inner.max_entry {
                 let full = std::mem::take(&mut writer);
-                self.send(full, std::mem::take(&mut answers), deadline_ms).await;
+                self.send(full, std::mem::take(&mut answers), sent_ms, deadline_ms).await;
             }
             writer.push(&bytes);
             answers.push(Some(tx));
         }
         if !writer.is_empty() {
-            self.send(writer, answers, deadline_ms).await;
+            self.send(writer, answers, sent_ms, deadline_ms).await;
         }
     }
 
-    async fn send(&mut self, writer: Writer, answers: Vec<Option<Answer>>, deadline_ms: u64) {
+    async fn send(&mut self, writer: Writer, answers: Vec<Option<Answer>>, sent_ms: u64, deadline_ms: u64) {
         let batch = self.next_batch;
         self.next_batch += 1;
-        let payload = writer.finish(Header { node: self.inner.node, batch, deadline_ms });
+        let payload = writer.finish(Header { node: self.inner.node, batch, sent_ms, deadline_ms });
+        crate::telemetry::ENTRIES_PUBLISHED.increment(1);
         self.waiting.insert(batch, answers);
         let wait = self.inner.settings.write_timeout;
         let published = tokio::time::timeout(wait, self.inner.js.publish(self.subject.clone(), payload.into())).await;
