@@ -71,6 +71,11 @@ struct Args {
     #[arg(long, env = "COWORKER_CLUSTER")]
     cluster: Option<String>,
 
+    /// Cluster mode: a node writes a snapshot of a space it holds after this many log entries of it (or 10 s after
+    /// the last, if anything changed). A node that takes a space reads the newest snapshot, then the log after it.
+    #[arg(long, env = "COWORKER_CLUSTER_SNAPSHOT_EVERY", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    cluster_snapshot_every: u64,
+
     /// This node's name in cluster mode (logs, NATS's connection list). Default: the host name and a random
     /// suffix.
     #[arg(long, env = "COWORKER_NODE_NAME")]
@@ -158,9 +163,10 @@ async fn main() -> ExitCode {
         },
         data_dir: Some(args.data_dir),
         database_url: args.database_url,
-        cluster: args
-            .cluster
-            .map(|urls| coworker::cluster::Settings::new(urls, args.node_name.unwrap_or_else(node_name))),
+        cluster: args.cluster.map(|urls| coworker::cluster::Settings {
+            snapshot_every: args.cluster_snapshot_every,
+            ..coworker::cluster::Settings::new(urls, args.node_name.unwrap_or_else(node_name))
+        }),
         ..Config::default()
     };
     let limits = &config.engine.limits;

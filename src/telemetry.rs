@@ -43,6 +43,11 @@ pub static ENTRY_LAG_SECONDS: LazyLock<Histogram> = LazyLock::new(|| histogram!(
 pub static ENTRIES_PUBLISHED: LazyLock<Counter> =
     LazyLock::new(|| counter!("coworker_cluster_entries_published_total"));
 pub static ENTRIES_APPLIED: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_cluster_entries_applied_total"));
+/// Cluster mode: snapshots written, spaces taken from a snapshot, and entries applied while catching up.
+pub static SNAPSHOTS_WRITTEN: LazyLock<Counter> =
+    LazyLock::new(|| counter!("coworker_cluster_snapshots_written_total"));
+pub static SNAPSHOTS_LOADED: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_cluster_snapshots_loaded_total"));
+pub static CATCH_UP_ENTRIES: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_cluster_catch_up_entries_total"));
 pub static SLOW_CLOSES: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_slow_subscriber_closes_total"));
 pub static PATCH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| histogram!("coworker_patch_seconds"));
 pub static FLUSH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| histogram!("coworker_flush_seconds"));

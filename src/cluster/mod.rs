@@ -15,7 +15,7 @@ use crate::engine::ticker;
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::context::RunId;
 use crate::space::event::SpaceEvent;
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::{self, kv, object_store, stream};
 use dashmap::DashMap;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
@@ -27,8 +27,11 @@ use tokio::sync::{Notify, oneshot};
 pub const STREAM: &str = "COWORKER";
 /// The bucket of run ids: run id → the space it lives in and its owner.
 pub const RUNS_BUCKET: &str = "coworker-runs";
-/// The bucket of space snapshots: space key → position and encoded model, a few revisions kept.
+/// The object store of space snapshots (any size: the store chunks them): objects `<space key>.<slot>`, each a
+/// position and an encoded model; [`SNAPSHOT_SLOTS`] slots per space, written in turn.
 pub const SNAPSHOTS_BUCKET: &str = "coworker-snapshots";
+/// Snapshots kept per space: the slot is the snapshot interval's number since the epoch, modulo this.
+pub const SNAPSHOT_SLOTS: u64 = 4;
 /// The bucket of live nodes: each node puts its key every [`HEARTBEAT`]; a key older than [`NODE_TTL`] is gone.
 pub const NODES_BUCKET: &str = "coworker-nodes";
 /// How often a node says it is alive.
@@ -101,7 +104,6 @@ impl Lane {
 }
 
 /// What every replica task shares.
-#[derive(Debug)]
 pub(crate) struct Inner {
     settings: Settings,
     /// Random per process: entries this node published carry it.
@@ -110,12 +112,18 @@ pub(crate) struct Inner {
     js: jetstream::Context,
     stream: stream::Stream,
     runs: kv::Store,
-    snapshots: kv::Store,
+    snapshots: object_store::ObjectStore,
     nodes: kv::Store,
     epoch: u64,
     lanes: DashMap<Arc<str>, Arc<Lane>>,
     /// An entry's bytes at most (the server's `max_payload`, less room for the header).
     max_entry: usize,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("node", &self.settings.node_name).field("epoch", &self.epoch).finish()
+    }
 }
 
 /// The replicated sequencer.
@@ -163,7 +171,7 @@ impl Cluster {
         // The stream's identity: a resume `epoch` every node agrees on, below 2^53 for JavaScript.
         let epoch = (created.unix_timestamp_nanos() as u64) & ((1 << 53) - 1);
         let runs = open_bucket(&js, RUNS_BUCKET, 1, settings.max_age, &settings).await?;
-        let snapshots = open_bucket(&js, SNAPSHOTS_BUCKET, 8, settings.max_age, &settings).await?;
+        let snapshots = open_objects(&js, SNAPSHOTS_BUCKET, &settings).await?;
         let nodes = open_bucket(&js, NODES_BUCKET, 1, NODE_TTL, &settings).await?;
         let max_entry = (client.server_info().max_payload).saturating_sub(1024).max(4096);
         let node = uuid::Uuid::now_v7().as_u64_pair().1;
@@ -217,6 +225,21 @@ async fn open_bucket(
     };
     js.get_or_create_stream(config).await.map_err(|e| nats_error("a key-value bucket of the cluster", e))?;
     js.get_key_value(bucket).await.map_err(|e| nats_error("a key-value bucket of the cluster", e))
+}
+
+/// Opens the object store `bucket`, creating it if needed.
+async fn open_objects(js: &jetstream::Context, bucket: &str, settings: &Settings) -> Result<object_store::ObjectStore> {
+    if let Ok(store) = js.get_object_store(bucket).await {
+        return Ok(store);
+    }
+    let config = object_store::Config {
+        bucket: bucket.into(),
+        max_age: settings.max_age,
+        max_bytes: settings.max_bytes,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    };
+    js.create_object_store(config).await.map_err(|e| nats_error("the cluster's snapshot store", e))
 }
 
 /// A node's key in the nodes bucket.

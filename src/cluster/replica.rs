@@ -173,6 +173,7 @@ impl Replica {
                 let mut st = self.space.lock();
                 st.model = SpaceModel::restore(st.model.rules(), &bytes)?;
                 st.position = position;
+                crate::telemetry::SNAPSHOTS_LOADED.increment(1);
                 self.snapshot_at = (position, Instant::now());
             }
             {
@@ -197,7 +198,10 @@ impl Replica {
         while self.space.lock().position < head {
             let wait = self.settings.tick.max(Duration::from_secs(5));
             match tokio::time::timeout(wait, messages.next()).await {
-                Ok(Some(Ok(msg))) => self.apply(&msg, false),
+                Ok(Some(Ok(msg))) => {
+                    self.apply(&msg, false);
+                    crate::telemetry::CATCH_UP_ENTRIES.increment(1);
+                }
                 Ok(Some(Err(e))) => return Err(nats("catching up", e)),
                 Ok(None) => return Err(nats("catching up", "the consumer ended")),
                 Err(_) => return Err(nats("catching up", "no entry within the wait")),
@@ -221,29 +225,25 @@ impl Replica {
     /// The newest snapshot, or with `since` the newest at or before it (a resume then finds its diffs), if the
     /// bucket still has one.
     async fn load_snapshot(&self, since: Option<u64>) -> Result<Option<(u64, Vec<u8>)>> {
+        use tokio::io::AsyncReadExt;
         let key = entry::key(&self.space.name);
-        let decode = |b: &[u8]| {
-            (b.len() >= 8).then(|| (u64::from_be_bytes(b[..8].try_into().expect("8 bytes")), b[8..].to_vec()))
-        };
-        let Some(since) = since else {
-            let got = self.inner.snapshots.get(key).await.map_err(|e| nats("reading a snapshot", e))?;
-            return Ok(got.and_then(|b| decode(&b)));
-        };
-        let mut history = match self.inner.snapshots.history(key).await {
-            Ok(h) => h,
-            Err(_) => return Ok(None),
-        };
         let mut all = Vec::new();
-        while let Ok(Some(Ok(e))) = tokio::time::timeout(Duration::from_secs(2), history.next()).await {
-            if let Some(s) = decode(&e.value) {
-                all.push(s);
-            }
-            if e.delta == 0 {
-                break;
+        for slot in 0..super::SNAPSHOT_SLOTS {
+            let mut object = match self.inner.snapshots.get(format!("{key}.{slot}")).await {
+                Ok(o) => o,
+                Err(e) if e.kind() == async_nats::jetstream::object_store::GetErrorKind::NotFound => continue,
+                Err(e) => return Err(nats("reading a snapshot", e)),
+            };
+            let mut bytes = Vec::new();
+            object.read_to_end(&mut bytes).await.map_err(|e| nats("reading a snapshot", e))?;
+            if bytes.len() >= 8 {
+                let position = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
+                bytes.drain(..8);
+                all.push((position, bytes));
             }
         }
         all.sort_by_key(|(p, _)| *p);
-        let at_or_before = all.iter().rposition(|(p, _)| *p <= since);
+        let at_or_before = since.and_then(|since| all.iter().rposition(|(p, _)| *p <= since));
         Ok(match at_or_before {
             Some(i) => Some(all.swap_remove(i)),
             None => all.pop(),
@@ -480,14 +480,15 @@ impl Replica {
             self.snapshot_at = (st.position, Instant::now());
             bytes
         };
-        if bytes.len() > self.inner.max_entry {
-            tracing::warn!(space = %self.space.name.escape_debug(), bytes = bytes.len(), "cluster: a snapshot is larger than NATS takes; not written");
-            return;
-        }
-        let (snapshots, key) = (self.inner.snapshots.clone(), entry::key(&self.space.name));
+        // Nodes writing within one interval write the same slot: each object is a whole snapshot either way.
+        let interval = self.inner.settings.snapshot_interval.as_secs().max(1);
+        let slot = (now_ms() / 1000 / interval) % super::SNAPSHOT_SLOTS;
+        let name = format!("{}.{slot}", entry::key(&self.space.name));
+        let snapshots = self.inner.snapshots.clone();
         tokio::spawn(async move {
-            if let Err(e) = snapshots.put(key, bytes.into()).await {
-                tracing::debug!(error = %e, "cluster: could not write a snapshot");
+            match snapshots.put(name.as_str(), &mut bytes.as_slice()).await {
+                Ok(_) => crate::telemetry::SNAPSHOTS_WRITTEN.increment(1),
+                Err(e) => tracing::debug!(error = %e, "cluster: could not write a snapshot"),
             }
         });
     }

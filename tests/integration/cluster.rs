@@ -408,6 +408,64 @@ async fn a_dead_nodes_runs_fail_with_producer_lost_once() {
     cluster.remove().await;
 }
 
+/// A counter from a node's `/metrics`.
+async fn node_metric(node: &Process, name: &str) -> f64 {
+    let addr = node.url.trim_start_matches("ws://").trim_end_matches("/ws").parse().unwrap();
+    crate::support::metric(&crate::support::http_get(addr, "/metrics").await, name).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_late_starts_from_a_snapshot() {
+    let _heavy = heavy().await;
+    let nats = Nats::start();
+    let db = TestDatabase::create().await;
+    let args = |i: usize| {
+        let name = format!("node{i}");
+        vec![
+            "--cluster".to_string(),
+            nats.url(),
+            "--database-url".into(),
+            db.url.clone(),
+            "--node-name".into(),
+            name,
+            "--cluster-snapshot-every".into(),
+            "10".into(),
+        ]
+    };
+    let start = |i: usize| {
+        let a = args(i);
+        Process::start(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let p1 = start(1);
+    let n1 = connect(&p1.url).await;
+    let id =
+        n1.run(json!({"operation": "interpret", "space": "late"})).await.unwrap()["id"].as_str().unwrap().to_string();
+    // Each patch waits for its answer: an entry each.
+    for t in 0..40 {
+        n1.patch(&id, append(format!("{t},"))).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while node_metric(&p1, "coworker_cluster_snapshots_written_total").await < 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "node 1 wrote no snapshot");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for t in 40..50 {
+        n1.patch(&id, append(format!("{t},"))).await.unwrap();
+    }
+    let p2 = start(2);
+    let n2 = connect(&p2.url).await;
+    let all = |s: &Value| output_text(s, &id).split(',').filter(|t| !t.is_empty()).count() == 50;
+    let on2 = fresh(&n2, "late", all).await;
+    let on1 = fresh(&n1, "late", all).await;
+    assert_eq!(on2, on1, "the late node's state differs");
+    assert_tokens(&output_text(&on2.0, &id), 50);
+    assert_eq!(node_metric(&p2, "coworker_cluster_snapshots_loaded_total").await, 1.0);
+    let replayed = node_metric(&p2, "coworker_cluster_catch_up_entries_total").await;
+    assert!(replayed < 50.0, "node 2 replayed {replayed} entries: it did not start from the snapshot");
+    drop((p1, p2, nats));
+    db.drop_now().await;
+}
+
 #[test]
 fn cluster_mode_without_a_shared_store_refuses_to_start() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_coworker"))
