@@ -794,6 +794,19 @@ impl Host for Engine {
             let owner = owner.unwrap_or_else(|| "system".into());
             let account = shared.budgets.adopt_run(&owner, a.grown.max(0) as usize);
             shared.registry.insert(a.run, Arc::new(Route { space: space.clone(), owner, account }));
+            if origin == Origin::Orphan {
+                // Its requester was told `unavailable` and will not produce into it: it fails at once, and is
+                // recorded like any failed run.
+                let (engine, id) = (self.clone(), a.run);
+                let error = json!({"code": "unavailable", "message": "started after its request was answered unavailable"});
+                tokio::spawn(async move {
+                    if let Ok(f) = engine.fail(id, error, &Caller::trusted()).wait().await
+                        && let Err(e) = f.durable().await
+                    {
+                        tracing::error!(error = %e, "could not record a run failed after an unavailable start");
+                    }
+                });
+            }
             return;
         }
         let Some(route) = shared.registry.get(&a.run).map(|r| r.clone()) else { return };
