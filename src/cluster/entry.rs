@@ -42,38 +42,55 @@ pub struct Header {
     pub deadline_ms: u64,
 }
 
-/// Fills one entry.
+/// Fills entries, one after another, in one buffer kept from entry to entry (a buffer grown anew for every entry
+/// cost a fresh page, zeroed by the kernel, each tick).
 #[derive(Debug)]
 pub struct Writer {
-    bytes: Vec<u8>,
+    body: Vec<u8>,
     count: u32,
+    /// Where the last event pushed starts.
+    last: usize,
 }
 
 impl Writer {
     pub fn new() -> Writer {
-        Writer { bytes: Vec::with_capacity(256), count: 0 }
+        Writer { body: Vec::with_capacity(64 * 1024), count: 0, last: 0 }
     }
 
-    /// Adds an event already encoded with [`SpaceEvent::encode`].
-    pub fn push(&mut self, event: &[u8]) {
-        self.bytes.extend_from_slice(event);
+    /// Encodes `event` at the end of the entry.
+    pub fn push(&mut self, event: &SpaceEvent) {
+        self.last = self.body.len();
+        event.encode_into(&mut self.body);
         self.count += 1;
     }
 
-    /// Bytes so far, without the header (a few dozen bytes).
+    /// Takes the last event pushed back out (it made the entry too large).
+    pub fn pop(&mut self) {
+        self.body.truncate(self.last);
+        self.count -= 1;
+    }
+
+    /// The events' bytes so far, without the header (a few dozen bytes).
     pub fn len(&self) -> usize {
-        self.bytes.len()
+        self.body.len()
+    }
+
+    /// Events in the entry.
+    pub fn count(&self) -> u32 {
+        self.count
     }
 
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
 
-    /// The entry's bytes.
-    pub fn finish(self, header: Header) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.bytes.len() + 40);
+    /// The entry's bytes; the writer is empty after, its buffer kept.
+    pub fn take(&mut self, header: Header) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.body.len() + 48);
         ciborium::into_writer(&(VERSION, header, self.count), &mut out).expect("a header encodes into memory");
-        out.extend_from_slice(&self.bytes);
+        out.extend_from_slice(&self.body);
+        self.body.clear();
+        self.count = 0;
         out
     }
 }
@@ -120,11 +137,14 @@ mod tests {
         ];
         let mut w = Writer::new();
         for e in &events {
-            w.push(&e.encode());
+            w.push(e);
         }
+        w.push(&SpaceEvent::LingerExpired { run: RunId::from_u128(3) });
+        w.pop();
         let header = Header { node: 7, batch: 9, sent_ms: 10, deadline_ms: 11 };
-        let bytes = w.finish(header);
+        let bytes = w.take(header);
         assert_eq!(read(&bytes).unwrap(), (header, events.to_vec()));
+        assert_eq!((w.count(), w.len()), (0, 0), "empty after take");
         assert!(read(&bytes[..bytes.len() - 1]).is_err(), "cut short");
         let mut longer = bytes.clone();
         longer.push(0);

@@ -45,6 +45,8 @@ struct Replica {
     /// fails is answered `unavailable`.
     acks: (mpsc::UnboundedSender<Acked>, mpsc::UnboundedReceiver<Acked>),
     in_flight: usize,
+    /// The entry being filled (its buffer kept from tick to tick).
+    writer: Writer,
     /// Position and time of the last snapshot this node wrote (or started from).
     snapshot_at: (u64, Instant),
     /// Timer events already submitted are not submitted again before this.
@@ -78,6 +80,7 @@ pub(super) async fn run(
         subject,
         waiting: HashMap::new(),
         next_batch: 0,
+        writer: Writer::new(),
         last_publish: None,
         acks: mpsc::unbounded_channel(),
         in_flight: 0,
@@ -345,30 +348,32 @@ impl Replica {
         // other half to come back.
         let sent_ms = now_ms();
         let deadline_ms = sent_ms + wait.as_millis() as u64 / 2;
-        let (mut writer, mut answers) = (Writer::new(), Vec::new());
+        let mut answers = Vec::with_capacity(queued.len());
         for (event, tx) in queued {
-            let bytes = event.encode();
-            if bytes.len() > self.inner.max_entry {
+            self.writer.push(&event);
+            if self.writer.len() > self.inner.max_entry && self.writer.count() > 1 {
+                // Full: the entry goes without this event, which starts the next one.
+                self.writer.pop();
+                self.send(std::mem::take(&mut answers), sent_ms, deadline_ms).await;
+                self.writer.push(&event);
+            }
+            if self.writer.len() > self.inner.max_entry {
+                self.writer.pop();
                 let e = Error::new(ErrorCode::LimitExceeded, "the write is larger than the cluster's log takes");
                 let _ = tx.send(Err(Refusal::Refused(e)));
                 continue;
             }
-            if writer.len() + bytes.len() > self.inner.max_entry {
-                let full = std::mem::take(&mut writer);
-                self.send(full, std::mem::take(&mut answers), sent_ms, deadline_ms).await;
-            }
-            writer.push(&bytes);
             answers.push(Some(tx));
         }
-        if !writer.is_empty() {
-            self.send(writer, answers, sent_ms, deadline_ms).await;
+        if !self.writer.is_empty() {
+            self.send(answers, sent_ms, deadline_ms).await;
         }
     }
 
-    async fn send(&mut self, writer: Writer, answers: Vec<Option<Answer>>, sent_ms: u64, deadline_ms: u64) {
+    async fn send(&mut self, answers: Vec<Option<Answer>>, sent_ms: u64, deadline_ms: u64) {
         let batch = self.next_batch;
         self.next_batch += 1;
-        let payload = writer.finish(Header { node: self.inner.node, batch, sent_ms, deadline_ms });
+        let payload = self.writer.take(Header { node: self.inner.node, batch, sent_ms, deadline_ms });
         crate::telemetry::ENTRIES_PUBLISHED.increment(1);
         self.waiting.insert(batch, answers);
         let wait = self.inner.settings.write_timeout;

@@ -798,7 +798,8 @@ impl Host for Engine {
                 // Its requester was told `unavailable` and will not produce into it: it fails at once, and is
                 // recorded like any failed run.
                 let (engine, id) = (self.clone(), a.run);
-                let error = json!({"code": "unavailable", "message": "started after its request was answered unavailable"});
+                let error =
+                    json!({"code": "unavailable", "message": "started after its request was answered unavailable"});
                 tokio::spawn(async move {
                     if let Ok(f) = engine.fail(id, error, &Caller::trusted()).wait().await
                         && let Err(e) = f.durable().await

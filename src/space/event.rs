@@ -84,8 +84,13 @@ impl SpaceEvent {
     /// The event's bytes: its version, then the event.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        ciborium::into_writer(&(VERSION, self), &mut out).expect("an event encodes into memory");
+        self.encode_into(&mut out);
         out
+    }
+
+    /// [`SpaceEvent::encode`], appended to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        ciborium::into_writer(&(VERSION, self), out).expect("an event encodes into memory");
     }
 
     /// Reads an event encoded by [`SpaceEvent::encode`] of this version.
