@@ -6,11 +6,14 @@
 # nats-server. Every process is started fresh for every measurement; the servers and the broker share core 0,
 # the load tool has core 1. Prints one markdown table row per measurement; raw results: target/bench/cluster.jsonl.
 #
-# Usage: ./scripts/cluster-bench.sh      RUNS=100 RATE=100 SUBS=30 DURATION=10 REPS=2 by default
+# Usage: ./scripts/cluster-bench.sh      RUNS=100 RATE=100 SUBS=30 DURATION=10 REPS=2 by default;
+#        PIN=0 ./scripts/cluster-bench.sh   lets every process run on any core (the servers then share both cores
+#        with the load tool)
 # Needs: Linux with 2+ cores, taskset, curl, psql; nats-server and PostgreSQL (scripts/postgres.sh) as the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=${RUNS:-100}; RATE=${RATE:-100}; SUBS=${SUBS:-30}; DURATION=${DURATION:-10}; REPS=${REPS:-2}
+RUNS=${RUNS:-100}; RATE=${RATE:-100}; SUBS=${SUBS:-30}; DURATION=${DURATION:-10}; REPS=${REPS:-2}; PIN=${PIN:-1}
+if [ "$PIN" = 1 ]; then CORE0=(taskset -c 0); CORE1=(taskset -c 1); else CORE0=(); CORE1=(); fi
 export PATH="$PATH:/usr/sbin"
 OUT=target/bench; mkdir -p "$OUT"; RESULTS=$OUT/cluster.jsonl; : > "$RESULTS"
 TMP=$(mktemp -d)
@@ -32,14 +35,14 @@ measure() { # nodes (0: a single node without NATS), rep
   if [ "$nodes" -gt 0 ]; then
     local np; np=$(free_port); nats_mon=$(free_port)
     rm -rf "$TMP/js"; mkdir -p "$TMP/js"
-    taskset -c 0 nats-server -js -sd "$TMP/js" -a 127.0.0.1 -p "$np" -m "$nats_mon" >"$TMP/nats.log" 2>&1 &
+    "${CORE0[@]}" nats-server -js -sd "$TMP/js" -a 127.0.0.1 -p "$np" -m "$nats_mon" >"$TMP/nats.log" 2>&1 &
     PIDS+=($!); pids+=($!)
     wait_http "$nats_mon" /varz
     args=(--cluster "nats://127.0.0.1:$np")
   fi
   for i in $(seq "$(( nodes > 0 ? nodes : 1 ))"); do
     local port; port=$(free_port)
-    taskset -c 0 target/release/coworker --listen "127.0.0.1:$port" --database-url "$dburl" "${args[@]}" \
+    "${CORE0[@]}" target/release/coworker --listen "127.0.0.1:$port" --database-url "$dburl" "${args[@]}" \
       --node-name "node$i" >"$TMP/node$i.log" 2>&1 &
     PIDS+=($!); pids+=($!); urls+=("ws://127.0.0.1:$port/ws")
     wait_http "$port" /healthz
@@ -48,7 +51,7 @@ measure() { # nodes (0: a single node without NATS), rep
   [ -n "$nats_mon" ] && before=$(varz "$nats_mon")
   local url_list pid_list
   url_list=$(IFS=,; echo "${urls[*]}"); pid_list=$(IFS=,; echo "${pids[*]}")
-  taskset -c 1 target/release/coworker-load --runs "$RUNS" --rate "$RATE" --subscribers "$SUBS" \
+  "${CORE1[@]}" target/release/coworker-load --runs "$RUNS" --rate "$RATE" --subscribers "$SUBS" \
     --duration "$DURATION" --verify 2 --url "$url_list" --server-pid "$pid_list" --json >"$TMP/load.json" || true
   [ -n "$nats_mon" ] && after=$(varz "$nats_mon")
   stop_all

@@ -146,15 +146,26 @@ impl Cluster {
             .map(|u| u.trim().parse())
             .collect::<Result<_, _>>()
             .map_err(|e| Error::new(ErrorCode::BadMessage, format!("--cluster: {e}")))?;
-        let client = async_nats::ConnectOptions::new()
-            .name(settings.node_name.clone())
-            .connection_timeout(Duration::from_secs(5))
-            .retry_on_initial_connect()
-            .connect(urls);
-        let client = tokio::time::timeout(Duration::from_secs(10), client)
-            .await
-            .map_err(|_| Error::new(ErrorCode::Unavailable, "NATS did not answer within 10 s"))?
-            .map_err(|e| nats_error("connecting to NATS", e))?;
+        let connect = |name: String| {
+            let urls = urls.clone();
+            async move {
+                let client = async_nats::ConnectOptions::new()
+                    .name(name)
+                    .connection_timeout(Duration::from_secs(5))
+                    .retry_on_initial_connect()
+                    .connect(urls);
+                tokio::time::timeout(Duration::from_secs(10), client)
+                    .await
+                    .map_err(|_| Error::new(ErrorCode::Unavailable, "NATS did not answer within 10 s"))?
+                    .map_err(|e| nats_error("connecting to NATS", e))
+            }
+        };
+        let client = connect(settings.node_name.clone()).await?;
+        // Snapshots (up to megabytes) go over a connection of their own: on the log's connection they would hold
+        // up the entries queued behind them.
+        let bulk = connect(format!("{} snapshots", settings.node_name)).await?;
+        let mut bulk_js = jetstream::new(bulk);
+        bulk_js.set_timeout(Duration::from_secs(10));
         let mut js = jetstream::new(client.clone());
         js.set_timeout(settings.write_timeout.max(Duration::from_secs(2)));
         let config = stream::Config {
@@ -171,7 +182,7 @@ impl Cluster {
         // The stream's identity: a resume `epoch` every node agrees on, below 2^53 for JavaScript.
         let epoch = (created.unix_timestamp_nanos() as u64) & ((1 << 53) - 1);
         let runs = open_bucket(&js, RUNS_BUCKET, 1, settings.max_age, &settings).await?;
-        let snapshots = open_objects(&js, SNAPSHOTS_BUCKET, &settings).await?;
+        let snapshots = open_objects(&bulk_js, SNAPSHOTS_BUCKET, &settings).await?;
         let nodes = open_bucket(&js, NODES_BUCKET, 1, NODE_TTL, &settings).await?;
         let max_entry = (client.server_info().max_payload).saturating_sub(1024).max(4096);
         let node = uuid::Uuid::now_v7().as_u64_pair().1;

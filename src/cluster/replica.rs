@@ -55,6 +55,13 @@ struct Replica {
     orphans_at: Instant,
 }
 
+/// A moment up to `interval` ago, at random.
+fn staggered(interval: Duration) -> Instant {
+    let random = uuid::Uuid::now_v7().as_u64_pair().1;
+    let back = Duration::from_millis(random % (interval.as_millis() as u64).max(1));
+    Instant::now().checked_sub(back).unwrap_or_else(Instant::now)
+}
+
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -71,6 +78,7 @@ pub(super) async fn run(
     settings: Settings,
 ) {
     let subject = entry::subject(&space.name);
+    let inner_interval = inner.settings.snapshot_interval;
     let mut r = Replica {
         inner,
         space,
@@ -84,7 +92,8 @@ pub(super) async fn run(
         last_publish: None,
         acks: mpsc::unbounded_channel(),
         in_flight: 0,
-        snapshot_at: (0, Instant::now()),
+        // Staggered: the nodes holding a space do not all come to its snapshot at once.
+        snapshot_at: (0, staggered(inner_interval)),
         linger_retry: None,
         orphans_at: Instant::now() + ORPHAN_CHECK,
     };
@@ -485,12 +494,19 @@ impl Replica {
             self.snapshot_at = (st.position, Instant::now());
             bytes
         };
-        // Nodes writing within one interval write the same slot: each object is a whole snapshot either way.
-        let interval = self.inner.settings.snapshot_interval.as_secs().max(1);
-        let slot = (now_ms() / 1000 / interval) % super::SNAPSHOT_SLOTS;
+        // One snapshot per interval for the whole cluster: the slot is the interval's, and a node that finds it
+        // already written in this interval leaves it (each object is a whole snapshot, so a race costs only a
+        // second write).
+        let interval = self.inner.settings.snapshot_interval.as_millis().max(1) as u64;
+        let number = now_ms() / interval;
+        let slot = number % super::SNAPSHOT_SLOTS;
         let name = format!("{}.{slot}", entry::key(&self.space.name));
         let snapshots = self.inner.snapshots.clone();
         tokio::spawn(async move {
+            let written = snapshots.info(name.as_str()).await.ok().and_then(|i| i.modified);
+            if written.is_some_and(|t| (t.unix_timestamp_nanos() / 1_000_000) as u64 / interval == number) {
+                return;
+            }
             match snapshots.put(name.as_str(), &mut bytes.as_slice()).await {
                 Ok(_) => crate::telemetry::SNAPSHOTS_WRITTEN.increment(1),
                 Err(e) => tracing::debug!(error = %e, "cluster: could not write a snapshot"),
