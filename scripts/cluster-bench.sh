@@ -25,7 +25,10 @@ cargo build --release --locked --bin coworker --bin coworker-load >&2
 ulimit -n "$(ulimit -Hn)"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 200); do curl -sf "http://127.0.0.1:$1$2" >/dev/null && return 0; sleep 0.05; done; echo "nothing on $1" >&2; return 1; }
+wait_http() {
+  for _ in $(seq 600); do curl -sf "http://127.0.0.1:$1$2" >/dev/null && return 0; sleep 0.05; done
+  echo "nothing on $1 after 30 s; the logs:" >&2; tail -n 20 "$TMP"/*.log >&2; return 1
+}
 varz() { curl -sf "http://127.0.0.1:$1/varz" | python3 -c 'import json,sys; v=json.load(sys.stdin); print(v["in_msgs"] + v["out_msgs"])'; }
 
 measure() { # nodes (0: a single node without NATS), rep

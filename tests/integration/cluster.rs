@@ -3,11 +3,10 @@
 //! SIGKILL costs its subscribers a resume on another node; a broker killed and restarted costs writes an
 //! `unavailable`, never an acknowledged completion.
 
-use crate::support::{Process, WAIT, heavy};
+use crate::support::{Process, WAIT, heavy, snapshot_when};
 use coworker::client::{Client, ClientError, Subscription};
 use coworker::store::postgres::TestDatabase;
 use serde_json::{Value, json};
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,21 +100,6 @@ fn append(text: String) -> Value {
     json!([{"op": "append", "path": "output.text", "value": text}])
 }
 
-/// A fresh snapshot of `space` on `client`'s node, taken once `check` holds of it.
-async fn fresh(client: &Client, space: &str, check: impl Fn(&Value) -> bool) -> (Value, u64) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let sub = client.subscribe(space, None, false).await.unwrap();
-        let (state, seq) = (sub.state().clone(), sub.seq);
-        sub.unsubscribe().await.unwrap();
-        if check(&state) {
-            return (state, seq);
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never reached: {state}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Applies `sub`'s diffs until its state is at `seq`; every update must be a diff (no resync).
 async fn follow_to(sub: &mut Subscription, seq: u64) {
     while sub.seq < seq {
@@ -157,7 +141,7 @@ async fn three_nodes_serve_one_state() {
         n1.patch_nowait(&id, append(format!("{t},"))).await.unwrap();
     }
     n1.patch(&id, json!([{"op": "set", "path": "output.done", "value": true}])).await.unwrap();
-    let (state1, seq1) = fresh(&n1, "room", |s| s["activeRuns"][id.as_str()]["output"]["done"] == true).await;
+    let (state1, seq1) = snapshot_when(&n1, "room", |s| s["activeRuns"][id.as_str()]["output"]["done"] == true).await;
     assert_tokens(&output_text(&state1, &id), TOKENS);
     for sub in [&mut sub2, &mut sub3] {
         follow_to(sub, seq1).await;
@@ -171,8 +155,11 @@ async fn three_nodes_serve_one_state() {
     n3.patch(&oid, json!([{"op": "set", "path": "output.b", "value": 2}])).await.unwrap();
     n2.patch(&oid, json!([{"op": "set", "path": "output.c", "value": 3}])).await.unwrap();
     let has_all = |s: &Value| s["activeRuns"][oid.as_str()]["output"] == json!({"a": 1, "b": 2, "c": 3});
-    let snapshots =
-        [fresh(&n1, "other", has_all).await, fresh(&n2, "other", has_all).await, fresh(&n3, "other", has_all).await];
+    let snapshots = [
+        snapshot_when(&n1, "other", has_all).await,
+        snapshot_when(&n2, "other", has_all).await,
+        snapshot_when(&n3, "other", has_all).await,
+    ];
     assert!(snapshots.iter().all(|s| s == &snapshots[0]), "the nodes disagree: {snapshots:?}");
 
     // A completion acknowledged on node 3 is in the shared trail, read through node 1.
@@ -230,7 +217,7 @@ async fn a_node_killed_mid_stream_costs_its_subscribers_a_resume_elsewhere() {
     assert!(!resumed.resynced, "node 3 could not serve the diffs after seq {}", sub.seq);
     let mut sub = resumed;
     producer.await.unwrap();
-    let (state1, seq1) = fresh(&n1, "live", |s| s["activeRuns"][id.as_str()]["output"]["done"] == true).await;
+    let (state1, seq1) = snapshot_when(&n1, "live", |s| s["activeRuns"][id.as_str()]["output"]["done"] == true).await;
     follow_to(&mut sub, seq1).await;
     assert_tokens(&output_text(sub.state(), &id), TOKENS);
     assert!(output_text(sub.state(), &id).starts_with(&seen));
@@ -304,29 +291,12 @@ async fn a_broker_restart_loses_no_acknowledged_completion() {
     let refused = refused.lock().clone();
     assert!(refused.iter().all(|c| c == "unavailable"), "refusals other than unavailable: {refused:?}");
     let acked = acked.lock().clone();
-    let mut trail = HashSet::new();
-    let mut skip = 0;
-    loop {
-        let page = n3
-            .run(json!({"operation": "select", "doctype": "Run",
-                "input": {"where": {"operation": "task"}, "take": 1000, "skip": skip}}))
-            .await
-            .unwrap();
-        let rows = page["output"]["data"].as_array().unwrap().clone();
-        if rows.is_empty() {
-            break;
-        }
-        skip += rows.len();
-        for r in rows {
-            let id = r["id"].as_str().unwrap().to_string();
-            assert!(trail.insert(id.clone()), "run {id} is in the trail twice");
-        }
-    }
+    let trail = crate::support::trail(&n3, json!({"operation": "task"})).await;
     for id in &acked {
-        assert!(trail.contains(id), "acknowledged completion {id} is missing from the trail");
+        assert!(trail.contains_key(id), "acknowledged completion {id} is missing from the trail");
     }
     // The subscriber that stayed on node 2 ends with the state a fresh subscriber gets there.
-    let (state, seq) = fresh(&n2, "jobs", |_| true).await;
+    let (state, seq) = snapshot_when(&n2, "jobs", |_| true).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while sub.seq < seq {
         assert!(tokio::time::Instant::now() < deadline);
@@ -361,7 +331,11 @@ async fn two_producers_on_two_nodes_land_in_one_order_everywhere() {
     let both = |s: &Value| {
         s["activeRuns"][id.as_str()]["output"]["a"] == true && s["activeRuns"][id.as_str()]["output"]["b"] == true
     };
-    let states = [fresh(&n1, "duet", both).await, fresh(&n2, "duet", both).await, fresh(&n3, "duet", both).await];
+    let states = [
+        snapshot_when(&n1, "duet", both).await,
+        snapshot_when(&n2, "duet", both).await,
+        snapshot_when(&n3, "duet", both).await,
+    ];
     assert!(states.iter().all(|s| s == &states[0]), "the nodes applied different orders");
     let text = output_text(&states[0].0, &id);
     for tag in ["a", "b"] {
@@ -455,8 +429,8 @@ async fn a_node_that_joins_late_starts_from_a_snapshot() {
     let p2 = start(2);
     let n2 = connect(&p2.url).await;
     let all = |s: &Value| output_text(s, &id).split(',').filter(|t| !t.is_empty()).count() == 50;
-    let on2 = fresh(&n2, "late", all).await;
-    let on1 = fresh(&n1, "late", all).await;
+    let on2 = snapshot_when(&n2, "late", all).await;
+    let on1 = snapshot_when(&n1, "late", all).await;
     assert_eq!(on2, on1, "the late node's state differs");
     assert_tokens(&output_text(&on2.0, &id), 50);
     assert_eq!(node_metric(&p2, "coworker_cluster_snapshots_loaded_total").await, 1.0);

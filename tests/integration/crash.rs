@@ -6,7 +6,6 @@ use crate::support::*;
 use coworker::client::Client;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,24 +64,7 @@ async fn acknowledged_completions_survive_sigkill(store: &TestStore) {
 
     let server = Process::start(&args);
     let c = Client::connect(&server.url).await.unwrap();
-    let mut trail: HashMap<String, Value> = HashMap::new();
-    let mut skip = 0;
-    loop {
-        let page = c
-            .run(json!({"operation": "select", "doctype": "Run",
-                "input": {"where": {"operation": "crash-test"}, "take": 1000, "skip": skip}}))
-            .await
-            .unwrap();
-        let rows = page["output"]["data"].as_array().unwrap().clone();
-        if rows.is_empty() {
-            break;
-        }
-        skip += rows.len();
-        for r in rows {
-            let id = r["id"].as_str().unwrap().to_string();
-            assert!(trail.insert(id.clone(), r).is_none(), "run {id} appears twice in the trail");
-        }
-    }
+    let trail = crate::support::trail(&c, json!({"operation": "crash-test"})).await;
     for (id, output) in &acked {
         let rec = trail.get(id).unwrap_or_else(|| panic!("acknowledged run {id} is missing from the trail"));
         assert_eq!(rec["status"], "completed", "{rec}");

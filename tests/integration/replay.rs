@@ -107,21 +107,6 @@ proptest! {
     }
 }
 
-/// Waits until `check` holds of a fresh snapshot of `space`; returns that snapshot's state and seq.
-async fn snapshot_when(client: &Client, space: &str, check: impl Fn(&Value) -> bool) -> (Value, u64) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let sub = client.subscribe(space, None, false).await.unwrap();
-        let (state, seq) = (sub.state().clone(), sub.seq);
-        sub.unsubscribe().await.unwrap();
-        if check(&state) {
-            return (state, seq);
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never reached: {state}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_of_a_live_servers_log_equals_its_snapshot() {
     let limits = Limits { producer_grace: Duration::from_millis(200), ..Limits::default() };

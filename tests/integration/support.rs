@@ -467,3 +467,44 @@ pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
     static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     HEAVY.lock().await
 }
+
+/// Waits until `check` holds of a fresh snapshot of `space` on `client`'s server; returns that snapshot's state and
+/// seq.
+pub async fn snapshot_when(
+    client: &coworker::client::Client,
+    space: &str,
+    check: impl Fn(&Value) -> bool,
+) -> (Value, u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let sub = client.subscribe(space, None, false).await.unwrap();
+        let (state, seq) = (sub.state().clone(), sub.seq);
+        sub.unsubscribe().await.unwrap();
+        if check(&state) {
+            return (state, seq);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never reached: {state}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every record of the audit trail whose fields match `filter` (a `select` `where`), read page by page, by run id.
+/// Fails the test when a run is in the trail twice.
+pub async fn trail(client: &coworker::client::Client, filter: Value) -> std::collections::HashMap<String, Value> {
+    let mut trail = std::collections::HashMap::new();
+    let mut skip = 0;
+    loop {
+        let input = serde_json::json!({"where": filter, "take": 1000, "skip": skip});
+        let page =
+            client.run(serde_json::json!({"operation": "select", "doctype": "Run", "input": input})).await.unwrap();
+        let rows = page["output"]["data"].as_array().unwrap().clone();
+        if rows.is_empty() {
+            return trail;
+        }
+        skip += rows.len();
+        for r in rows {
+            let id = r["id"].as_str().unwrap().to_string();
+            assert!(trail.insert(id.clone(), r).is_none(), "run {id} appears twice in the trail");
+        }
+    }
+}
