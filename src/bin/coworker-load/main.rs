@@ -74,7 +74,7 @@ pub struct Args {
     duration: f64,
     /// The server's WebSocket URL; for a cluster, several (comma-separated or repeated): producers connect to the
     /// first, and subscribers are spread over all of them in turn.
-    #[arg(long, default_value = "ws://127.0.0.1:8080/ws", value_delimiter = ',', required = true)]
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws", value_delimiter = ',')]
     url: Vec<String>,
     /// `ai`: nest the AI runs under pipeline roots, ten per root.
     #[arg(long)]
