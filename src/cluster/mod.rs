@@ -81,25 +81,38 @@ pub(crate) type Answer = oneshot::Sender<Result<Sequenced, Refusal>>;
 /// Events queued by this node for one space, waiting for the next publish.
 #[derive(Debug, Default)]
 pub(crate) struct Lane {
-    queue: Mutex<Vec<(SpaceEvent, Answer)>>,
+    queue: Mutex<Queue>,
     queued: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    events: Vec<(SpaceEvent, Answer)>,
+    /// When this node last queued a write: a node keeps a space its clients write to.
+    last_write: Option<tokio::time::Instant>,
 }
 
 impl Lane {
     fn push(&self, event: SpaceEvent, tx: Answer) {
         let mut q = self.queue.lock();
-        q.push((event, tx));
-        if q.len() == 1 {
+        q.events.push((event, tx));
+        q.last_write = Some(tokio::time::Instant::now());
+        if q.events.len() == 1 {
             self.queued.notify_one();
         }
     }
 
     fn take(&self) -> Vec<(SpaceEvent, Answer)> {
-        std::mem::take(&mut *self.queue.lock())
+        std::mem::take(&mut self.queue.lock().events)
     }
 
     fn is_empty(&self) -> bool {
-        self.queue.lock().is_empty()
+        self.queue.lock().events.is_empty()
+    }
+
+    /// When this node last queued a write to the space.
+    fn last_write(&self) -> Option<tokio::time::Instant> {
+        self.queue.lock().last_write
     }
 }
 

@@ -17,7 +17,6 @@ use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
@@ -53,6 +52,8 @@ struct Replica {
     linger_retry: Option<Instant>,
     /// When to look next for runs whose producer's node died.
     orphans_at: Instant,
+    /// When this node took the space.
+    taken: Instant,
 }
 
 /// A moment up to `interval` ago, at random.
@@ -96,6 +97,7 @@ pub(super) async fn run(
         snapshot_at: (0, staggered(inner_interval)),
         linger_retry: None,
         orphans_at: Instant::now() + ORPHAN_CHECK,
+        taken: Instant::now(),
     };
     let shutdown = r.settings.shutdown.clone();
     // Writes queued while catching up are published at once: their entries come after everything caught up.
@@ -419,11 +421,7 @@ impl Replica {
         };
         let snapshot =
             (st.position > self.snapshot_at.0).then(|| self.snapshot_at.1 + self.inner.settings.snapshot_interval);
-        let keep = st.feed.idle_at().map(|_| {
-            let last = self.space.last_write_ms.load(Ordering::Relaxed);
-            self.host.instant_at(last + self.inner.settings.keep.as_millis() as u64).max(Instant::now())
-                + Duration::from_millis(1)
-        });
+        let keep = st.feed.idle_at().map(|_| self.kept_until().max(Instant::now()) + Duration::from_millis(1));
         let orphans = Some(self.orphans_at).filter(|_| !st.model.is_empty());
         [publish, linger, st.feed.resync_wake, snapshot, keep, orphans].into_iter().flatten().min()
     }
@@ -520,8 +518,12 @@ impl Replica {
         if !self.waiting.is_empty() || self.in_flight > 0 || !self.lane.is_empty() {
             return false;
         }
-        let last = self.space.last_write_ms.load(Ordering::Relaxed);
-        let kept = self.host.instant_at(last + self.inner.settings.keep.as_millis() as u64);
-        kept <= Instant::now() && self.space.lock().feed.idle_at().is_some()
+        self.kept_until() <= Instant::now() && self.space.lock().feed.idle_at().is_some()
+    }
+
+    /// Until when the space is kept for this node's writers: the keep period after the last write queued (or
+    /// after the space was taken: the request that took it may not have queued its write yet).
+    fn kept_until(&self) -> Instant {
+        self.lane.last_write().unwrap_or(self.taken) + self.inner.settings.keep
     }
 }

@@ -358,7 +358,6 @@ impl Engine {
                 ctx: ctx.take().expect("submitted once"),
                 producer,
             };
-            space.last_write_ms.store(self.shared.clock.now_ms(), Ordering::Relaxed);
             match self.shared.sequencer.submit(&space, event).outcome().await {
                 Ok(_) => break,
                 Err(refusal) => {
@@ -398,7 +397,6 @@ impl Engine {
         event: SpaceEvent,
         then: impl FnOnce(&Engine, Result<Sequenced>) -> T + Send + 'static,
     ) -> Outcome<T> {
-        space.last_write_ms.store(self.shared.clock.now_ms(), Ordering::Relaxed);
         match self.shared.sequencer.submit(space, event) {
             Submission::Done(r) => Outcome::Ready(then(self, r.map_err(refusal_error))),
             Submission::Pending(rx) => {

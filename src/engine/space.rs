@@ -54,9 +54,6 @@ pub struct Space {
     _quota: Option<crate::engine::budget::SpaceQuota>,
     /// Set once the space holds its state: at once on a single node; once caught up with the log in a cluster.
     ready: tokio::sync::watch::Sender<bool>,
-    /// When this node last submitted a write to it (milliseconds on the engine's clock): a cluster node keeps a
-    /// space its clients write to.
-    pub last_write_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Space {
@@ -82,7 +79,6 @@ impl Space {
             wake: Notify::new(),
             _quota: quota,
             ready: tokio::sync::watch::Sender::new(false),
-            last_write_ms: std::sync::atomic::AtomicU64::new(0),
         })
     }
 

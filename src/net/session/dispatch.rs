@@ -71,7 +71,9 @@ impl Session {
                 self.send(frame).await;
             }
             ClientMsg::Patch { id, run, ops } => {
-                if let Err(e) = self.engine.locate(run).await {
+                if self.engine.replicated()
+                    && let Err(e) = self.engine.locate(run).await
+                {
                     return self.send(error_frame(&id, &e, None)).await;
                 }
                 match self.engine.patch(run, ops, &caller) {
@@ -97,7 +99,9 @@ impl Session {
                 }
             }
             ClientMsg::Complete { id, run, output } => {
-                if let Err(e) = self.engine.locate(run).await {
+                if self.engine.replicated()
+                    && let Err(e) = self.engine.locate(run).await
+                {
                     return self.send(error_frame(&id, &e, None)).await;
                 }
                 self.produced.remove(&run);
@@ -105,7 +109,9 @@ impl Session {
                 self.send_when_durable(id, finished);
             }
             ClientMsg::Fail { id, run, error } => {
-                if let Err(e) = self.engine.locate(run).await {
+                if self.engine.replicated()
+                    && let Err(e) = self.engine.locate(run).await
+                {
                     return self.send(error_frame(&id, &e, None)).await;
                 }
                 self.produced.remove(&run);
