@@ -116,7 +116,7 @@ pub(super) async fn run(
         }
     };
     r.space.set_ready();
-    ticker::flush(&r.space, r.settings.cap);
+    ticker::guarded(&r.space, || ticker::flush(&r.space, r.settings.cap));
     // When to open a new consumer, while there is none.
     let mut reopen = Instant::now();
     loop {
@@ -126,7 +126,10 @@ pub(super) async fn run(
             biased;
             _ = shutdown.cancelled() => return,
             m = async { messages.as_mut().expect("guarded").next().await }, if messages.is_some() => match m {
-                Some(Ok(msg)) => r.apply(&msg, true),
+                Some(Ok(msg)) => {
+                    let space = r.space.clone();
+                    ticker::guarded(&space, || r.apply(&msg, true));
+                }
                 // The consumer failed (the broker restarted, a heartbeat went missing) or ended: a new one
                 // starts after the last entry applied. Meanwhile the loop goes on: writes still time out.
                 end => {
@@ -144,7 +147,7 @@ pub(super) async fn run(
                 }
             }
             _ = r.lane.queued.notified() => {}
-            _ = r.space.woken() => ticker::flush(&r.space, r.settings.cap),
+            _ = r.space.woken() => ticker::guarded(&r.space, || ticker::flush(&r.space, r.settings.cap)),
             _ = sleep_until(next.unwrap_or(far)), if next.is_some() => {}
         }
         if messages.is_none() && reopen <= Instant::now() {
@@ -280,6 +283,10 @@ impl Replica {
                 return;
             }
         };
+        // Taken out before applying: should applying panic, they are dropped, and their requesters hear
+        // `unavailable` rather than nothing.
+        let mine = header.node == self.inner.node;
+        let mut answers = if mine { self.waiting.remove(&header.batch).unwrap_or_default() } else { Vec::new() };
         let late = stored_ms > header.deadline_ms;
         crate::telemetry::ENTRIES_APPLIED.increment(1);
         crate::telemetry::ENTRY_LAG_SECONDS.record(now_ms().saturating_sub(header.sent_ms) as f64 / 1000.0);
@@ -324,8 +331,6 @@ impl Replica {
             }
         }
         crate::telemetry::FLUSH_SECONDS.record(started.elapsed().as_secs_f64());
-        let mine = header.node == self.inner.node;
-        let mut answers = if mine { self.waiting.remove(&header.batch).unwrap_or_default() } else { Vec::new() };
         for (i, (r, owner)) in results.into_iter().enumerate() {
             let unanswered = match answers.get_mut(i).and_then(Option::take) {
                 Some(tx) => match tx.send(r) {

@@ -53,22 +53,27 @@ pub async fn run(space: Arc<Space>, timers: Arc<dyn Timers>, settings: Settings)
             return;
         }
         timers.expire_lingering(&space);
-        // A bug in a flush must not silence the space for good: log it and keep ticking.
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| flush(&space, cap))).is_err() {
-            // The tick may have closed without its diff: no subscriber can trust its state any more.
-            tracing::error!(space = %space.name.escape_debug(), "a flush panicked; resyncing every subscriber");
-            let mut st = space.lock();
-            let slots: Vec<_> = st.feed.groups.iter().flat_map(|g| g.slots.iter().cloned()).collect();
-            for slot in &slots {
-                slot.force_resync();
-            }
-            st.feed.resync.extend(slots);
-            space.changed(&mut st);
-        }
+        guarded(&space, || flush(&space, cap));
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = sleep(tick) => {}
         }
+    }
+}
+
+/// Runs `f` (a flush, or whatever closes a tick) so that a bug in it does not silence the space for good: a panic is
+/// logged, and every subscriber gets a fresh snapshot (the tick may have closed without its diff, so no subscriber
+/// can trust its state any more).
+pub fn guarded(space: &Space, f: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+        tracing::error!(space = %space.name.escape_debug(), "a flush panicked; resyncing every subscriber");
+        let mut st = space.lock();
+        let slots: Vec<_> = st.feed.groups.iter().flat_map(|g| g.slots.iter().cloned()).collect();
+        for slot in &slots {
+            slot.force_resync();
+        }
+        st.feed.resync.extend(slots);
+        space.changed(&mut st);
     }
 }
 
