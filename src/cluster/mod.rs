@@ -145,7 +145,8 @@ pub struct Cluster {
     inner: Arc<Inner>,
 }
 
-fn nats_error(what: &str, e: impl std::fmt::Display) -> Error {
+/// A failure of NATS, as the `unavailable` error it is to a client.
+pub(crate) fn nats_error(what: &str, e: impl std::fmt::Display) -> Error {
     Error::new(ErrorCode::Unavailable, format!("{what}: {e}"))
 }
 

@@ -5,7 +5,7 @@
 //! once no client of this node uses it.
 
 use super::entry::{self, Header, Writer};
-use super::{Answer, Inner, Lane};
+use super::{Answer, Inner, Lane, nats_error};
 use crate::engine::sequencer::{Host, Origin, Refusal, Sequenced, unavailable};
 use crate::engine::space::Space;
 use crate::engine::ticker::{self, Settings};
@@ -65,10 +65,6 @@ fn staggered(interval: Duration) -> Instant {
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-fn nats(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::new(ErrorCode::Unavailable, format!("{what}: {e}"))
 }
 
 pub(super) async fn run(
@@ -209,7 +205,7 @@ impl Replica {
         let head = match self.inner.stream.get_last_raw_message_by_subject(&self.subject).await {
             Ok(m) => m.sequence,
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => 0,
-            Err(e) => return Err(nats("reading the log's end", e)),
+            Err(e) => return Err(nats_error("reading the log's end", e)),
         };
         let mut messages = self.consumer().await?;
         while self.space.lock().position < head {
@@ -219,9 +215,9 @@ impl Replica {
                     self.apply(&msg, false);
                     crate::telemetry::CATCH_UP_ENTRIES.increment(1);
                 }
-                Ok(Some(Err(e))) => return Err(nats("catching up", e)),
-                Ok(None) => return Err(nats("catching up", "the consumer ended")),
-                Err(_) => return Err(nats("catching up", "no entry within the wait")),
+                Ok(Some(Err(e))) => return Err(nats_error("catching up", e)),
+                Ok(None) => return Err(nats_error("catching up", "the consumer ended")),
+                Err(_) => return Err(nats_error("catching up", "no entry within the wait")),
             }
         }
         Ok(messages)
@@ -235,8 +231,9 @@ impl Replica {
             deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
             ..Default::default()
         };
-        let consumer = self.inner.stream.create_consumer(config).await.map_err(|e| nats("a space's consumer", e))?;
-        consumer.messages().await.map_err(|e| nats("a space's consumer", e))
+        let consumer =
+            self.inner.stream.create_consumer(config).await.map_err(|e| nats_error("a space's consumer", e))?;
+        consumer.messages().await.map_err(|e| nats_error("a space's consumer", e))
     }
 
     /// The newest snapshot, or with `since` the newest at or before it (a resume then finds its diffs), if the
@@ -249,10 +246,10 @@ impl Replica {
             let mut object = match self.inner.snapshots.get(format!("{key}.{slot}")).await {
                 Ok(o) => o,
                 Err(e) if e.kind() == async_nats::jetstream::object_store::GetErrorKind::NotFound => continue,
-                Err(e) => return Err(nats("reading a snapshot", e)),
+                Err(e) => return Err(nats_error("reading a snapshot", e)),
             };
             let mut bytes = Vec::new();
-            object.read_to_end(&mut bytes).await.map_err(|e| nats("reading a snapshot", e))?;
+            object.read_to_end(&mut bytes).await.map_err(|e| nats_error("reading a snapshot", e))?;
             if bytes.len() >= 8 {
                 let position = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
                 bytes.drain(..8);

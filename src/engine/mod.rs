@@ -604,12 +604,13 @@ impl Engine {
     /// not): the budgets, the registry, the audit record and the hooks.
     fn finished(&self, route: &Route, a: Applied) -> Option<Finished> {
         let ctx = a.finished.clone()?;
-        self.account_finished(route, &a);
+        self.account(route, &a);
         Some(self.announce(ctx, a.notice))
     }
 
-    /// This node's bookkeeping of a run that finished: the budgets, and the registry when it left.
-    fn account_finished(&self, route: &Route, a: &Applied) {
+    /// This node's bookkeeping of an applied event about a run it routes: the budgets (`currentRun`'s, and the
+    /// run's or what it gave back), and the registry when the run left.
+    fn account(&self, route: &Route, a: &Applied) {
         let budgets = &self.shared.budgets;
         budgets.grow_shared(a.current_grown);
         match a.left {
@@ -809,23 +810,18 @@ impl Host for Engine {
             return;
         }
         let Some(route) = shared.registry.get(&a.run).map(|r| r.clone()) else { return };
-        if let Some(ctx) = a.finished.clone() {
-            self.account_finished(&route, &a);
-            if origin == Origin::Orphan {
-                // This node received it, and its requester stopped waiting: the audit record and the hooks are
-                // still this node's to run.
-                let durable = self.announce(ctx, a.notice).durable;
-                tokio::spawn(async move {
-                    if let Err(e) = durable.await {
-                        tracing::error!(error = %e, "could not record a finished run");
-                    }
-                });
-            }
-            return;
-        }
-        match a.left {
-            Some(bytes) => shared.forget(a.run, bytes),
-            None => shared.budgets.grow(&route.account, a.grown),
+        self.account(&route, &a);
+        if origin == Origin::Orphan
+            && let Some(ctx) = a.finished.clone()
+        {
+            // This node received it, and its requester stopped waiting: the audit record and the hooks are still
+            // this node's to run.
+            let durable = self.announce(ctx, a.notice).durable;
+            tokio::spawn(async move {
+                if let Err(e) = durable.await {
+                    tracing::error!(error = %e, "could not record a finished run");
+                }
+            });
         }
     }
 

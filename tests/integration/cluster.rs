@@ -26,7 +26,7 @@ impl Nats {
     }
 
     fn spawn(port: u16, dir: &tempfile::TempDir) -> std::process::Child {
-        let child = std::process::Command::new("nats-server")
+        let mut child = std::process::Command::new("nats-server")
             .args(["-js", "-sd", dir.path().to_str().unwrap(), "-a", "127.0.0.1", "-p", &port.to_string()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -34,7 +34,12 @@ impl Nats {
             .expect("nats-server is installed (scripts/test.sh installs Debian's nats-server)");
         let deadline = std::time::Instant::now() + WAIT;
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "nats-server did not listen on {port}");
+            if std::time::Instant::now() >= deadline {
+                // Not left behind holding the port.
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("nats-server did not listen on {port}");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         child
