@@ -179,7 +179,13 @@ impl Fixture {
         text: &mut dyn FnMut(u64, RunId) -> String,
         after: &mut dyn FnMut(&[usize]),
     ) -> Duration {
-        let limits = ParseLimits { path: LIMITS, max_ops_per_patch: MAX_OPS, max_json_depth: 64 };
+        let limits = ParseLimits {
+            path: LIMITS,
+            max_ops_per_patch: MAX_OPS,
+            max_patches_per_frame: 1024,
+            max_ops_per_frame: 4096,
+            max_json_depth: 64,
+        };
         self.time_batches(
             iters,
             targets,

@@ -7,8 +7,12 @@ use std::time::Duration;
 pub struct Limits {
     /// Largest WebSocket message accepted (bytes); larger ones close the connection with 1009.
     pub max_message_bytes: usize,
-    /// Ops in one `patch`.
+    /// Ops in one `patch`, and in one element of a `patches` frame.
     pub max_ops_per_patch: usize,
+    /// Elements (one run's ops each) in one `patches` frame.
+    pub max_patches_per_frame: usize,
+    /// Ops in all the elements of one `patches` frame together.
+    pub max_ops_per_frame: usize,
     /// Bytes in one patch path.
     pub max_path_bytes: usize,
     /// Segments in one patch path.
@@ -108,6 +112,8 @@ impl Default for Limits {
         Limits {
             max_message_bytes: 64 * 1024,
             max_ops_per_patch: 256,
+            max_patches_per_frame: 1024,
+            max_ops_per_frame: 4096,
             max_path_bytes: 1024,
             max_path_depth: 32,
             max_json_depth: 64,

@@ -13,7 +13,7 @@ use coworker::protocol::{self, ClientMsg, ParseLimits};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value, json};
 
-const LIMITS: ParseLimits = ParseLimits { path: PathLimits { max_bytes: 1024, max_depth: 32 }, max_ops_per_patch: 256, max_json_depth: 64 };
+const LIMITS: ParseLimits = ParseLimits { path: PathLimits { max_bytes: 1024, max_depth: 32 }, max_ops_per_patch: 256, max_patches_per_frame: 1024, max_ops_per_frame: 4096, max_json_depth: 64 };
 
 fn base() -> Map<String, Value> {
     let v = json!({

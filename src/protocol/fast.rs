@@ -11,29 +11,31 @@
 //! parser accepts the same way: a change to what the general parser accepts in a `patch` must be made here too,
 //! and taught to that test's generator.
 
-use super::{ClientMsg, ParseLimits, WireOp, escaped_in_json, json_depth_exceeds, parse_uuid, patch_op, valid_id};
+use super::{
+    ClientMsg, Element, ParseLimits, WireOp, escaped_in_json, json_depth_exceeds, parse_uuid, patch_op, valid_id,
+};
 use crate::model::patch::PatchOp;
 use serde_json::Value;
 use std::borrow::Cow;
 
-/// Parses `text` when it is a `patch` the fast path recognises and the general parser would accept; else `None`.
+/// Parses `text` when it is a `patch` or a `patches` frame the fast path recognises and the general parser would
+/// accept; else `None`.
 pub(super) fn patch(text: &str, limits: &ParseLimits) -> Option<ClientMsg> {
-    // The frame's own object, `ops` array and op objects nest three deep.
-    let value_depth = limits.max_json_depth.checked_sub(3)?;
+    // A `patch`'s object, `ops` array and op objects nest three deep; a `patches` frame's `patches` array and
+    // element objects, two more.
+    let depth = |levels: usize| limits.max_json_depth.checked_sub(levels);
     let mut s = Scan(text);
     s.byte(b'{')?;
-    let (mut ty, mut id, mut run, mut ops) = (false, None, None, None);
+    let (mut ty, mut id, mut run, mut ops, mut elements) = (None, None, None, None, None);
     loop {
         let key = s.plain_string()?;
         s.byte(b':')?;
         match key {
-            "type" if !ty => {
-                (s.plain_string()? == "patch").then_some(())?;
-                ty = true;
-            }
-            "id" if id.is_none() => id = Some(s.value(value_depth + 2)?.0),
+            "type" if ty.is_none() => ty = Some(s.plain_string()?),
+            "id" if id.is_none() => id = Some(s.value(depth(1)?)?.0),
             "run" if run.is_none() => run = Some(parse_uuid(s.plain_string()?, "run").ok()?),
-            "ops" if ops.is_none() => ops = Some(s.ops(limits, value_depth)?),
+            "ops" if ops.is_none() => ops = Some(s.ops(limits, depth(3)?)?),
+            "patches" if elements.is_none() => elements = Some(s.elements(limits, depth(5)?)?),
             _ => return None,
         }
         if !s.comma_or(b'}')? {
@@ -42,10 +44,14 @@ pub(super) fn patch(text: &str, limits: &ParseLimits) -> Option<ClientMsg> {
     }
     s.end()?;
     let id = id.filter(|v: &Value| !v.is_null());
-    if !ty || !id.as_ref().is_none_or(valid_id) {
+    if !id.as_ref().is_none_or(valid_id) {
         return None;
     }
-    Some(ClientMsg::Patch { id, run: run?, ops: ops? })
+    match (ty?, run, ops, elements) {
+        ("patch", Some(run), Some(ops), None) => Some(ClientMsg::Patch { id, run, ops }),
+        ("patches", None, None, Some(elements)) => Some(ClientMsg::Patches { id, elements }),
+        _ => None,
+    }
 }
 
 /// What is left of the frame. Every method consumes what it read, skipping JSON whitespace before it.
@@ -119,6 +125,38 @@ impl<'a> Scan<'a> {
         }
     }
 
+    /// `[{"run":…,"ops":[…]}, …]`: at least one element and at most the limit, each valid, with at most the
+    /// frame's limit of ops in all.
+    fn elements(&mut self, limits: &ParseLimits, value_depth: usize) -> Option<Vec<Element>> {
+        self.byte(b'[')?;
+        let (mut elements, mut total_ops) = (Vec::new(), 0);
+        loop {
+            self.byte(b'{')?;
+            let (mut run, mut ops) = (None, None);
+            loop {
+                let key = self.plain_string()?;
+                self.byte(b':')?;
+                match key {
+                    "run" if run.is_none() => run = Some(parse_uuid(self.plain_string()?, "run").ok()?),
+                    "ops" if ops.is_none() => ops = Some(self.ops(limits, value_depth)?),
+                    _ => return None,
+                }
+                if !self.comma_or(b'}')? {
+                    break;
+                }
+            }
+            let ops: Vec<PatchOp> = ops?;
+            total_ops += ops.len();
+            elements.push(Element::Valid { run: run?, ops });
+            if elements.len() > limits.max_patches_per_frame || total_ops > limits.max_ops_per_frame {
+                return None;
+            }
+            if !self.comma_or(b']')? {
+                return Some(elements);
+            }
+        }
+    }
+
     /// `{"op":…,"path":…,"value":…,"index":…}`, keys in any order, each at most once.
     fn op(&mut self, value_depth: usize) -> Option<WireOp<'a>> {
         self.byte(b'{')?;
@@ -161,8 +199,13 @@ mod tests {
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestRunner};
 
-    const LIMITS: ParseLimits =
-        ParseLimits { path: PathLimits { max_bytes: 64, max_depth: 4 }, max_ops_per_patch: 3, max_json_depth: 6 };
+    const LIMITS: ParseLimits = ParseLimits {
+        path: PathLimits { max_bytes: 64, max_depth: 4 },
+        max_ops_per_patch: 3,
+        max_patches_per_frame: 3,
+        max_ops_per_frame: 5,
+        max_json_depth: 8,
+    };
     const RUN: &str = "0190f5c2-0000-7000-8000-000000000001";
 
     /// JSON whitespace, or none, or (rarely) a form feed, which JSON does not allow.
@@ -260,25 +303,60 @@ mod tests {
         (members, prop::collection::vec(ws(), 1..6)).prop_map(|(m, gaps)| object(m, gaps))
     }
 
-    fn frame() -> impl Strategy<Value = String> {
-        let ty =
-            string_of(vec!["patch", "patch", "patch", "patch", "patch", "patch", "patch", "patch", "run", "Patch"]);
-        let id = prop_oneof![1 => value(), 4 => Just("12".to_string()), 2 => Just("\"r-1\"".to_string())];
-        let run = string_of(vec![RUN, RUN, RUN, RUN, RUN, RUN, "not-a-uuid", "{0190f5c2-0000-7000-8000-000000000001}"]);
-        let ops = prop_oneof![
+    fn run_text() -> impl Strategy<Value = String> {
+        string_of(vec![RUN, RUN, RUN, RUN, RUN, RUN, "not-a-uuid", "{0190f5c2-0000-7000-8000-000000000001}"])
+    }
+
+    fn ops_text() -> impl Strategy<Value = String> {
+        prop_oneof![
             40 => prop_oneof![9 => 1..4usize, 1 => 0..6usize]
                 .prop_flat_map(|n| prop::collection::vec(op_text(), n))
                 .prop_map(|ops| format!("[{}]", ops.join(","))),
             1 => Just("{}".to_string()),
             1 => Just("[{\"op\":\"set\",\"path\":\"x\",\"value\":1},]".to_string()),
-        ];
+        ]
+    }
+
+    /// A `patches` array: elements of a run and ops (sometimes more than the limits allow), or not an array.
+    fn elements_text() -> impl Strategy<Value = String> {
+        let element = (
+            members(vec![(0.97, member("run", run_text())), (0.97, member("ops", ops_text()))]),
+            prop::collection::vec(ws(), 1..4),
+        )
+            .prop_map(|(m, gaps)| object(m, gaps))
+            .boxed();
+        prop_oneof![
+            40 => prop_oneof![9 => 1..4usize, 1 => 0..6usize]
+                .prop_flat_map(move |n| prop::collection::vec(element.clone(), n))
+                .prop_map(|els| format!("[{}]", els.join(","))),
+            1 => Just("{}".to_string()),
+            1 => Just("[1]".to_string()),
+        ]
+    }
+
+    fn frame() -> impl Strategy<Value = String> {
+        // Mostly the type the members are for, sometimes the other one or another.
+        let ty = |usual: &'static str, other: &'static str| {
+            string_of(vec![usual, usual, usual, usual, usual, usual, usual, usual, other, "run", "Patch"])
+        };
+        let id = || prop_oneof![1 => value(), 4 => Just("12".to_string()), 2 => Just("\"r-1\"".to_string())];
         let trailing = prop::sample::select(vec!["", "", "", "", "", "", "", "", "", "", "", " \n", "x", "\u{c}", "}"]);
-        let members = members(vec![
-            (0.97, member("type", ty)),
-            (0.4, member("id", id)),
-            (0.97, member("run", run)),
-            (0.97, member("ops", ops)),
-        ]);
+        // A `patch` frame's members, or a `patches` frame's (each sometimes with the other's).
+        let members = prop_oneof![
+            members(vec![
+                (0.97, member("type", ty("patch", "patches"))),
+                (0.4, member("id", id())),
+                (0.97, member("run", run_text())),
+                (0.97, member("ops", ops_text())),
+                (0.02, member("patches", elements_text())),
+            ]),
+            members(vec![
+                (0.97, member("type", ty("patches", "patch"))),
+                (0.4, member("id", id())),
+                (0.97, member("patches", elements_text())),
+                (0.02, member("run", run_text())),
+            ]),
+        ];
         (members, prop::collection::vec(ws(), 1..6), trailing)
             .prop_map(|(m, gaps, trailing)| object(m, gaps) + trailing)
     }
@@ -288,17 +366,19 @@ mod tests {
     #[test]
     fn fast_path_agrees_with_the_general_parser() {
         let mut runner = TestRunner::new(Config { cases: 5_000, ..Config::default() });
-        let taken = std::cell::Cell::new(0u32);
+        let (taken, batches) = (std::cell::Cell::new(0u32), std::cell::Cell::new(0u32));
         runner
             .run(&frame(), |text| {
                 if let Some(fast) = patch(&text, &LIMITS) {
                     taken.set(taken.get() + 1);
+                    batches.set(batches.get() + u32::from(matches!(fast, ClientMsg::Patches { .. })));
                     prop_assert_eq!(Ok(fast), parse_general(&text, &LIMITS), "frame: {}", text);
                 }
                 Ok(())
             })
             .unwrap();
         assert!(taken.get() > 300, "the fast path took only {} of 5,000 frames", taken.get());
+        assert!(batches.get() > 40, "the fast path took only {} `patches` frames of 5,000", batches.get());
     }
 
     #[test]
@@ -312,6 +392,12 @@ mod tests {
             ),
             format!(
                 " {{ \"ops\" : [ {{ \"value\" : null , \"path\" : \"a\" , \"op\" : \"set\" }} ] , \"run\" : \"{RUN}\" , \"id\" : \"q\" , \"type\" : \"patch\" }} \n"
+            ),
+            format!(
+                r#"{{"type":"patches","patches":[{{"run":"{RUN}","ops":[{{"op":"append","path":"output.tokens","value":"7:1"}}]}},{{"ops":[{{"op":"set","path":"output.x","value":2}}],"run":"{RUN}"}}]}}"#
+            ),
+            format!(
+                r#"{{"patches":[{{"run":"{RUN}","ops":[{{"op":"remove","path":"output.x"}}]}}],"id":9,"type":"patches"}}"#
             ),
         ];
         for text in canonical {
@@ -329,14 +415,28 @@ mod tests {
             format!(r#"{{"type":"patch","id":null,"run":"{RUN}","ops":[{{"op":"set","path":"x","value":1}}]}}x"#),
             format!(r#"{{"type":"patch","id":[1],"run":"{RUN}","ops":[{{"op":"set","path":"x","value":1}}]}}"#),
             r#"{"type":"patch","run":"nope","ops":[{"op":"set","path":"x","value":1}]}"#.to_string(),
-            format!(r#"{{"type":"patch","run":"{RUN}","ops":[{{"op":"set","path":"x","value":[[[[1]]]]}}]}}"#),
+            format!(r#"{{"type":"patch","run":"{RUN}","ops":[{{"op":"set","path":"x","value":[[[[[[1]]]]]]}}]}}"#),
             format!(
-                r#"{{"type":"patch","id":[[[[[[1]]]]]],"run":"{RUN}","ops":[{{"op":"set","path":"x","value":1}}]}}"#
+                r#"{{"type":"patch","id":[[[[[[[[1]]]]]]]],"run":"{RUN}","ops":[{{"op":"set","path":"x","value":1}}]}}"#
+            ),
+            format!(
+                r#"{{"type":"patches","patches":[{{"run":"{RUN}","ops":[{{"op":"set","path":"x","value":[[[[1]]]]}}]}}]}}"#
+            ),
+            r#"{"type":"patches","patches":[]}"#.to_string(),
+            format!(r#"{{"type":"patches","patches":[{{"run":"{RUN}","ops":[]}}]}}"#),
+            format!(
+                r#"{{"type":"patches","patches":[{{"run":"{RUN}","ops":[{{"op":"set","path":"x","value":1}}],"x":1}}]}}"#
             ),
         ];
         for text in refused {
             assert_eq!(patch(&text, &LIMITS), None, "{text}");
-            assert!(parse_general(&text, &LIMITS).is_err(), "{text}");
+            // A `patches` frame's element errors are the element's own: the frame parses, that element does not.
+            let general = parse_general(&text, &LIMITS);
+            let element_refused = |m: &ClientMsg| {
+                matches!(m, ClientMsg::Patches { elements, .. }
+                    if elements.iter().any(|e| matches!(e, Element::Invalid { .. })))
+            };
+            assert!(general.as_ref().map_or(true, element_refused), "{text}: {general:?}");
         }
     }
 }

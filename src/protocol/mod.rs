@@ -56,6 +56,11 @@ pub enum ClientMsg {
         run: RunId,
         ops: Vec<PatchOp>,
     },
+    /// Many runs' patches in one frame: each element applies (or fails) on its own, in order.
+    Patches {
+        id: ReqId,
+        elements: Vec<Element>,
+    },
     Complete {
         id: ReqId,
         run: RunId,
@@ -87,6 +92,7 @@ impl ClientMsg {
             ClientMsg::Hello { id, .. }
             | ClientMsg::Run { id, .. }
             | ClientMsg::Patch { id, .. }
+            | ClientMsg::Patches { id, .. }
             | ClientMsg::Complete { id, .. }
             | ClientMsg::Fail { id, .. }
             | ClientMsg::Subscribe { id, .. }
@@ -95,11 +101,29 @@ impl ClientMsg {
     }
 }
 
+/// One element of a `patches` frame: a run's ops, or why they cannot apply (the element's own parse error).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Element {
+    Valid {
+        run: RunId,
+        ops: Vec<PatchOp>,
+    },
+    /// `run` when it could be read.
+    Invalid {
+        run: Option<RunId>,
+        error: Error,
+    },
+}
+
 /// Limits checked while parsing a client frame.
 #[derive(Debug, Clone, Copy)]
 pub struct ParseLimits {
     pub path: PathLimits,
     pub max_ops_per_patch: usize,
+    /// Elements in one `patches` frame.
+    pub max_patches_per_frame: usize,
+    /// Ops in all the elements of one `patches` frame.
+    pub max_ops_per_frame: usize,
     /// Deepest nesting of arrays and objects in a frame.
     pub max_json_depth: usize,
 }
@@ -158,6 +182,8 @@ struct Envelope<'a> {
     run: Option<&'a RawValue>,
     #[serde(borrow)]
     ops: Option<Vec<WireOp<'a>>>,
+    #[serde(borrow)]
+    patches: Option<Vec<&'a RawValue>>,
     #[serde(default, deserialize_with = "present")]
     output: Option<Value>,
     #[serde(default, deserialize_with = "present")]
@@ -171,6 +197,23 @@ struct Envelope<'a> {
     since: Option<Since>,
     #[serde(borrow)]
     token: Option<Cow<'a, str>>,
+}
+
+/// One element of a `patches` frame.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireElement<'a> {
+    #[serde(borrow)]
+    run: Option<&'a RawValue>,
+    #[serde(borrow)]
+    ops: Option<Vec<WireOp<'a>>>,
+}
+
+/// The `run` of an element that did not parse as a whole.
+#[derive(Deserialize)]
+struct RunOnly<'a> {
+    #[serde(borrow)]
+    run: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
@@ -322,18 +365,29 @@ fn decode(env: Envelope<'_>, id: ReqId, limits: &ParseLimits) -> Result<ClientMs
         }
         "patch" => {
             let run = run_id(&env, ty)?;
-            let wire_ops = env.ops.ok_or_else(|| missing("ops", ty))?;
-            if wire_ops.is_empty() {
-                return Err(bad("`ops` is empty"));
+            let ops = patch_ops(env.ops.ok_or_else(|| missing("ops", ty))?, limits)?;
+            ClientMsg::Patch { id, run, ops }
+        }
+        "patches" => {
+            let raw = env.patches.ok_or_else(|| missing("patches", ty))?;
+            if raw.is_empty() {
+                return Err(bad("`patches` is empty"));
             }
-            if wire_ops.len() > limits.max_ops_per_patch {
+            if raw.len() > limits.max_patches_per_frame {
                 return Err(Error::new(
                     ErrorCode::LimitExceeded,
-                    format!("more than {} ops in one patch", limits.max_ops_per_patch),
+                    format!("more than {} elements in one patches frame", limits.max_patches_per_frame),
                 ));
             }
-            let ops = wire_ops.into_iter().map(|op| patch_op(op, limits)).collect::<Result<_>>()?;
-            ClientMsg::Patch { id, run, ops }
+            let mut total_ops = 0usize;
+            let elements: Vec<Element> = raw.into_iter().map(|r| element(r, limits, &mut total_ops)).collect();
+            if total_ops > limits.max_ops_per_frame {
+                return Err(Error::new(
+                    ErrorCode::LimitExceeded,
+                    format!("more than {} ops in one patches frame", limits.max_ops_per_frame),
+                ));
+            }
+            ClientMsg::Patches { id, elements }
         }
         "complete" => ClientMsg::Complete { id, run: run_id(&env, ty)?, output: env.output },
         "fail" => {
@@ -376,6 +430,50 @@ fn decode(env: Envelope<'_>, id: ReqId, limits: &ParseLimits) -> Result<ClientMs
             return Err(Error::new(ErrorCode::UnknownType, format!("unknown message type {shown:?}")));
         }
     })
+}
+
+/// A patch's ops: at least one, at most the limit, each valid.
+fn patch_ops(wire_ops: Vec<WireOp<'_>>, limits: &ParseLimits) -> Result<Vec<PatchOp>> {
+    if wire_ops.is_empty() {
+        return Err(bad("`ops` is empty"));
+    }
+    if wire_ops.len() > limits.max_ops_per_patch {
+        return Err(Error::new(
+            ErrorCode::LimitExceeded,
+            format!("more than {} ops in one patch", limits.max_ops_per_patch),
+        ));
+    }
+    wire_ops.into_iter().map(|op| patch_op(op, limits)).collect()
+}
+
+/// One element of a `patches` frame, parsed on its own: its errors are its own. Adds the ops it holds (when its
+/// `ops` is an array of ops) to `total_ops`.
+fn element(raw: &RawValue, limits: &ParseLimits, total_ops: &mut usize) -> Element {
+    let readable_run = || {
+        serde_json::from_str::<RunOnly<'_>>(raw.get()).ok().and_then(|r| r.run).and_then(|s| RunId::try_parse(s).ok())
+    };
+    let wire: WireElement<'_> = match serde_json::from_str(raw.get()) {
+        Ok(w) => w,
+        Err(e) => return Element::Invalid { run: readable_run(), error: bad(format!("`patches` element: {e}")) },
+    };
+    let run = match wire.run {
+        None => Err(bad("a `patches` element needs `run`")),
+        Some(raw) => serde_json::from_str::<&str>(raw.get())
+            .map_err(|_| bad("`run` must be a run id string"))
+            .and_then(|s| parse_uuid(s, "run")),
+    };
+    let ops = wire.ops.ok_or_else(|| bad("a `patches` element needs `ops`"));
+    if let Ok(ops) = &ops {
+        *total_ops += ops.len();
+    }
+    match (run, ops) {
+        (Ok(run), Ok(ops)) => match patch_ops(ops, limits) {
+            Ok(ops) => Element::Valid { run, ops },
+            Err(error) => Element::Invalid { run: Some(run), error },
+        },
+        (Err(error), _) => Element::Invalid { run: None, error },
+        (Ok(run), Err(error)) => Element::Invalid { run: Some(run), error },
+    }
 }
 
 fn patch_op(op: WireOp<'_>, limits: &ParseLimits) -> Result<PatchOp> {
@@ -449,6 +547,8 @@ pub fn reply(id: &ReqId, run: Option<&Map<String, Value>>) -> String {
 pub struct ClientLimits {
     pub max_message_bytes: usize,
     pub max_ops_per_patch: usize,
+    pub max_patches_per_frame: usize,
+    pub max_ops_per_frame: usize,
     pub max_run_bytes: usize,
     pub messages_per_second: u32,
     pub bytes_per_second: u64,
@@ -469,6 +569,8 @@ pub fn hello_reply(id: &ReqId, owner: Option<&str>, expires: Option<u64>, limits
     let ClientLimits {
         max_message_bytes,
         max_ops_per_patch,
+        max_patches_per_frame,
+        max_ops_per_frame,
         max_run_bytes,
         messages_per_second,
         bytes_per_second,
@@ -479,6 +581,7 @@ pub fn hello_reply(id: &ReqId, owner: Option<&str>, expires: Option<u64>, limits
     let _ = write!(
         out,
         ",\"limits\":{{\"maxMessageBytes\":{max_message_bytes},\"maxOpsPerPatch\":{max_ops_per_patch},\
+         \"maxPatchesPerFrame\":{max_patches_per_frame},\"maxOpsPerFrame\":{max_ops_per_frame},\
          \"maxRunBytes\":{max_run_bytes},\"messagesPerSecond\":{messages_per_second},\
          \"bytesPerSecond\":{bytes_per_second},\"pingIntervalMs\":{ping_interval_ms},\
          \"idleTimeoutMs\":{idle_timeout_ms},\"tickMs\":{tick_ms}}}}}"
@@ -505,6 +608,40 @@ pub fn error(id: &ReqId, err: &Error, run: Option<&Map<String, Value>>) -> Strin
     if let Some(run) = run {
         out.push_str(",\"run\":");
         push_json(&mut out, run);
+    }
+    out.push('}');
+    out
+}
+
+/// `{"type":"reply","id":..,"errors":[{"index":i,"code":"..","message":".."},…]}`: the reply to `patches` with an
+/// `id`, listing the elements that did not apply (none: every element applied).
+pub fn patches_reply<'e>(id: &ReqId, errors: impl IntoIterator<Item = (usize, &'e Error)>) -> String {
+    let mut out = String::from("{\"type\":\"reply\"");
+    push_id(&mut out, id);
+    out.push_str(",\"errors\":[");
+    for (n, (index, err)) in errors.into_iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{{\"index\":{index},\"code\":\"{}\",\"message\":", err.code.as_str());
+        push_json(&mut out, &err.message);
+        out.push('}');
+    }
+    out.push_str("]}");
+    out
+}
+
+/// `{"type":"error","code":"..","message":"..","index":i,"run":".."}`: an element of a `patches` frame without an
+/// `id` that did not apply (`run` when the element's run id could be read).
+pub fn element_error(index: usize, run: Option<RunId>, err: &Error) -> String {
+    let mut out = String::from("{\"type\":\"error\",\"code\":\"");
+    out.push_str(err.code.as_str());
+    out.push_str("\",\"message\":");
+    push_json(&mut out, &err.message);
+    let _ = write!(out, ",\"index\":{index}");
+    if let Some(run) = run {
+        out.push_str(",\"run\":");
+        push_uuid(&mut out, run);
     }
     out.push('}');
     out
@@ -810,8 +947,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const LIMITS: ParseLimits =
-        ParseLimits { path: PathLimits { max_bytes: 1024, max_depth: 32 }, max_ops_per_patch: 4, max_json_depth: 8 };
+    const LIMITS: ParseLimits = ParseLimits {
+        path: PathLimits { max_bytes: 1024, max_depth: 32 },
+        max_ops_per_patch: 4,
+        max_patches_per_frame: 4,
+        max_ops_per_frame: 6,
+        max_json_depth: 8,
+    };
 
     fn rej(text: &str) -> (ReqId, ErrorCode) {
         let r = parse(text, &LIMITS).unwrap_err();

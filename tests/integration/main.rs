@@ -15,6 +15,7 @@ mod limits;
 mod load;
 mod memory;
 mod messages;
+mod patches;
 mod postgres;
 mod producer;
 mod protocol_doc;

@@ -39,6 +39,7 @@ fn every_close_code_and_message_type_is_documented() {
         "hello",
         "run",
         "patch",
+        "patches",
         "complete",
         "fail",
         "subscribe",

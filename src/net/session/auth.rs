@@ -66,6 +66,8 @@ impl Session {
         protocol::ClientLimits {
             max_message_bytes: l.max_message_bytes,
             max_ops_per_patch: l.max_ops_per_patch,
+            max_patches_per_frame: l.max_patches_per_frame,
+            max_ops_per_frame: l.max_ops_per_frame,
             max_run_bytes: l.max_run_bytes,
             messages_per_second: l.messages_per_second,
             bytes_per_second: l.bytes_per_second,

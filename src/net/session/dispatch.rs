@@ -2,13 +2,18 @@
 //! `complete`/`fail` reply once its audit record is durable).
 
 use super::{Session, error_frame};
+use crate::engine::caller::Caller;
 use crate::engine::{Outcome, SubscribeRequest};
 use crate::error::{Error, ErrorCode};
 use crate::model::context::RunId;
 use crate::net::session::transport::Outgoing;
-use crate::protocol::{self, ClientMsg};
+use crate::protocol::{self, ClientMsg, Element, element_error, patches_reply};
 use futures::FutureExt;
+use futures::future::BoxFuture;
 use serde_json::Value;
+
+/// A write the cluster's log has yet to apply: its answer.
+type Settling = BoxFuture<'static, Result<(), Error>>;
 
 impl Session {
     /// Queues the reply to `complete` or `fail`: sent once the log applied it and the run's record is durable.
@@ -23,6 +28,81 @@ impl Session {
             }
         };
         self.waiting.push_back(frame.map(Some).boxed());
+    }
+
+    /// `patches`: each element applied on its own, in order, as if it were a `patch` of its own. With an `id`, one
+    /// reply lists the elements that failed; without one, each failed element gets its own error frame.
+    async fn patches(&mut self, id: protocol::ReqId, elements: Vec<Element>, caller: &Caller) {
+        // Every element that failed, counted in the metrics by code as an error frame is.
+        let mut failed: Vec<(usize, Option<RunId>, Error)> = Vec::new();
+        let fail = |failed: &mut Vec<_>, index, run, e: Error| {
+            crate::telemetry::error(e.code);
+            failed.push((index, run, e));
+        };
+        let mut later: Vec<(usize, RunId, Settling)> = Vec::new();
+        for (index, element) in elements.into_iter().enumerate() {
+            let (run, ops) = match element {
+                Element::Valid { run, ops } => (run, ops),
+                Element::Invalid { run, error } => {
+                    fail(&mut failed, index, run, error);
+                    continue;
+                }
+            };
+            if self.engine.replicated()
+                && let Err(e) = self.engine.locate(run).await
+            {
+                fail(&mut failed, index, Some(run), e);
+                continue;
+            }
+            match self.engine.patch(run, ops, caller) {
+                Outcome::Ready(Ok(())) => self.note_produced(run),
+                Outcome::Ready(Err(e)) => fail(&mut failed, index, Some(run), e),
+                Outcome::Later(answer) => {
+                    self.note_produced(run);
+                    later.push((index, run, answer));
+                }
+            }
+        }
+        if later.is_empty() {
+            if id.is_some() {
+                let errors = failed.iter().map(|(index, _, e)| (*index, e));
+                return self.send(patches_reply(&id, errors)).await;
+            }
+            for (index, run, e) in failed {
+                self.send(element_error(index, run, &e)).await;
+            }
+            return;
+        }
+        // In a cluster: answered once the log applied the elements.
+        if id.is_some() {
+            let reply = async move {
+                for (index, run, answer) in later {
+                    if let Err(e) = answer.await {
+                        fail(&mut failed, index, Some(run), e);
+                    }
+                }
+                failed.sort_by_key(|(index, ..)| *index);
+                Some(patches_reply(&id, failed.iter().map(|(index, _, e)| (*index, e))))
+            };
+            return self.waiting.push_back(reply.boxed());
+        }
+        // Without an `id`, one error frame per failed element, in element order, each when its element is settled.
+        let mut failed = failed.into_iter().peekable();
+        for (index, run, answer) in later {
+            while let Some((i, r, e)) = failed.next_if(|(i, ..)| *i < index) {
+                self.waiting.push_back(futures::future::ready(Some(element_error(i, r, &e))).boxed());
+            }
+            let frame = answer.map(move |r| {
+                r.err().map(|e| {
+                    crate::telemetry::error(e.code);
+                    element_error(index, Some(run), &e)
+                })
+            });
+            self.waiting.push_back(frame.boxed());
+        }
+        for (i, r, e) in failed {
+            self.waiting.push_back(futures::future::ready(Some(element_error(i, r, &e))).boxed());
+        }
     }
 
     pub(super) async fn handle(&mut self, text: &str) {
@@ -98,6 +178,7 @@ impl Session {
                     }
                 }
             }
+            ClientMsg::Patches { id, elements } => self.patches(id, elements, &caller).await,
             ClientMsg::Complete { id, run, output } => {
                 if self.engine.replicated()
                     && let Err(e) = self.engine.locate(run).await

@@ -137,6 +137,8 @@ async fn serve_connection(
         parse_limits: ParseLimits {
             path: PathLimits { max_bytes: limits.max_path_bytes, max_depth: limits.max_path_depth },
             max_ops_per_patch: limits.max_ops_per_patch,
+            max_patches_per_frame: limits.max_patches_per_frame,
+            max_ops_per_frame: limits.max_ops_per_frame,
             max_json_depth: limits.max_json_depth,
         },
         state: if auth.is_none() {
