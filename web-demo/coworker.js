@@ -5,8 +5,9 @@
 //   coworker/transport.js      the socket: reconnection with jittered backoff, final closes, the dead-socket watchdog
 //                              and the status. Pure connection logic, so it knows nothing of message types.
 //   coworker/requests.js       request ids matched to their `reply`/`error`; the one place that settles promises.
-//   coworker/writes.js         writes coalesced per run per animation frame, split past the server's limits, held
-//                              until the connection's `hello` is answered. Batching rules live apart from the socket.
+//   coworker/writes.js         writes coalesced per run per animation frame into one `patches` frame (an element per
+//                              run), split past the server's limits, held until the connection's `hello` is
+//                              answered; each write settles with its element. Batching rules live apart from the socket.
 //   coworker/subscriptions.js  `subscribe()` across connections: resubscribe with `since`, route frames by `sub`,
 //                              callbacks, events once each.
 //   coworker/mirror.js         the normalized wire state of one subscription, `applyDiff` and the snapshot `shape`:
@@ -30,7 +31,9 @@ export { applyDiff, shape } from "./coworker/mirror.js";
  * The limits a server tells in its `hello` reply (protocol.md §2.1, §9).
  * @typedef {Object} Limits
  * @property {number} maxMessageBytes
- * @property {number} maxOpsPerPatch
+ * @property {number} maxOpsPerPatch ops in one `patch`, and in one element of a `patches` frame
+ * @property {number} [maxPatchesPerFrame] elements in one `patches` frame (absent: a server without `patches`)
+ * @property {number} [maxOpsPerFrame] ops in all the elements of one `patches` frame together
  * @property {number} maxRunBytes
  * @property {number} messagesPerSecond
  * @property {number} bytesPerSecond
@@ -49,8 +52,12 @@ export { applyDiff, shape } from "./coworker/mirror.js";
  * @property {number} [maxBackoffMs=5000] longest reconnection delay
  * @property {(fn: () => void) => void} [schedule] when buffered writes go out (default: the next animation frame,
  *   or 100 ms when the page gets none, e.g. a hidden tab; a 16 ms timer where there is no requestAnimationFrame)
- * @property {number} [maxOpsPerPatch] ops per patch frame: the server's `maxOpsPerPatch` from the `hello` reply,
- *   or this when lower (256 while the server has not told)
+ * @property {number} [maxOpsPerPatch] ops per element of a `patches` frame: the server's `maxOpsPerPatch` from the
+ *   `hello` reply, or this when lower (256 while the server has not told)
+ * @property {number} [maxPatchesPerFrame] elements (runs' batches of ops) per `patches` frame: the server's
+ *   `maxPatchesPerFrame`, or this when lower (1024 while the server has not told)
+ * @property {number} [maxOpsPerFrame] ops per `patches` frame, all its elements together: the server's
+ *   `maxOpsPerFrame`, or this when lower (4096 while the server has not told)
  * @property {number} [maxMessageBytes] bytes per message: the server's `maxMessageBytes` from the `hello` reply,
  *   or this when lower (65536 while the server has not told)
  * @property {number} [deadSocketMs] silence after which the client probes the connection with a `hello`
@@ -243,7 +250,8 @@ export class CoworkerClient {
 
   /**
    * Sets `path` (dotted like `output.value`, or a JSON Pointer) of a live run. Coalesced: the last value per frame.
-   * Like every write, it rejects with `.code` when the server refuses its frame, e.g. `run_too_large`,
+   * Like every write, it rejects with `.code` when the server refuses its run's element of the `patches` frame (the
+   * other runs' elements still apply) or the whole frame, e.g. `run_finished`, `run_too_large`,
    * `quota_state_bytes` or `over_capacity` past a state budget (protocol.md §9).
    */
   updateRunField(runId, path, value) {
@@ -260,12 +268,12 @@ export class CoworkerClient {
     return this.writes.queue(runId, { op: "step", index, value: updates });
   }
 
-  /** Sends every run's buffered writes now, when the connection can take them. */
+  /** Sends every run's buffered writes now (one `patches` frame), when the connection can take them. */
   flush() {
     this.writes.flush();
   }
 
-  /** Completes a run right after its buffered writes; resolves with its final context. */
+  /** Completes a run right after its buffered writes (sent with every run's); resolves with its final context. */
   async complete(runId, output) {
     const draining = this.writes.drain(runId);
     if (draining) await draining;

@@ -1,6 +1,6 @@
 // The state budgets (protocol.md §2.3 check 6, §9) seen from the client, against real servers with small budgets: a
-// refused frame rejects exactly its own writes with the budget's code, later frames still work, and `run` is refused
-// with the same codes.
+// refused element of a `patches` frame rejects exactly its own writes with the budget's code, later elements and
+// frames still work, and `run` is refused with the same codes.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
@@ -24,7 +24,7 @@ async function frame(c, runId, f, n = 10) {
 }
 
 test("appends past --max-run-bytes reject with run_too_large, frame by frame; the run stays usable and completes", async () => {
-  const c = await client(["--max-run-bytes", "20000"], { maxOpsPerPatch: 10 }); // frame() is one patch frame
+  const c = await client(["--max-run-bytes", "20000"], { maxOpsPerPatch: 10 }); // frame() is one element
   const run = await c.run({ operation: "interpret", space });
   await c.updateRunField(run.id, "output.scratch", "s".repeat(3000));
   const accepted = [];
@@ -42,8 +42,8 @@ test("appends past --max-run-bytes reject with run_too_large, frame by frame; th
     assert.ok(e instanceof CoworkerError);
     assert.equal(e.code, "run_too_large");
   }
-  // One flush, two patch frames: ten appends, refused again while the run is full, then a write that shrinks the
-  // run, accepted. The refusal rejects the writes of its own frame only.
+  // One flush, one patches frame of two elements: ten appends, refused again while the run is full, then a write
+  // that shrinks the run, accepted. The refusal rejects the writes of its own element only.
   const again = frame(c, run.id, "again");
   const shrink = c.updateRunField(run.id, "output.scratch", "");
   assert.ok((await again).every((o) => o.status === "rejected" && o.reason.code === "run_too_large"));

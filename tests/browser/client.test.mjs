@@ -1,10 +1,11 @@
 // The browser client (web-demo/coworker.js) in Node against a real server process: requests, the snapshot shape,
-// events, errors, client-side coalescing (frames counted on the wire) and reconnection with resume.
+// events, errors, client-side coalescing into `patches` frames (frames counted on the wire, each write settled by
+// its element) and reconnection with resume.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createServer } from "node:net";
 import WebSocket from "ws";
-import { connect, shape, applyDiff, CoworkerClient } from "../../web-demo/coworker.js";
+import { connect, shape, applyDiff, CoworkerClient, CoworkerError } from "../../web-demo/coworker.js";
 import { harness, startServer, until } from "./server.mjs";
 
 const started = harness(connect, WebSocket, after);
@@ -246,50 +247,59 @@ test("the shape: pendingRuns holds the unfinished runs, views hold run objects",
   assert.equal(s.seq, 3);
 });
 
-test("local writes are coalesced: one patch frame per run per animation frame, in order", async () => {
+test("local writes are coalesced: one patches frame per animation frame, an element per run, in order", async () => {
   const w = wire();
   const c = await open(server.url, { WebSocket: w.WebSocket });
+  assert.equal(c.limits.maxPatchesPerFrame, 1024);
+  assert.equal(c.limits.maxOpsPerFrame, 4096);
   const run = await c.run({ operation: "interpret", space: freshSpace() });
-  const patches = () => w.sent.filter((m) => m.type === "patch");
+  const frames = () => w.sent.filter((m) => m.type === "patches");
+  const elementSizes = (f) => f.patches.map((e) => e.ops.length);
+  assert.ok(!w.sent.some((m) => m.type === "patch"), "no single-run patch frames");
 
   // 200 appends and 50 keystrokes in one tick: one frame; the keystrokes (consecutive sets of a path) collapse.
   const writes = [];
   for (let i = 0; i < 200; i++) writes.push(c.append(run.id, "output.tokens", `t${i}`));
   for (let i = 1; i <= 50; i++) writes.push(c.updateRunField(run.id, "output.value", "x".repeat(i)));
   await Promise.all(writes);
-  assert.equal(patches().length, 1, "one patch frame");
-  assert.equal(patches()[0].ops.length, 201, "the 50 sets of one path collapsed into the last");
-  assert.deepEqual(patches()[0].ops.at(-1), { op: "set", path: "output.value", value: "x".repeat(50) });
+  assert.equal(frames().length, 1, "one patches frame");
+  assert.equal(frames()[0].patches.length, 1, "one element: one run");
+  assert.equal(frames()[0].patches[0].run, run.id);
+  assert.equal(frames()[0].patches[0].ops.length, 201, "the 50 sets of one path collapsed into the last");
+  assert.deepEqual(frames()[0].patches[0].ops.at(-1), { op: "set", path: "output.value", value: "x".repeat(50) });
 
   // Sets are collapsed only when consecutive: set, append, set keep their order.
   await Promise.all([c.updateRunField(run.id, "output.mark", 1), c.append(run.id, "output.tokens", "mid"),
     c.updateRunField(run.id, "output.mark", 2)]);
-  assert.deepEqual(patches()[1].ops.map((o) => o.op), ["set", "append", "set"]);
+  assert.deepEqual(frames()[1].patches[0].ops.map((o) => o.op), ["set", "append", "set"]);
 
-  // Past the server's 256 ops per patch, the frame is split in order.
+  // Past the server's 256 ops per patch, the run's ops are split in order into elements of one frame.
   const more = [];
   for (let i = 0; i < 600; i++) more.push(c.append(run.id, "output.more", i));
   await Promise.all(more);
-  assert.deepEqual(patches().slice(2).map((p) => p.ops.length), [256, 256, 88]);
+  assert.equal(frames().length, 3);
+  assert.deepEqual(elementSizes(frames()[2]), [256, 256, 88]);
+  assert.ok(frames()[2].patches.every((e) => e.run === run.id));
 
-  // And past the server's 64 KiB messages, by size (100 writes of 2 KB).
+  // And past the server's 64 KiB messages, into several frames by size (100 writes of 2 KB).
   const big = "b".repeat(2000);
   await Promise.all(range(100, () => c.append(run.id, "output.big", big)));
-  const sized = patches().slice(5);
+  const sized = frames().slice(3);
   assert.ok(sized.length >= 4 && sized.length <= 5, `${sized.length} frames`);
-  for (const p of sized) assert.ok(JSON.stringify(p).length <= 65536);
+  for (const f of sized) assert.ok(Buffer.byteLength(JSON.stringify(f)) <= 65536);
+  assert.equal(sized.flatMap(elementSizes).reduce((x, y) => x + y), 100);
   // A single write larger than a message is refused locally, and the connection stays usable.
   await assert.rejects(c.updateRunField(run.id, "output.huge", "h".repeat(70000)), { code: "message_too_large" });
 
-  // Writes spread over time: never more than one patch frame per run per frame (16 ms in Node).
-  const spreadFrom = patches().length;
+  // Writes spread over time: never more than one patches frame per frame (16 ms in Node).
+  const spreadFrom = frames().length;
   const started = Date.now();
   for (let i = 0; i < 100; i++) {
     c.append(run.id, "output.spread", i);
     if (i % 10 === 9) await new Promise((r) => setTimeout(r, 5));
   }
   await c.updateRunField(run.id, "output.end", true);
-  const spread = patches().length - spreadFrom;
+  const spread = frames().length - spreadFrom;
   assert.ok(spread <= Math.ceil((Date.now() - started) / 16) + 1 && spread < 20, `${spread} frames for 101 writes`);
 
   const done = await c.complete(run.id);
@@ -300,18 +310,170 @@ test("local writes are coalesced: one patch frame per run per animation frame, i
   assert.equal(done.output.big.length, 100);
   assert.equal(done.output.huge, undefined);
   assert.deepEqual(done.output.spread, range(100, (i) => i));
+  assert.ok(!w.sent.some((m) => m.type === "patch"), "no single-run patch frames");
 });
 
-test("a write's promise settles with its frame's reply: a bad op rejects the writes of its frame only", async () => {
+test("writes to several runs in one animation frame go out as one patches frame, an element per run", async () => {
+  const w = wire();
+  const c = await open(server.url, { WebSocket: w.WebSocket });
+  const space = freshSpace();
+  const runs = await Promise.all(range(5, () => c.run({ operation: "interpret", space })));
+  const frames = () => w.sent.filter((m) => m.type === "patches");
+  const writes = [];
+  for (let round = 0; round < 3; round++) {
+    for (const [i, run] of runs.entries()) {
+      writes.push(c.append(run.id, "output.tokens", `${i}.${round}`));
+      if (i === 2) writes.push(c.updateRunStep(run.id, round, { name: `step ${round}` }));
+    }
+  }
+  writes.push(c.updateRunField(runs[4].id, "output.value", "last"));
+  const framesBefore = w.sent.length;
+  await Promise.all(writes);
+  assert.deepEqual(w.sent.slice(framesBefore).map((m) => m.type), ["patches"], "one frame for the five runs");
+  const [frame] = frames();
+  // Runs in the order they were first written, each run's ops in the order they were made.
+  assert.deepEqual(frame.patches.map((e) => e.run), runs.map((r) => r.id));
+  assert.deepEqual(frame.patches.map((e) => e.ops.length), [3, 3, 6, 3, 4]);
+  assert.deepEqual(frame.patches[2].ops.map((o) => o.op), ["append", "step", "append", "step", "append", "step"]);
+  for (const [i, run] of runs.entries()) {
+    const done = await c.complete(run.id);
+    assert.deepEqual(done.output.tokens, range(3, (r) => `${i}.${r}`));
+  }
+
+  // complete() sends the buffered writes of every run at once, in one frame, before its own request.
+  const [a, b] = await Promise.all(range(2, () => c.run({ operation: "interpret", space })));
+  const sentBefore = w.sent.length;
+  const pending = [c.append(a.id, "output.tokens", "a"), c.append(b.id, "output.tokens", "b")];
+  const doneA = await c.complete(a.id);
+  await Promise.all(pending);
+  assert.deepEqual(w.sent.slice(sentBefore).map((m) => m.type), ["patches", "complete"]);
+  assert.deepEqual(w.sent[sentBefore].patches.map((e) => e.run), [a.id, b.id]);
+  assert.deepEqual(doneA.output, { tokens: ["a"] });
+  assert.deepEqual((await c.complete(b.id)).output, { tokens: ["b"] });
+});
+
+test("a refused element rejects the writes of its own run only; the other elements of the frame apply", async () => {
+  const w = wire();
+  const c = await open(server.url, { WebSocket: w.WebSocket });
+  const space = freshSpace();
+  const [fine, broken, finished, other] = await Promise.all(range(4, () => c.run({ operation: "interpret", space })));
+  await c.complete(finished.id);
+  const unknown = "0190f5c2-7a4e-7c1a-9a3e-2f4b5c6d7e8f";
+  const sentBefore = w.sent.length;
+  const outcomes = Promise.allSettled([
+    c.append(fine.id, "output.tokens", "a"), // 0
+    c.append(broken.id, "output.tokens", "kept?"), // 1: its element holds a bad op below
+    c.append(unknown, "output.tokens", "x"), // 2
+    c.append(finished.id, "output.tokens", "late"), // 3
+    c.updateRunField(other.id, "output.value", 1), // 4
+    c.append(fine.id, "output.tokens", "b"), // 5: the same element as 0
+    c.updateRunField(broken.id, "output.tokens[5]", "gap"), // 6: index past the end refuses its element
+    c.updateRunField(unknown, "output.y", 2), // 7
+  ]);
+  const settled = await outcomes;
+  assert.deepEqual(w.sent.slice(sentBefore).map((m) => m.type), ["patches"], "one frame");
+  assert.deepEqual(w.sent[sentBefore].patches.map((e) => e.run), [fine.id, broken.id, unknown, finished.id, other.id]);
+  const reply = w.received.find((f) => f.id === w.sent[sentBefore].id);
+  assert.deepEqual(reply.errors.map((e) => [e.index, e.code]),
+    [[1, "index_out_of_range"], [2, "unknown_run"], [3, "run_finished"]]);
+  const codes = settled.map((o) => (o.status === "fulfilled" ? "ok" : o.reason.code));
+  assert.deepEqual(codes, ["ok", "index_out_of_range", "unknown_run", "run_finished", "ok", "ok", "index_out_of_range",
+    "unknown_run"]);
+  for (const o of settled.filter((x) => x.status === "rejected")) assert.ok(o.reason instanceof CoworkerError);
+  assert.deepEqual((await c.complete(fine.id)).output, { tokens: ["a", "b"] });
+  assert.equal((await c.complete(broken.id)).output?.tokens, undefined, "the refused element changed nothing");
+  assert.deepEqual((await c.complete(other.id)).output, { value: 1 });
+  assert.equal(c.status, "open");
+});
+
+test("a write's promise settles with its element's outcome: a bad op rejects the writes of its element only", async () => {
   const w = wire();
   const c = await open(server.url, { WebSocket: w.WebSocket });
   const run = await c.run({ operation: "interpret", space: freshSpace() });
   const fine = [c.append(run.id, "output.tokens", "a"), c.append(run.id, "output.value", 1)];
-  const broken = c.updateRunField(run.id, "output.tokens[5]", "gap"); // index past the end: the frame is refused
+  const broken = c.updateRunField(run.id, "output.tokens[5]", "gap"); // index past the end: the element is refused
   await assert.rejects(broken, { code: "index_out_of_range" });
   for (const p of fine) await assert.rejects(p, { code: "index_out_of_range" });
   await c.append(run.id, "output.tokens", "b");
-  assert.deepEqual((await c.complete(run.id)).output, { tokens: ["b"] }, "the refused frame changed nothing");
+  assert.deepEqual((await c.complete(run.id)).output, { tokens: ["b"] }, "the refused element changed nothing");
+});
+
+test("past maxPatchesPerFrame and maxOpsPerFrame the writes go out in several patches frames, in order", async () => {
+  // Messages of 4 MiB, so that the element and op counts bind before the bytes do.
+  const roomy = await started.server(["--max-message-bytes", String(4 << 20)]);
+  const w = wire();
+  const c = await open(roomy.url, { WebSocket: w.WebSocket });
+  assert.equal(c.limits.maxPatchesPerFrame, 1024);
+  assert.equal(c.limits.maxOpsPerFrame, 4096);
+  const space = freshSpace();
+  const frames = () => w.sent.filter((m) => m.type === "patches");
+
+  // 1,100 runs written in one tick: 1,024 elements, then 76.
+  const runs = [];
+  for (let i = 0; i < 1100; i += 100) runs.push(...(await Promise.all(range(100, () => c.run({ operation: "interpret", space })))));
+  await Promise.all(runs.map((run, i) => c.append(run.id, "output.tokens", `r${i}`)));
+  assert.deepEqual(frames().map((f) => f.patches.length), [1024, 76]);
+  assert.deepEqual(frames().flatMap((f) => f.patches.map((e) => e.run)), runs.map((r) => r.id), "in order");
+
+  // 5 runs × 1,000 ops: elements of 256 ops at most, frames of 4,096 ops at most (4,096 then 904).
+  const five = runs.slice(0, 5);
+  const from = frames().length;
+  await Promise.all(five.flatMap((run) => range(1000, (i) => c.append(run.id, "output.n", i))));
+  const split = frames().slice(from);
+  const ops = (f) => f.patches.reduce((n, e) => n + e.ops.length, 0);
+  assert.deepEqual(split.map(ops), [4096, 904]);
+  for (const f of split) assert.ok(f.patches.every((e) => e.ops.length <= 256));
+  // The fifth run's ops straddle the two frames: 96 in the first, 904 in the second.
+  assert.deepEqual(split[1].patches.map((e) => e.run), Array(split[1].patches.length).fill(five[4].id));
+
+  // A lower option stays in force: 3 elements per frame.
+  const capped = await open(roomy.url, { WebSocket: w.WebSocket, maxPatchesPerFrame: 3 });
+  const from2 = frames().length;
+  await Promise.all(runs.slice(0, 7).map((run) => capped.append(run.id, "output.tokens", "capped")));
+  assert.deepEqual(frames().slice(from2).map((f) => f.patches.length), [3, 3, 1]);
+
+  for (const run of five) {
+    const done = await c.complete(run.id);
+    assert.deepEqual(done.output.n, range(1000, (i) => i));
+    assert.deepEqual(done.output.tokens, [`r${runs.indexOf(run)}`, "capped"]);
+  }
+  const last = await c.complete(runs[1099].id);
+  assert.deepEqual(last.output, { tokens: ["r1099"] });
+});
+
+test("a server whose hello does not tell maxPatchesPerFrame gets one patch frame per run, as before patches", async () => {
+  const sent = [];
+  // The hello reply's limits without the two frame limits: a server that predates `patches`.
+  class Older extends WebSocket {
+    set onmessage(fn) {
+      super.onmessage = fn && ((event) => {
+        const frame = JSON.parse(String(event.data));
+        if (frame.limits) {
+          delete frame.limits.maxPatchesPerFrame;
+          delete frame.limits.maxOpsPerFrame;
+        }
+        fn({ data: JSON.stringify(frame) });
+      });
+    }
+    send(data) {
+      sent.push(JSON.parse(data));
+      super.send(data);
+    }
+  }
+  const c = await open(server.url, { WebSocket: Older });
+  const space = freshSpace();
+  const [a, b] = await Promise.all(range(2, () => c.run({ operation: "interpret", space })));
+  const outcomes = await Promise.allSettled([c.append(a.id, "output.tokens", "a"), c.append(b.id, "output.tokens", "b"),
+    c.updateRunField(b.id, "output.tokens[5]", "gap"), ...range(300, (i) => c.append(a.id, "output.n", i))]);
+  assert.ok(!sent.some((m) => m.type === "patches"));
+  assert.deepEqual(sent.filter((m) => m.type === "patch").map((m) => [m.run, m.ops.length]),
+    [[a.id, 256], [a.id, 45], [b.id, 2]]);
+  assert.deepEqual(outcomes.slice(0, 3).map((o) => o.status), ["fulfilled", "rejected", "rejected"]);
+  assert.equal(outcomes[2].reason.code, "index_out_of_range");
+  const done = await c.complete(a.id);
+  assert.deepEqual(done.output.tokens, ["a"]);
+  assert.equal(done.output.n.length, 300);
+  await c.complete(b.id);
 });
 
 test("after a dropped connection the client reconnects, resumes, and ends equal to a fresh subscriber", async () => {

@@ -91,8 +91,8 @@ test("hello on every connection (no token in development mode); writes wait for 
   // 40 writes of 1 KB: frames of at most the server's 16 KiB (a larger one would be closed with 1009).
   const big = "k".repeat(1000);
   await Promise.all(Array.from({ length: 40 }, () => c.append(run.id, "output.big", big)));
-  const patches = () => t.log.filter(([, dir, f]) => dir === "sent" && f.type === "patch").map(([n, , f]) => [n, f]);
-  assert.ok(patches().length >= 3, `${patches().length} patch frames`);
+  const patches = () => t.log.filter(([, dir, f]) => dir === "sent" && f.type === "patches").map(([n, , f]) => [n, f]);
+  assert.ok(patches().length >= 3, `${patches().length} patches frames`);
   for (const [, p] of patches()) assert.ok(JSON.stringify(p).length <= 16384, `${JSON.stringify(p).length} bytes`);
 
   // Writes made while the connection is down go out on the next one, only after its hello was answered.
@@ -104,7 +104,7 @@ test("hello on every connection (no token in development mode); writes wait for 
   const second = t.log.filter(([n]) => n === 2);
   assert.deepEqual(second[0][2], { type: "hello", id: second[0][2].id }, "hello first, without a token");
   const answered = second.findIndex(([, dir, f]) => dir === "received" && f.id === second[0][2].id);
-  const firstPatch = second.findIndex(([, dir, f]) => dir === "sent" && f.type === "patch");
+  const firstPatch = second.findIndex(([, dir, f]) => dir === "sent" && f.type === "patches");
   assert.ok(answered >= 0 && firstPatch > answered, `hello answered at ${answered}, first patch at ${firstPatch}`);
   const hellos = t.log.filter(([, dir, f]) => dir === "sent" && f.type === "hello");
   assert.deepEqual(hellos.map(([n]) => n), [1, 2], "one hello per connection");
@@ -118,8 +118,8 @@ test("hello on every connection (no token in development mode); writes wait for 
   const capped = await open(small.url, { WebSocket: t2.WebSocket, maxOpsPerPatch: 50 });
   const run2 = await capped.run({ operation: "interpret", space: `hello-${process.pid}` });
   await Promise.all(Array.from({ length: 120 }, (_, i) => capped.append(run2.id, "output.n", i)));
-  assert.deepEqual(t2.log.filter(([, dir, f]) => dir === "sent" && f.type === "patch").map(([, , f]) => f.ops.length),
-    [50, 50, 20]);
+  const sent2 = t2.log.filter(([, dir, f]) => dir === "sent" && f.type === "patches").map(([, , f]) => f);
+  assert.deepEqual(sent2.map((f) => f.patches.map((e) => e.ops.length)), [[50, 50, 20]], "one frame, three elements");
   await capped.complete(run2.id);
 });
 
@@ -137,7 +137,7 @@ test("complete right after the socket opened still follows the run's writes", as
   await Promise.all(writes);
   assert.deepEqual(done.output, { tokens: ["a", "b"] });
   const second = t.log.filter(([n, dir]) => n === 2 && dir === "sent").map(([, , f]) => f.type);
-  assert.deepEqual(second, ["hello", "patch", "complete"]);
+  assert.deepEqual(second, ["hello", "patches", "complete"]);
 });
 
 test("a token given only as the bearer subprotocol is sent with hello too", async () => {
