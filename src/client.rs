@@ -1,6 +1,7 @@
 //! A Rust client for the protocol: requests with ids matched to replies, fire-and-forget patches, and
 //! subscriptions that keep a local copy of a space's state by applying each diff (standard ops through the
-//! `json-patch` crate, `append` here), checking that every diff starts where the last one ended.
+//! `json-patch` crate, `append` here), checking that every diff starts where the last one ended; [`writer`]
+//! coalesces a producer's patches into one `patches` frame per tick.
 
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
@@ -30,7 +31,13 @@ pub enum ClientError {
     Protocol(String),
 }
 
-type Waiters = Mutex<HashMap<u64, oneshot::Sender<Result<Value, ClientError>>>>;
+mod writer;
+
+pub use writer::{Writer, WriterConfig, Written};
+
+/// What answers a request: its reply frame, or its error.
+type Answer = Result<Value, ClientError>;
+type Waiters = Mutex<HashMap<u64, oneshot::Sender<Answer>>>;
 type Subs = Mutex<HashMap<u64, mpsc::UnboundedSender<Value>>>;
 
 struct Inner {
@@ -148,6 +155,18 @@ impl Client {
     /// Applies patch ops without waiting (errors arrive on [`Client::unsolicited_errors`]).
     pub async fn patch_nowait(&self, run: &str, ops: Value) -> Result<(), ClientError> {
         self.send(json!({"type": "patch", "run": run, "ops": ops})).await
+    }
+
+    /// A coalescing writer on this connection: patches to any runs, buffered for `interval` after the first and
+    /// sent as one `patches` frame (zero: each at once). See [`Writer`].
+    pub fn writer(&self, interval: std::time::Duration) -> Writer {
+        self.writer_with(WriterConfig { interval, ..WriterConfig::default() })
+    }
+
+    /// A coalescing writer with explicit limits (a server configured with other `maxMessageBytes`,
+    /// `maxPatchesPerFrame` or `maxOpsPerFrame` than the defaults).
+    pub fn writer_with(&self, config: WriterConfig) -> Writer {
+        Writer::new(self.clone(), config)
     }
 
     /// Completes a run; returns its final context.

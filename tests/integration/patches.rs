@@ -174,3 +174,65 @@ async fn patch_and_patches_frames_on_one_connection_apply_in_the_order_sent() {
     assert_eq!(b_tokens.len(), 34);
     assert_eq!(b_tokens.last().unwrap(), "end");
 }
+
+/// A server whose connections may send only `burst` messages (and one more per second): writes that went out as
+/// more frames than that would be refused `rate_limited`.
+async fn strict_server(burst: u32, max_patches_per_frame: usize) -> TestServer {
+    let limits = Limits { messages_per_second: 1, message_burst: burst, max_patches_per_frame, ..Limits::default() };
+    start_with(EngineConfig { limits, ..EngineConfig::default() }, Default::default()).await
+}
+
+#[tokio::test]
+async fn the_coalescing_writer_sends_a_tick_of_writes_as_one_frame_and_answers_each_write() {
+    let server = strict_server(2, 1024).await;
+    let mut starter = Raw::connect(&server).await;
+    let (a, b) = (
+        starter.start(json!({"operation": "interpret"})).await,
+        starter.start(json!({"operation": "interpret"})).await,
+    );
+    let unknown = "0190f5c2-0000-7000-8000-00000000f00d";
+    let client = Client::connect(&server.url()).await.unwrap();
+    let writer = client.writer(std::time::Duration::from_millis(50));
+    let mut written = Vec::new();
+    for i in 0..20 {
+        written.push((a.clone(), writer.patch(&a, &append(&format!("a{i}")))));
+        written.push((b.clone(), writer.patch(&b, &append(&format!("b{i}")))));
+        if i % 4 == 0 {
+            written.push((unknown.to_string(), writer.patch(unknown, &append("u"))));
+        }
+    }
+    for (run, w) in written {
+        match w.await {
+            Ok(()) => assert_ne!(run, unknown),
+            Err(coworker::client::ClientError::Server { code, .. }) => {
+                assert_eq!((run.as_str(), code.as_str()), (unknown, "unknown_run"))
+            }
+            Err(e) => panic!("write to {run}: {e}"),
+        }
+    }
+    assert_eq!(writer.refused(), 5);
+    let state = runs(&server).await;
+    let expect = |p: &str| json!((0..20).map(|i| format!("{p}{i}")).collect::<Vec<_>>());
+    assert_eq!(state[&a]["output"]["tokens"], expect("a"), "every write applied, in order: one frame, not 45");
+    assert_eq!(state[&b]["output"]["tokens"], expect("b"));
+}
+
+#[tokio::test]
+async fn the_coalescing_writer_splits_at_the_frame_limits() {
+    let server = strict_server(3, 4).await;
+    let mut starter = Raw::connect(&server).await;
+    let a = starter.start(json!({"operation": "interpret"})).await;
+    let client = Client::connect(&server.url()).await.unwrap();
+    let config = coworker::client::WriterConfig {
+        interval: std::time::Duration::from_millis(50),
+        max_elements: 4,
+        ..Default::default()
+    };
+    let writer = client.writer_with(config);
+    let written: Vec<_> = (0..12).map(|i| writer.patch(&a, &append(&i.to_string()))).collect();
+    for w in written {
+        w.await.expect("applied: three frames of four elements, within the server's limits and burst");
+    }
+    let tokens: Vec<String> = (0..12).map(|i| i.to_string()).collect();
+    assert_eq!(runs(&server).await[&a]["output"]["tokens"], json!(tokens));
+}
