@@ -19,7 +19,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::connect(&url).await?;
     let mut ids = Vec::new();
     for _ in 0..runs {
-        let run = json!({"operation": "interpret", "agent": "example-producer", "input": {"prompt": "Tell me about runs"}});
+        let run =
+            json!({"operation": "interpret", "agent": "example-producer", "input": {"prompt": "Tell me about runs"}});
         ids.push(client.run(run).await?["id"].as_str().ok_or("no run id")?.to_string());
     }
     println!("streaming {tokens} tokens into {runs} run(s) at {rate}/s each: {}", ids.join(", "));

@@ -48,6 +48,7 @@ pub static SNAPSHOTS_WRITTEN: LazyLock<Counter> =
     LazyLock::new(|| counter!("coworker_cluster_snapshots_written_total"));
 pub static SNAPSHOTS_LOADED: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_cluster_snapshots_loaded_total"));
 pub static CATCH_UP_ENTRIES: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_cluster_catch_up_entries_total"));
+pub static PACED_CONNECTIONS: LazyLock<Gauge> = LazyLock::new(|| gauge!("coworker_paced_connections"));
 pub static SLOW_CLOSES: LazyLock<Counter> = LazyLock::new(|| counter!("coworker_slow_subscriber_closes_total"));
 pub static PATCH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| histogram!("coworker_patch_seconds"));
 pub static FLUSH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| histogram!("coworker_flush_seconds"));

@@ -5,8 +5,9 @@
 
 use crate::engine::space::Space;
 use std::sync::Arc;
+use std::sync::LazyLock;
 use std::time::Duration;
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 /// What the ticker asks of the engine.
@@ -28,6 +29,33 @@ pub struct Settings {
     pub cap: usize,
     /// Cancelled on shutdown.
     pub shutdown: CancellationToken,
+}
+
+/// The shared clock: tick boundaries are whole multiples of the tick since this instant, the same for every space
+/// and every connection of the process.
+static ORIGIN: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// How long before a boundary paced connections are read: their writes are applied by the time the spaces flush.
+fn read_lead(tick: Duration) -> Duration {
+    (tick / 4).min(Duration::from_millis(2))
+}
+
+/// The shared clock's first tick boundary after `t`.
+pub fn boundary_after(t: Instant, tick: Duration) -> Instant {
+    let step = tick.as_nanos().max(1);
+    let origin = *ORIGIN;
+    // `t` can be before the origin: a paused test clock starts wherever its runtime started.
+    if t >= origin {
+        origin + Duration::from_nanos(((t - origin).as_nanos() / step + 1).saturating_mul(step) as u64)
+    } else {
+        origin - Duration::from_nanos(((origin - t).as_nanos() / step).saturating_mul(step) as u64)
+    }
+}
+
+/// When a paced connection is next read after `t`: a little before the next boundary that leaves room for it.
+pub fn read_at(t: Instant, tick: Duration) -> Instant {
+    let lead = read_lead(tick);
+    boundary_after(t + lead, tick) - lead
 }
 
 /// Runs until the engine shuts down or the space is reclaimed.
@@ -54,9 +82,11 @@ pub async fn run(space: Arc<Space>, timers: Arc<dyn Timers>, settings: Settings)
         }
         timers.expire_lingering(&space);
         guarded(&space, || flush(&space, cap));
+        // The next flush at the shared clock's first boundary at least half a tick away: every busy space flushes
+        // on the same boundaries, just after the paced producers were read (`read_at`).
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = sleep(tick) => {}
+            _ = sleep_until(boundary_after(Instant::now() + tick / 2, tick)) => {}
         }
     }
 }

@@ -7,6 +7,7 @@ use crate::config::EngineConfig;
 use crate::engine::Engine;
 use crate::engine::sequencer::{Local, Sequencer};
 use crate::net::auth::Auth;
+use crate::net::pace::{Pace, PacedIo};
 use crate::net::session;
 use crate::plugin::data;
 use crate::plugin::hooks::Hooks;
@@ -14,12 +15,12 @@ use crate::protocol::PROTOCOL_VERSION;
 use crate::store::Store;
 use crate::store::postgres::{self, PgOptions, PgStore};
 use crate::store::sqlite::{SqliteStore, StoreOptions};
-use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 use serde_json::json;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt as _;
 use tower_http::services::ServeDir;
 
 #[derive(Clone)]
@@ -239,8 +241,17 @@ async fn accept_loop(
             continue;
         }
         let _ = tcp.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(tcp), service).with_upgrades();
+        // The connection's pace reaches its WebSocket session through the upgrade request.
+        let pace = Pace::new();
+        let service = hyper_util::service::TowerToHyperService::new(app.clone().map_request({
+            let pace = pace.clone();
+            move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(pace.clone());
+                req
+            }
+        }));
+        let io = hyper_util::rt::TokioIo::new(PacedIo::new(tcp, pace));
+        let conn = http.serve_connection(io, service).with_upgrades();
         let (open, stop) = (open.clone(), state.shutdown.clone());
         open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         conns.spawn(async move {
@@ -315,7 +326,12 @@ fn origin_parts(origin: &str) -> Option<(u16, &str)> {
     (!authority.is_empty() && !authority.contains(['@', '/', '?', '#', '\\'])).then_some((default_port, authority))
 }
 
-async fn ws_handler(ws: WebSocketUpgrade, headers: HeaderMap, State(state): State<AppState>) -> Response {
+async fn ws_handler(
+    ws: WebSocketUpgrade,
+    headers: HeaderMap,
+    pace: Option<Extension<Arc<Pace>>>,
+    State(state): State<AppState>,
+) -> Response {
     if let Some(origin) = headers.get(header::ORIGIN)
         && !origin.to_str().is_ok_and(|o| origin_allowed(o, state.listen_port, &state.allowed_origins))
     {
@@ -336,7 +352,8 @@ async fn ws_handler(ws: WebSocketUpgrade, headers: HeaderMap, State(state): Stat
     configure(ws, &state.engine.config().limits).protocols([SUBPROTOCOL]).on_upgrade(move |socket| {
         let AppState { engine, shutdown, auth, .. } = state;
         async move {
-            session::serve(socket, engine, shutdown.child_token(), auth, caller).await;
+            let pace = pace.map(|Extension(p)| p);
+            session::serve(socket, engine, shutdown.child_token(), auth, caller, pace).await;
             drop(tracked);
         }
     })

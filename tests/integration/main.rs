@@ -15,6 +15,7 @@ mod limits;
 mod load;
 mod memory;
 mod messages;
+mod pacing;
 mod patches;
 mod postgres;
 mod producer;

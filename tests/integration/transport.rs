@@ -57,6 +57,7 @@ async fn a_session_runs_over_channels() {
         CancellationToken::new(),
         None,
         None,
+        None,
     ));
     let send = |v: Value| to_server.unbounded_send(Ok(Message::Text(v.to_string().into()))).unwrap();
     let mut next = async || -> Value {

@@ -105,14 +105,24 @@ impl Session {
         }
     }
 
-    pub(super) async fn handle(&mut self, text: &str) {
-        let msg = match protocol::parse(text, &self.parse_limits) {
-            Ok(msg) => msg,
+    /// Parses and handles one text frame. Returns whether it was a write that asks for no answer (a `patch` or
+    /// `patches` without an `id`): what keeps a connection paced.
+    pub(super) async fn handle(&mut self, text: &str) -> bool {
+        match protocol::parse(text, &self.parse_limits) {
+            Ok(msg) => {
+                let answerless = matches!(msg, ClientMsg::Patch { id: None, .. } | ClientMsg::Patches { id: None, .. });
+                self.dispatch(msg).await;
+                answerless
+            }
             Err(rej) => {
                 tracing::debug!(code = %rej.error.code, "rejected a frame");
-                return self.send(error_frame(&rej.id, &rej.error, None)).await;
+                self.send(error_frame(&rej.id, &rej.error, None)).await;
+                false
             }
-        };
+        }
+    }
+
+    async fn dispatch(&mut self, msg: ClientMsg) {
         if let ClientMsg::Hello { id, token } = msg {
             return self.hello(id, token).await;
         }

@@ -12,11 +12,13 @@ use crate::config::Limits;
 use crate::engine::Engine;
 use crate::engine::caller::Caller;
 use crate::engine::ratelimit::{ConnectionRate, Verdict};
+use crate::engine::ticker;
 use crate::error::{Error, ErrorCode};
 use crate::feed::subscriber::{Outbox, SubSlot};
 use crate::model::context::{RunHasher, RunId};
 use crate::model::path::PathLimits;
 use crate::net::auth::Auth;
+use crate::net::pace::Pace;
 use crate::protocol::{self, ParseLimits, close};
 use axum::extract::ws::Message;
 use futures::future::BoxFuture;
@@ -72,6 +74,35 @@ struct Session {
     counted_owner: Option<crate::engine::budget::ConnectionQuota>,
 }
 
+/// Answerless writes in a row after which a connection is paced.
+const PACE_AFTER: u32 = 16;
+
+/// Whether a connection is read once per tick (paced) or as its messages arrive. A connection that keeps sending
+/// writes that ask for no answer (`patch` or `patches` without an `id`) is paced after [`PACE_AFTER`] of them in a
+/// row: nobody waits for their answer, and subscribers see them at the next flush anyway, which a read just before
+/// it (`ticker::read_at`) does not delay. Any other message (a request with an `id`, a subscribe, a bad frame) ends
+/// the pacing at once; the request that ended it waited at most until the next read, less than a tick.
+#[derive(Debug, Default)]
+struct Paced {
+    on: bool,
+    streak: u32,
+}
+
+impl Paced {
+    /// Counts one message; returns the new mode when it changes.
+    fn saw(&mut self, answerless: bool) -> Option<bool> {
+        if !answerless {
+            self.streak = 0;
+            return std::mem::take(&mut self.on).then_some(false);
+        }
+        self.streak = self.streak.saturating_add(1);
+        (!self.on && self.streak >= PACE_AFTER).then(|| {
+            self.on = true;
+            true
+        })
+    }
+}
+
 /// Connection ids, unique for the process (0 is never used).
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
@@ -88,9 +119,10 @@ pub async fn serve(
     shutdown: CancellationToken,
     auth: Option<Auth>,
     caller: Option<Caller>,
+    pace: Option<Arc<Pace>>,
 ) {
     crate::telemetry::CONNECTIONS.increment(1.0);
-    serve_connection(socket, engine, shutdown, auth, caller).await;
+    serve_connection(socket, engine, shutdown, auth, caller, pace).await;
     crate::telemetry::CONNECTIONS.decrement(1.0);
 }
 
@@ -100,8 +132,10 @@ async fn serve_connection(
     shutdown: CancellationToken,
     auth: Option<Auth>,
     caller: Option<Caller>,
+    pace: Option<Arc<Pace>>,
 ) {
     let limits: Limits = engine.config().limits.clone();
+    let tick = engine.config().tick;
     let (sink, mut stream) = socket.split();
     let outbox = Outbox::new(limits.max_connection_pending_bytes, limits.max_reply_bytes);
     let (tx, rx) = mpsc::channel(limits.reply_queue);
@@ -171,6 +205,10 @@ async fn serve_connection(
     // every wake-up of the connection.
     let (server_stopping, writer_stopped) = (shutdown.cancelled(), writer_done.cancelled());
     tokio::pin!(server_stopping, writer_stopped);
+    // Pacing (see `Paced`): the next read of a paced connection, on the shared clock.
+    let mut paced = Paced::default();
+    let read_tick = tokio::time::sleep_until(far_future());
+    tokio::pin!(read_tick);
     loop {
         // Biased: while frames keep arriving, the other branches are not polled (and their wakers not registered
         // and dropped again) once per frame; tokio's cooperative budget still makes the stream yield after a burst,
@@ -181,6 +219,14 @@ async fn serve_connection(
                 if let Some(frame) = frame {
                     session.send_now(frame).await;
                 }
+                continue;
+            }
+            _ = &mut read_tick, if paced.on => {
+                // Whatever arrived since the last tick, the mark held back from epoll: read it now.
+                if let Some(pace) = &pace {
+                    pace.drain();
+                }
+                read_tick.as_mut().reset(ticker::read_at(tokio::time::Instant::now(), tick));
                 continue;
             }
             m = stream.next(), if session.waiting.len() < limits.reply_queue && !session.outbox.replies_full() => m,
@@ -258,20 +304,33 @@ async fn serve_connection(
                 }
             }
         }
-        match msg {
+        let answerless = match msg {
             None | Some(Ok(Message::Close(_))) => break,
             Some(Ok(Message::Text(text))) => session.handle(text.as_str()).await,
             Some(Ok(Message::Binary(_))) => {
                 let e = Error::new(ErrorCode::BinaryFrame, "binary frames are not part of the protocol");
                 session.send(error_frame(&None, &e, None)).await;
+                false
             }
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Err(e)) => {
                 closing = close_code_for(&e);
                 tracing::debug!(error = %e, "connection ended");
                 break;
             }
+        };
+        if let Some(pace) = &pace
+            && let Some(on) = paced.saw(answerless)
+        {
+            pace.set_paced(on);
+            crate::telemetry::PACED_CONNECTIONS.increment(if on { 1.0 } else { -1.0 });
+            if on {
+                read_tick.as_mut().reset(ticker::read_at(tokio::time::Instant::now(), tick));
+            }
         }
+    }
+    if paced.on {
+        crate::telemetry::PACED_CONNECTIONS.decrement(1.0);
     }
     // Acknowledgements already owed are sent once durable, before any close frame.
     while let Some(frame) = session.waiting.next().await {
