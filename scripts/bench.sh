@@ -7,12 +7,17 @@
 # The side-by-side and the ingress loads are also run against the naive broadcast with no subscribers: the floor,
 # what reading the producers' messages costs on this machine, which any server pays before it sends anything.
 #
+# Last, the capacity of one core: every system at 100 runs x 100 tokens/s to 10 ... 500 subscribers, once each.
+#
 # Method: each server is pinned to core 0 and the load tool to core 1 (taskset); every server is started fresh
 # for every measurement; the side-by-side configuration runs REPS times, alternating the systems, and the report
 # gives medians. Raw results: target/bench/results.jsonl.
 #
-# Usage: ./scripts/bench.sh            (about 10 minutes)
+# Usage: ./scripts/bench.sh            (about 15 minutes)
 #        REPS=1 DURATION=4 ./scripts/bench.sh   (a quick look)
+#        ONLY=capacity ./scripts/bench.sh       (one section: side-by-side, keys, ingress, ceiling, syscalls, idle,
+#                                                grid, instructions or capacity; raw results in target/bench/$ONLY.jsonl,
+#                                                its tables printed, BENCHMARKS.md left alone)
 # Needs: Linux with 2+ cores, taskset, strace; installs nats-server and valgrind (apt-get) and socket.io (npm) when
 # missing.
 set -euo pipefail
@@ -20,7 +25,13 @@ cd "$(dirname "$0")/.."
 REPS=${REPS:-3}
 DURATION=${DURATION:-10}
 OUT=target/bench
-RESULTS=$OUT/results.jsonl
+ONLY=${ONLY:-}
+SECTIONS="side-by-side keys ingress ceiling syscalls idle grid instructions capacity"
+if [ -n "$ONLY" ] && ! [[ " $SECTIONS " == *" $ONLY "* ]]; then
+  echo "bench: ONLY must be one of: $SECTIONS" >&2
+  exit 2
+fi
+RESULTS=$OUT/${ONLY:-results}.jsonl
 mkdir -p "$OUT"
 : > "$RESULTS"
 TMP=$(mktemp -d)
@@ -92,49 +103,61 @@ measure() {
 
 metric() { curl -s "http://127.0.0.1:18080/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 
+# want SECTION: whether this run measures it (all of them unless ONLY names one).
+want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
+
 # 1. Side by side: many AI runs streaming to many subscribers, one core for the server.
-for rep in $(seq 1 "$REPS"); do
-  for system in coworker naive socketio nats; do
-    measure side-by-side "$system" --scenario ai --runs 100 --rate 100 --subscribers 10 --duration "$DURATION"
+if want side-by-side; then
+  for rep in $(seq 1 "$REPS"); do
+    for system in coworker naive socketio nats; do
+      measure side-by-side "$system" --scenario ai --runs 100 --rate 100 --subscribers 10 --duration "$DURATION"
+    done
+    # The same producers with no subscribers: what reading their messages costs (the naive broadcast reads each
+    # frame, parses its room and finds nobody to send to), and this server's own ingress at this load.
+    measure floor-side naive --scenario ai --runs 100 --rate 100 --subscribers 0 --duration "$DURATION"
+    measure side-ingress coworker --scenario ai --runs 100 --rate 100 --subscribers 0 --duration "$DURATION"
   done
-  # The same producers with no subscribers: what reading their messages costs (the naive broadcast reads each
-  # frame, parses its room and finds nobody to send to), and this server's own ingress at this load.
-  measure floor-side naive --scenario ai --runs 100 --rate 100 --subscribers 0 --duration "$DURATION"
-  measure side-ingress coworker --scenario ai --runs 100 --rate 100 --subscribers 0 --duration "$DURATION"
-done
+fi
 
 # 2. Keystrokes, per delivered keystroke.
-for rep in $(seq 1 "$REPS"); do
-  measure keys coworker --scenario keys --runs 100 --rate 10 --subscribers 10 --duration "$DURATION"
-done
+if want keys; then
+  for rep in $(seq 1 "$REPS"); do
+    measure keys coworker --scenario keys --runs 100 --rate 10 --subscribers 10 --duration "$DURATION"
+  done
+fi
 
 # 3. Ingress alone: no subscribers.
-for rep in $(seq 1 "$REPS"); do
-  measure ingress coworker --scenario ai --runs 1000 --rate 100 --subscribers 0 --duration "$DURATION"
-  measure floor-ingress naive --scenario ai --runs 1000 --rate 100 --subscribers 0 --duration "$DURATION"
-done
+if want ingress; then
+  for rep in $(seq 1 "$REPS"); do
+    measure ingress coworker --scenario ai --runs 1000 --rate 100 --subscribers 0 --duration "$DURATION"
+    measure floor-ingress naive --scenario ai --runs 1000 --rate 100 --subscribers 0 --duration "$DURATION"
+  done
+fi
 
 # 4. The ceiling on one core. Two subscribers keep the full state; the others count and check every token without
 #    a state (--verify 2), so that one core of load can drive one core of server.
-for cfg in "100 100 100" "100 100 200" "1000 100 10" "1000 100 30"; do
-  set -- $cfg
-  measure ceiling coworker --scenario ai --runs "$1" --rate "$2" --subscribers "$3" --verify 2 --duration "$DURATION"
-done
+if want ceiling; then
+  for cfg in "100 100 100" "100 100 200" "1000 100 10" "1000 100 30"; do
+    set -- $cfg
+    measure ceiling coworker --scenario ai --runs "$1" --rate "$2" --subscribers "$3" --verify 2 --duration "$DURATION"
+  done
+fi
 
 # 5. Frames, renders and write syscalls per subscriber per tick (strace counts the server's write calls for 5 s).
-start_server coworker
-taskset -c 1 "$LOAD" --url "$URL" --scenario ai --runs 20 --rate 1000 --subscribers 10 --duration 9 --json \
-  >"$TMP/strace-load.json" &
-LOAD_PID=$!
-sleep 3
-before=$(printf '%s %s %s' "$(metric coworker_frames_sent_total)" "$(metric coworker_diffs_rendered_total)" \
-  "$(metric coworker_flush_seconds_count)")
-timeout -s INT 5 strace -c -f -e trace=write,writev,sendto,sendmsg -p "$SERVER_PID" -o "$OUT/strace.txt" || true
-after=$(printf '%s %s %s' "$(metric coworker_frames_sent_total)" "$(metric coworker_diffs_rendered_total)" \
-  "$(metric coworker_flush_seconds_count)")
-wait "$LOAD_PID" || true
-stop_server
-python3 - "$before" "$after" "$TMP/strace-load.json" "$OUT/strace.txt" >>"$RESULTS" <<'EOF'
+if want syscalls; then
+  start_server coworker
+  taskset -c 1 "$LOAD" --url "$URL" --scenario ai --runs 20 --rate 1000 --subscribers 10 --duration 9 --json \
+    >"$TMP/strace-load.json" &
+  LOAD_PID=$!
+  sleep 3
+  before=$(printf '%s %s %s' "$(metric coworker_frames_sent_total)" "$(metric coworker_diffs_rendered_total)" \
+    "$(metric coworker_flush_seconds_count)")
+  timeout -s INT 5 strace -c -f -e trace=write,writev,sendto,sendmsg -p "$SERVER_PID" -o "$OUT/strace.txt" || true
+  after=$(printf '%s %s %s' "$(metric coworker_frames_sent_total)" "$(metric coworker_diffs_rendered_total)" \
+    "$(metric coworker_flush_seconds_count)")
+  wait "$LOAD_PID" || true
+  stop_server
+  python3 - "$before" "$after" "$TMP/strace-load.json" "$OUT/strace.txt" >>"$RESULTS" <<'EOF'
 import json, re, sys
 b = [float(x or 0) for x in sys.argv[1].split()]
 a = [float(x or 0) for x in sys.argv[2].split()]
@@ -147,23 +170,29 @@ for line in open(sys.argv[4]):
 print(json.dumps({"label": "syscalls", "system": "coworker", "frames_sent": a[0] - b[0],
                   "diffs_rendered": a[1] - b[1], "ticks": a[2] - b[2], "write_calls": calls, "load": load}))
 EOF
+fi
 
 # 6. Memory per idle connection: 10,000 subscribers against none.
-measure idle-0 coworker --scenario fanout --runs 1 --rate 1 --subscribers 0 --duration 5
-measure idle-10000 coworker --scenario fanout --runs 1 --rate 1 --subscribers 10000 --duration 10
+if want idle; then
+  measure idle-0 coworker --scenario fanout --runs 1 --rate 1 --subscribers 0 --duration 5
+  measure idle-10000 coworker --scenario fanout --runs 1 --rate 1 --subscribers 10000 --duration 10
+fi
 
 # 7. Cost as work grows: 2,000 tokens/s in total, spread over 10 / 100 / 1,000 runs, to 10 / 100 / 1,000 subscribers.
-for subs in 10 100 1000; do
-  for runs in 10 100 1000; do
-    measure "grid" coworker --scenario ai --runs "$runs" --rate $((2000 / runs)) --subscribers "$subs" --verify 2 \
-      --duration "$DURATION"
+if want grid; then
+  for subs in 10 100 1000; do
+    for runs in 10 100 1000; do
+      measure "grid" coworker --scenario ai --runs "$runs" --rate $((2000 / runs)) --subscribers "$subs" --verify 2 \
+        --duration "$DURATION"
+    done
   done
-done
+fi
 
 # 8. User-space instructions per produced token (callgrind): a count that moves about ±2 % between runs on this noisy
 #    machine, for comparing builds (see scripts/instructions.sh).
-./scripts/instructions.sh target/release/coworker >"$OUT/instructions.txt"
-python3 - "$OUT/instructions.txt" >>"$RESULTS" <<'EOF'
+if want instructions; then
+  ./scripts/instructions.sh target/release/coworker >"$OUT/instructions.txt"
+  python3 - "$OUT/instructions.txt" >>"$RESULTS" <<'EOF'
 import json, re, sys
 text = open(sys.argv[1]).read()
 ir = re.search(r"instructions per produced token: ([\d,]+)", text)
@@ -171,6 +200,26 @@ load = re.search(r"load: (.*) \(ok: (\w+)\)", text)
 print(json.dumps({"label": "instructions", "system": "coworker", "ir_per_token": int(ir.group(1).replace(",", "")),
                   "load_flags": load.group(1), "ok": load.group(2) == "True"}))
 EOF
+fi
 
-python3 scripts/bench_report.py "$RESULTS" BENCHMARKS.md
-echo "bench: BENCHMARKS.md updated from $RESULTS" >&2
+# 9. Capacity on one core: 100 AI runs x 100 tokens/s to 10 ... 500 subscribers, every system once per load
+#    (REPS-independent), smallest load first; coworker with --verify 2 as in section 4. The report marks each cell
+#    sustained, bounded by the load tool, or saturated.
+if want capacity; then
+  for subs in 10 50 100 200 500; do
+    for system in coworker naive socketio nats; do
+      verify=()
+      if [ "$system" = coworker ]; then verify=(--verify 2); fi
+      measure capacity "$system" --scenario ai --runs 100 --rate 100 --subscribers "$subs" ${verify[@]+"${verify[@]}"} \
+        --duration "$DURATION"
+    done
+  done
+fi
+
+if [ -n "$ONLY" ]; then
+  python3 scripts/bench_report.py "$RESULTS" -
+  echo "bench: $ONLY measured; raw results in $RESULTS (BENCHMARKS.md untouched)" >&2
+else
+  python3 scripts/bench_report.py "$RESULTS" BENCHMARKS.md
+  echo "bench: BENCHMARKS.md updated from $RESULTS" >&2
+fi

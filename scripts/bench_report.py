@@ -3,6 +3,7 @@
 what lies between the `<!-- bench:begin -->` and `<!-- bench:end -->` markers.
 
 Usage: python3 scripts/bench_report.py target/bench/results.jsonl BENCHMARKS.md
+       python3 scripts/bench_report.py target/bench/capacity.jsonl -   (prints the sections the results hold)
 """
 import datetime
 import json
@@ -77,10 +78,11 @@ def main(results_path, doc_path):
     w("")
 
     side = by("side-by-side")
-    w("### 1. Side by side: 100 AI runs x 100 tokens/s x 10 subscribers (100,000 deliveries/s), server on one core")
-    w("")
-    w("| system | server CPU per delivered token | delivered/s | latency p99 | frames per subscriber per s | server RSS | load tool CPU | correct |")
-    w("|---|---|---|---|---|---|---|---|")
+    if side:
+        w("### 1. Side by side: 100 AI runs x 100 tokens/s x 10 subscribers (100,000 deliveries/s), server on one core")
+        w("")
+        w("| system | server CPU per delivered token | delivered/s | latency p99 | frames per subscriber per s | server RSS | load tool CPU | correct |")
+        w("|---|---|---|---|---|---|---|---|")
     medians = {}
     for system in ["coworker", "naive", "socketio", "nats"]:
         rs = [r for r in side if r["system"] == system]
@@ -95,7 +97,8 @@ def main(results_path, doc_path):
           f"{fmt(med(rs, p99), 1)} ms | {fmt(med(rs, lambda r: r.get('frames_per_subscriber_per_s')), 1)} | "
           f"{fmt(med(rs, lambda r: (r.get('server_rss_bytes') or 0) / 1048576), 0)} MB | "
           f"{fmt(med(rs, lambda r: 100 * r.get('load_cpu_share', 0)), 0)} % | {ok} |")
-    w("")
+    if side:
+        w("")
     if medians.get("coworker"):
         ratios = [f"{s}: **{medians[s] / medians['coworker']:.1f}x**" for s in ["naive", "socketio", "nats"]
                   if medians.get(s)]
@@ -230,15 +233,111 @@ def main(results_path, doc_path):
           "gives the count for any build (it moves about ±2 % between runs), to compare two builds on this noisy "
           "machine.")
         w("")
+    capacity(by("capacity"), w)
     w(END)
 
-    doc = open(doc_path).read()
     block = "\n".join(out)
+    if doc_path == "-":
+        # Only the sections the results hold, without the markers and the machine line (`ONLY=... bench.sh`).
+        first = next((i for i, l in enumerate(out) if l.startswith("### ")), len(out) - 1)
+        print("\n".join(out[first:-1]).rstrip("\n"))
+        return
+    doc = open(doc_path).read()
     if BEGIN in doc and END in doc:
         doc = doc[: doc.index(BEGIN)] + block + doc[doc.index(END) + len(END):]
     else:
         doc = doc.rstrip("\n") + "\n\n" + block + "\n"
     open(doc_path, "w").write(doc)
+
+
+# Section 9: what one core sustains. A cell is "sustained" when p99 <= TICK_MS + 10 ms and nothing was lost, out of
+# order or in error; else "saturated" when the server used >= LOAD_BOUND of its core; else "bounded by the load
+# tool" when the tool used >= LOAD_BOUND of its core or produced less than PRODUCED_BOUND of what was asked (it
+# could not keep its own pace, so the figures measure it, not the server); else "saturated".
+# Both CPU shares are CPU time over the whole window (streaming, then the subscribers catching up) per second of
+# streaming: above 100 % means a backlog was still being delivered after the producers stopped.
+LOAD_BOUND = 0.90
+PRODUCED_BOUND = 0.90
+CAPACITY_SYSTEMS = ["coworker", "naive", "socketio", "nats"]
+CAPACITY_NAMES = {"coworker": "coworker", "naive": "naive broadcast", "socketio": "Socket.IO 4", "nats": "nats-server"}
+
+
+def verdict(r):
+    if r.get("failed_to_run"):
+        return "did not run"
+    asked = r.get("runs", 0) * r.get("rate", 0)
+    clean = r.get("ok") and not r.get("lost") and not r.get("errors") and not r.get("out_of_order")
+    if clean and (p99(r) or 1e9) <= TICK_MS + 10:
+        return "sustained"
+    if (busy(r) or 0) >= LOAD_BOUND:
+        return "saturated"
+    if r.get("load_cpu_share", 0) >= LOAD_BOUND or (r.get("tokens_produced_per_s") or 0) < PRODUCED_BOUND * asked:
+        return "bounded by the load tool"
+    return "saturated"
+
+
+def busy(r):
+    """The share of its one core the server used over the streaming window."""
+    cpu = r.get("server_cpu_us")
+    return None if cpu is None else cpu / (r.get("duration_s") or 1) / 1e6
+
+
+def capacity(rows, w):
+    if not rows:
+        return
+    rows = sorted(rows, key=lambda r: (CAPACITY_SYSTEMS.index(r["system"]) if r.get("system") in CAPACITY_SYSTEMS
+                                       else 99, r.get("subscribers", 0)))
+    runs, rate = rows[0].get("runs", 100), rows[0].get("rate", 100)
+    subs = sorted({r.get("subscribers") for r in rows if r.get("subscribers") is not None})
+    w(f"### 9. Capacity on one core: {runs} AI runs x {rate} tokens/s to {', '.join(f'{s:,}' for s in subs)} subscribers")
+    w("")
+    w("One run per cell, every server started fresh on core 0, the load tool on core 1; `--verify 2` for coworker as")
+    w("in section 4 (the other subscribers count and check every token without a state), and every peer")
+    w("subscriber checks every token. **sustained**: p99 within tick + 10 ms "
+      f"({TICK_MS + 10} ms) and nothing lost, out of order or in error; **saturated**: not sustained, and the server "
+      f"used {LOAD_BOUND * 100:.0f} % or more of its core, or the tool kept up; **bounded by the load tool**: not "
+      f"sustained, the server below {LOAD_BOUND * 100:.0f} %, and the tool used {LOAD_BOUND * 100:.0f} % or more of its "
+      f"core or produced less than {PRODUCED_BOUND * 100:.0f} % of the tokens asked (the figures then measure the tool, "
+      "not the server). Both CPU shares are CPU time from the start of streaming until the subscribers had every "
+      "token, per second of streaming: above 100 % means a backlog was still being delivered after the producers "
+      "stopped.")
+    w("")
+    w("| system | subscribers | delivered/s | server CPU | server CPU per delivered token | p99 | load tool CPU | lost / errors | verdict |")
+    w("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        b = busy(r)
+        w(f"| {CAPACITY_NAMES.get(r.get('system'), r.get('system'))} | {r.get('subscribers', 0):,} | "
+          f"{fmt(r.get('tokens_delivered_per_s'), 0)} | {'n/a' if b is None else f'{b * 100:.0f} %'} | "
+          f"{fmt(cpu_delivered(r), 3)} µs | {fmt(p99(r), 1)} ms | {100 * r.get('load_cpu_share', 0):.0f} % | "
+          f"{r.get('lost', 'n/a')} / {r.get('errors', 'n/a')} | {verdict(r)} |")
+    w("")
+    best = []
+    for system in CAPACITY_SYSTEMS:
+        rs = [r for r in rows if r.get("system") == system]
+        if not rs:
+            continue
+        held = [r for r in rs if verdict(r) == "sustained"]
+        name = CAPACITY_NAMES[system]
+        if not held:
+            best.append(f"{name}: none of these loads")
+            continue
+        top = max(held, key=lambda r: r.get("tokens_delivered_per_s") or 0)
+        # The largest load held, and nothing larger was tried: the ceiling lies higher.
+        above = "at least " if top.get("subscribers") == max(r.get("subscribers", 0) for r in rs) else ""
+        best.append(f"{name}: {above}**{fmt(top.get('tokens_delivered_per_s'), 0)}/s** "
+                    f"({top.get('subscribers'):,} subscribers)")
+    w("Most deliveries per second sustained on one core: " + "; ".join(best) + ".")
+    driven = [r for r in rows if r.get("system") == "coworker" and verdict(r) != "bounded by the load tool"
+              and verdict(r) != "did not run"]
+    if driven:
+        top = max(driven, key=lambda r: r.get("tokens_delivered_per_s") or 0)
+        b = busy(top)
+        w(f"At the largest load the tool drove, {top.get('subscribers'):,} subscribers "
+          f"({fmt(top.get('tokens_delivered_per_s'), 0)} deliveries/s, {verdict(top)}), coworker used "
+          f"**{'n/a' if b is None else f'{b * 100:.0f} %'}** of its core.")
+    else:
+        w("The load tool was the bound at every coworker load here: coworker's own limit lies beyond them.")
+    w("")
 
 
 if __name__ == "__main__":

@@ -201,17 +201,40 @@ impl Watcher {
     }
 }
 
-/// A counting subscriber (`--verify K`: all subscribers past the first K): it keeps no state and reads of each
-/// frame only what carries tokens, with a typed, borrowing parse. It still checks every token's number per run,
-/// and that each diff starts where the last one ended; only the final comparison with a fresh snapshot is left to
-/// the full subscribers.
+/// A counting subscriber (`--verify K`: all subscribers past the first K): it keeps no state. It still checks
+/// every token's number per run, and that each diff starts where the last one ended; only the final comparison
+/// with a fresh snapshot is left to the full subscribers. What it reads is in [`TokenReader`].
 struct Counting {
     client: Client,
     sub: RawSubscription,
+    reader: TokenReader,
+}
+
+/// One diff in this many that the byte scanner read is also parsed in full and compared with the scan.
+const CHECK_EVERY: u64 = 64;
+
+/// Reads a counting subscriber's frames. A diff made only of token appends, nearly every frame while tokens
+/// stream, is read from its byte layout ([`scan_tokens`]), one diff in [`CHECK_EVERY`] of those also with a full
+/// parse that must agree; any other frame (the snapshot, a run's first token, a run entering or leaving, view
+/// ops, `output.done`) is read with a typed, borrowing serde parse.
+struct TokenReader {
     tally: Tally,
     /// The order check, which also knows each run's position in `output.tokens` (the tokens it has seen).
     seq: Sequencer,
     at: Option<u64>,
+    /// `false`: every frame goes through the full parse (the tests' reference).
+    scanning: bool,
+    /// The last scan (reused: no allocation per frame).
+    scan: Scan,
+    /// Diffs read by the scanner, checked ones included.
+    scanned: u64,
+    /// Whether a disagreement of scan and parse was already reported on stderr.
+    reported: bool,
+    /// The run ids of the last scanned diff, in op order, with their sequencer slots: the runs come in the same
+    /// order diff after diff, so an id is compared with the one at its place last time, not hashed and looked up.
+    recent: Vec<([u8; RUN_ID_LEN], usize)>,
+    /// Each op's slot in the diff being read.
+    slots: Vec<usize>,
 }
 
 #[derive(Deserialize)]
@@ -254,38 +277,212 @@ struct OutputLite<'a> {
     tokens: Option<Vec<Cow<'a, str>>>,
 }
 
-impl Counting {
-    async fn start(url: &str, space: &str, scenario: Scenario) -> Result<Counting, String> {
-        let client = connect(url).await?;
-        let sub = client.subscribe_raw(space, views(scenario)).await.map_err(|e| e.to_string())?;
-        let (tally, seq) = (Tally::default(), Sequencer::default());
-        Ok(Counting { client, sub, tally, seq, at: None })
+/// What [`scan_tokens`] read of a diff.
+#[derive(Default)]
+struct Scan {
+    base: u64,
+    seq: u64,
+    /// Per op: where its run id starts in the frame, and its tokens in `tokens`.
+    ops: Vec<(usize, std::ops::Range<usize>)>,
+    /// `(number, sent µs)` of every token, all ops' in a row.
+    tokens: Vec<(u64, u64)>,
+}
+
+/// The layout `coworker::protocol::diff` gives a diff, up to `sub`'s number.
+const DIFF_HEAD: &[u8] = br#"{"type":"diff","sub":"#;
+/// The layout `coworker::protocol::push_run_op` gives an append, up to the run id.
+const APPEND_HEAD: &[u8] = br#"{"op":"append","path":"/activeRuns/"#;
+/// What follows the run id in an append to `output.tokens`, up to the first item.
+const TOKENS_VALUE: &[u8] = br#"/output/tokens","value":["#;
+/// A run id on the wire: a hyphenated UUID.
+const RUN_ID_LEN: usize = 36;
+
+/// A cursor over a frame's bytes; each read is `None` when the bytes are not what it expects.
+struct Bytes<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl Bytes<'_> {
+    fn lit(&mut self, s: &[u8]) -> Option<()> {
+        let end = self.at + s.len();
+        (self.b.get(self.at..end)? == s).then(|| self.at = end)
     }
 
-    async fn step(&mut self, live: &Live, wait: Duration) -> bool {
-        let text = match tokio::time::timeout(wait, self.sub.next()).await {
-            Err(_) => return false,
-            Ok(Some(text)) => text,
-            Ok(None) => {
-                // Counting subscribers do not resume: a lost connection is an error.
-                self.tally.errors += 1;
-                Live::add(&live.errors, 1);
-                tokio::time::sleep(wait).await;
-                return false;
+    fn byte(&mut self, c: u8) -> Option<()> {
+        (self.b.get(self.at) == Some(&c)).then(|| self.at += 1)
+    }
+
+    /// Whether the next byte is `c`, taken if so.
+    fn eat(&mut self, c: u8) -> bool {
+        self.byte(c).is_some()
+    }
+
+    /// A decimal number: at least one digit, no overflow.
+    fn number(&mut self) -> Option<u64> {
+        let start = self.at;
+        let mut n: u64 = 0;
+        while let Some(d) = self.b.get(self.at).filter(|d| d.is_ascii_digit()) {
+            n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+            self.at += 1;
+        }
+        (self.at > start).then_some(n)
+    }
+
+    /// Where a run id starts (its bytes are checked when the reader meets an id it does not know).
+    fn run_id(&mut self) -> Option<usize> {
+        let start = self.at;
+        self.b.get(start..start + RUN_ID_LEN)?;
+        self.at += RUN_ID_LEN;
+        Some(start)
+    }
+}
+
+/// Reads a diff whose ops are all appends of tokens (`"<n>:<sent µs>"` strings) to runs' `output.tokens`, from
+/// its byte layout (`coworker::protocol::diff` around `push_run_op`s), into `out`. `None` for any other frame, or
+/// any byte that is not where that layout puts it (an escaped string, another op, another key order): the caller
+/// then parses the frame in full.
+fn scan_tokens(text: &str, out: &mut Scan) -> Option<()> {
+    out.ops.clear();
+    out.tokens.clear();
+    let mut r = Bytes { b: text.as_bytes(), at: 0 };
+    r.lit(DIFF_HEAD)?;
+    r.number()?;
+    r.lit(br#","seq":"#)?;
+    out.seq = r.number()?;
+    r.lit(br#","base":"#)?;
+    out.base = r.number()?;
+    r.lit(br#","ops":["#)?;
+    if !r.eat(b']') {
+        loop {
+            r.lit(APPEND_HEAD)?;
+            let id = r.run_id()?;
+            r.lit(TOKENS_VALUE)?;
+            let first = out.tokens.len();
+            if !r.eat(b']') {
+                loop {
+                    r.byte(b'"')?;
+                    let i = r.number()?;
+                    r.byte(b':')?;
+                    let sent = r.number()?;
+                    r.byte(b'"')?;
+                    out.tokens.push((i, sent));
+                    if r.eat(b']') {
+                        break;
+                    }
+                    r.byte(b',')?;
+                }
             }
-        };
-        self.tally.frames += 1;
-        Live::add(&live.frames, 1);
-        if self.read(&text, live).is_err() {
+            r.byte(b'}')?;
+            out.ops.push((id, first..out.tokens.len()));
+            if r.eat(b']') {
+                break;
+            }
+            r.byte(b',')?;
+        }
+    }
+    r.byte(b'}')?;
+    (r.at == r.b.len()).then_some(())
+}
+
+impl TokenReader {
+    fn new(scanning: bool) -> TokenReader {
+        TokenReader {
+            tally: Tally::default(),
+            seq: Sequencer::default(),
+            at: None,
+            scanning,
+            scan: Scan::default(),
+            scanned: 0,
+            reported: false,
+            recent: Vec::new(),
+            slots: Vec::new(),
+        }
+    }
+
+    /// Reads one frame; `Err` when it is not what the protocol sends.
+    fn read(&mut self, text: &str, live: &Live) -> Result<(), serde_json::Error> {
+        let now = now_us();
+        if !(self.scanning && scan_tokens(text, &mut self.scan).is_some()) {
+            return self.parse(text, now, live);
+        }
+        self.scanned += 1;
+        if self.scanned % CHECK_EVERY == 1 && !self.agrees(text)? {
+            // The scanner misread a frame: count it, say it once, and take the full parse's reading.
             self.tally.errors += 1;
-            Live::add(&live.errors, 1);
+            if !std::mem::replace(&mut self.reported, true) {
+                eprintln!("coworker-load: the token scanner disagrees with the full parse of a diff: {text}");
+            }
+            return self.parse(text, now, live);
+        }
+        if !self.resolve(text) {
+            return self.parse(text, now, live);
+        }
+        if Some(self.scan.base) != self.at {
+            self.tally.errors += 1; // a diff must start where the last frame ended
+        }
+        self.at = Some(self.scan.seq);
+        let (Scan { ops, tokens, .. }, before) = (&self.scan, self.tally.delivered);
+        for ((_, range), &slot) in ops.iter().zip(&self.slots) {
+            self.seq.see_numbered(slot, &tokens[range.clone()], now, &mut self.tally);
+        }
+        Live::add(&live.delivered, self.tally.delivered - before);
+        Ok(())
+    }
+
+    /// Finds the sequencer slot of each op of the last scan, into `slots`. `false` when a run id is not one.
+    fn resolve(&mut self, text: &str) -> bool {
+        self.slots.clear();
+        for (k, (at, _)) in self.scan.ops.iter().enumerate() {
+            let Ok(id) = <[u8; RUN_ID_LEN]>::try_from(&text.as_bytes()[*at..*at + RUN_ID_LEN]) else { return false };
+            match self.recent.get_mut(k) {
+                Some((known, slot)) if *known == id => self.slots.push(*slot),
+                place => {
+                    if !id.iter().all(|c| c.is_ascii_hexdigit() || *c == b'-') {
+                        return false;
+                    }
+                    // ASCII only, so a str.
+                    let slot = self.seq.slot(std::str::from_utf8(&id).expect("ASCII"));
+                    match place {
+                        Some(p) => *p = (id, slot),
+                        None => self.recent.push((id, slot)),
+                    }
+                    self.slots.push(slot);
+                }
+            }
         }
         true
     }
 
-    fn read(&mut self, text: &str, live: &Live) -> Result<(), serde_json::Error> {
+    /// Whether a full parse of `text` reads what the last scan read.
+    fn agrees(&self, text: &str) -> Result<bool, serde_json::Error> {
         let frame: FrameLite<'_> = serde_json::from_str(text)?;
-        let now = now_us();
+        let s = &self.scan;
+        if frame.ty != "diff"
+            || (frame.base, frame.seq) != (Some(s.base), Some(s.seq))
+            || frame.ops.len() != s.ops.len()
+        {
+            return Ok(false);
+        }
+        for (op, (id, range)) in frame.ops.iter().zip(&s.ops) {
+            let Some(id) = text.get(*id..*id + RUN_ID_LEN) else { return Ok(false) };
+            let path = format!("/activeRuns/{id}/output/tokens");
+            let Some(value) = op.value else { return Ok(false) };
+            let items: Vec<Cow<'_, str>> = serde_json::from_str(value.get())?;
+            let read: Vec<_> = items.iter().map(|t| crate::measure::token(Some(t))).collect();
+            if op.op != "append"
+                || op.path != path
+                || !read.iter().copied().eq(s.tokens[range.clone()].iter().map(|t| Some(*t)))
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reads one frame with a full (typed, borrowing) parse.
+    fn parse(&mut self, text: &str, now: u64, live: &Live) -> Result<(), serde_json::Error> {
+        let frame: FrameLite<'_> = serde_json::from_str(text)?;
         match frame.ty.as_ref() {
             "snapshot" => {
                 self.at = frame.seq;
@@ -338,10 +535,40 @@ impl Counting {
     fn feed(&mut self, id: &str, items: &[Cow<'_, str>], now: u64, live: &Live) {
         self.seq.see_tokens(id, items.iter().map(|t| Some(t.as_ref())), now, &mut self.tally, live);
     }
+}
+
+impl Counting {
+    async fn start(url: &str, space: &str, scenario: Scenario) -> Result<Counting, String> {
+        let client = connect(url).await?;
+        let sub = client.subscribe_raw(space, views(scenario)).await.map_err(|e| e.to_string())?;
+        Ok(Counting { client, sub, reader: TokenReader::new(true) })
+    }
+
+    async fn step(&mut self, live: &Live, wait: Duration) -> bool {
+        let tally = &mut self.reader.tally;
+        let text = match tokio::time::timeout(wait, self.sub.next()).await {
+            Err(_) => return false,
+            Ok(Some(text)) => text,
+            Ok(None) => {
+                // Counting subscribers do not resume: a lost connection is an error.
+                tally.errors += 1;
+                Live::add(&live.errors, 1);
+                tokio::time::sleep(wait).await;
+                return false;
+            }
+        };
+        tally.frames += 1;
+        Live::add(&live.frames, 1);
+        if self.reader.read(&text, live).is_err() {
+            self.reader.tally.errors += 1;
+            Live::add(&live.errors, 1);
+        }
+        true
+    }
 
     fn finish(mut self) -> Tally {
-        self.tally.bytes = self.client.received_bytes();
-        self.tally
+        self.reader.tally.bytes = self.client.received_bytes();
+        self.reader.tally
     }
 }
 
@@ -361,7 +588,7 @@ impl Subscriber {
     fn tally(&self) -> &Tally {
         match self {
             Subscriber::Full(w) => &w.tally,
-            Subscriber::Counting(c) => &c.tally,
+            Subscriber::Counting(c) => &c.reader.tally,
         }
     }
 }
@@ -683,4 +910,204 @@ async fn compare(
         fresh.unsubscribe().await.map_err(|e| e.to_string())?;
     }
     Err("the space never stood still long enough to compare the subscribers' states".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coworker::feed::journal::push_compacted;
+    use coworker::feed::render::{Cut, RunDelta};
+    use coworker::model::change::Change;
+    use coworker::model::context::{Class, RunId};
+    use coworker::model::patch;
+    use coworker::model::path::PathLimits;
+    use coworker::protocol::{self, ClientMsg, ParseLimits};
+    use coworker::space::views::{View, ViewSet, Views};
+    use serde_json::Map;
+
+    const LIMITS: ParseLimits = ParseLimits {
+        path: PathLimits { max_bytes: 1024, max_depth: 32 },
+        max_ops_per_patch: 100,
+        max_patches_per_frame: 100,
+        max_ops_per_frame: 1000,
+        max_json_depth: 32,
+    };
+    const SUB: u64 = 7;
+
+    struct Run {
+        id: RunId,
+        ctx: Map<String, Value>,
+        /// The tick's compacted changes, as the journal keeps them.
+        changes: Vec<Change>,
+        entering: bool,
+        next: u64,
+    }
+
+    /// A space of `interpret` runs on the server's own path: producer frames parsed by `protocol::parse`, applied
+    /// by `model::patch`, compacted by the journal, each tick rendered by `feed::render` for an `activeAI`
+    /// subscriber and framed by `protocol::diff`.
+    struct Space {
+        runs: Vec<Run>,
+        views: Views,
+        view_ops: Vec<coworker::space::views::ViewOp>,
+        seq: u64,
+        frames: Vec<String>,
+    }
+
+    const AI: Class = Class(Class::PRESENT | Class::LOADING | Class::AI);
+
+    impl Space {
+        fn new() -> Space {
+            let set = ViewSet::from_views([View::ActiveAi]);
+            let state = protocol::state(protocol::StateParts {
+                views: set,
+                current: None,
+                runs: std::iter::empty::<(RunId, String)>(),
+                loading: false,
+                dialogs: std::iter::empty(),
+                ai: std::iter::empty(),
+                pipelines: std::iter::empty::<(RunId, std::iter::Empty<RunId>)>(),
+            });
+            let snapshot = protocol::snapshot(&Some(json!(1)), SUB, 1, 0, &state, false);
+            Space { runs: Vec::new(), views: Views::default(), view_ops: Vec::new(), seq: 0, frames: vec![snapshot] }
+        }
+
+        fn start(&mut self) -> usize {
+            let id = uuid::Uuid::now_v7();
+            let mut ctx = Map::new();
+            for (k, v) in [("id", json!(id)), ("operation", json!("interpret")), ("status", json!("running"))] {
+                ctx.insert(k.into(), v);
+            }
+            ctx.insert("output".into(), Value::Null);
+            self.views.add(id, None, AI, &mut self.view_ops);
+            self.runs.push(Run { id, ctx, changes: Vec::new(), entering: true, next: 0 });
+            self.runs.len() - 1
+        }
+
+        /// One producer frame, as `stream_tokens` writes it.
+        fn patch(&mut self, run: usize, frame: String) {
+            let Ok(ClientMsg::Patch { ops, .. }) = protocol::parse(&frame, &LIMITS) else { panic!("{frame}") };
+            let r = &mut self.runs[run];
+            for c in patch::apply(&mut r.ctx, ops).unwrap().changes {
+                push_compacted(&mut r.changes, c);
+            }
+        }
+
+        fn token(&mut self, run: usize) {
+            let (id, i) = (self.runs[run].id, self.runs[run].next);
+            self.runs[run].next += 1;
+            let now = now_us();
+            self.patch(
+                run,
+                format!(
+                    r#"{{"type":"patch","run":"{id}","ops":[{{"op":"append","path":"output.tokens","value":"{i}:{now}"}}]}}"#
+                ),
+            );
+        }
+
+        fn tick(&mut self) {
+            let runs = self
+                .runs
+                .iter_mut()
+                .filter(|r| r.entering || !r.changes.is_empty())
+                .map(|r| RunDelta {
+                    id: r.id,
+                    before: if r.entering { Class::ABSENT } else { AI },
+                    after: AI,
+                    full: std::mem::take(&mut r.entering).then(|| serde_json::to_string(&r.ctx).unwrap()),
+                    changes: std::mem::take(&mut r.changes),
+                })
+                .collect();
+            let views = std::mem::take(&mut self.view_ops);
+            let cut = Cut { seq: self.seq + 1, runs, views, loading: None, current: None, events: Vec::new() };
+            let set = ViewSet::from_views([View::ActiveAi]);
+            if let Some(chunk) = cut.render(&[set], false).diffs.remove(0).1 {
+                self.frames.push(protocol::diff(SUB, self.seq, self.seq + 1, &[chunk]));
+                self.seq += 1;
+            }
+        }
+    }
+
+    /// (delivered, lost, out of order, errors, latencies recorded)
+    fn counts(r: &TokenReader) -> (u64, u64, u64, u64, u64) {
+        let t = &r.tally;
+        (t.delivered, t.lost, t.out_of_order, t.errors, t.latency.len())
+    }
+
+    #[test]
+    fn the_token_scanner_counts_what_a_full_parse_counts() {
+        let mut space = Space::new();
+        let (a, b) = (space.start(), space.start());
+        space.tick();
+        let mut produced = 0;
+        for tick in 0..200u64 {
+            if tick == 50 {
+                space.start(); // a run entering among appends: its `add` and the view op go to the full parse
+            }
+            for run in 0..space.runs.len() {
+                // Zero to three tokens per run per tick.
+                for _ in 0..(tick + run as u64) % 4 {
+                    space.token(run);
+                    produced += 1;
+                }
+            }
+            if tick == 80 {
+                space.runs[b].next += 1; // a token that never comes: one lost
+            }
+            if tick == 120 {
+                // An item not in the token format, escaped on the wire: an error either way.
+                let id = space.runs[a].id;
+                space.patch(a, format!(r#"{{"type":"patch","run":"{id}","ops":[{{"op":"append","path":"output.tokens","value":"a\"b"}}]}}"#));
+            }
+            space.tick();
+        }
+        for run in 0..space.runs.len() {
+            let id = space.runs[run].id;
+            space.patch(
+                run,
+                format!(r#"{{"type":"patch","run":"{id}","ops":[{{"op":"set","path":"output.done","value":true}}]}}"#),
+            );
+        }
+        space.tick();
+
+        let live = Live::default();
+        let (mut scanning, mut parsing) = (TokenReader::new(true), TokenReader::new(false));
+        for frame in &space.frames {
+            scanning.read(frame, &live).unwrap();
+            parsing.read(frame, &live).unwrap();
+        }
+        assert_eq!(counts(&scanning), counts(&parsing));
+        assert_eq!(counts(&parsing), (produced, 1, 0, 1, produced), "one lost, one unreadable");
+        // The diffs made only of token appends are most of them, and the scanner read every one: a change of the
+        // wire layout that the scanner does not follow fails here.
+        let appends_only = |f: &&String| {
+            let ops = f.matches(r#"{"op":""#).count();
+            f.starts_with(r#"{"type":"diff""#)
+                && f.matches(r#"{"op":"append","path":"/activeRuns/"#).count() == ops
+                && f.matches(r#"/output/tokens","value":["#).count() == ops
+                && !f.contains('\\')
+        };
+        let appends_only = space.frames.iter().filter(appends_only).count() as u64;
+        assert!(appends_only > 150, "{appends_only} of {} frames", space.frames.len());
+        assert_eq!(scanning.scanned, appends_only);
+        assert!(!scanning.reported, "the sampled full parses agreed with the scans");
+    }
+
+    #[test]
+    fn the_scanner_leaves_other_frames_to_the_full_parse() {
+        let mut scan = Scan::default();
+        let id = "0190f5c2-0000-7000-8000-000000000001";
+        let op = |value: &str| format!(r#"{{"op":"append","path":"/activeRuns/{id}/output/tokens","value":{value}}}"#);
+        let ok = protocol::diff(3, 4, 5, &[op(r#"["1:2","3:4"]"#), op(r#"["5:6"]"#)]);
+        assert!(scan_tokens(&ok, &mut scan).is_some());
+        assert_eq!((scan.base, scan.seq, scan.tokens.len(), scan.ops.len()), (4, 5, 3, 2));
+        for value in
+            [r#"["1:2",3]"#, r#"["1:\u0032"]"#, r#"["1:2"],"x":1"#, r#"["1:99999999999999999999"]"#, r#"[" 1:2"]"#]
+        {
+            assert!(scan_tokens(&protocol::diff(3, 4, 5, &[op(value)]), &mut scan).is_none(), "{value}");
+        }
+        let other = format!(r#"{{"op":"replace","path":"/activeRuns/{id}/output/tokens","value":["1:2"]}}"#);
+        assert!(scan_tokens(&protocol::diff(3, 4, 5, &[op(r#"["1:2"]"#), other]), &mut scan).is_none());
+        assert!(scan_tokens(&format!("{ok} "), &mut scan).is_none());
+    }
 }
