@@ -155,10 +155,10 @@ def main(results_path, doc_path):
         w("| runs x tokens/s x subscribers | delivered/s | server CPU per delivered token | server CPU busy | p99 | load tool CPU | lost / errors | within target |")
         w("|---|---|---|---|---|---|---|---|")
         for r in ceiling:
-            busy = (r.get("server_cpu_us") or 0) / (r.get("duration_s", 1) * 1e6) * 100
+            share = 100 * (busy(r) or 0)
             within = r.get("ok") and (p99(r) or 1e9) <= TICK_MS + 10
             w(f"| {r['runs']} x {r['rate']} x {r['subscribers']} | {fmt(r.get('tokens_delivered_per_s'), 0)} | "
-              f"{fmt(cpu_delivered(r), 3)} µs | {busy:.0f} % | {fmt(p99(r), 1)} ms | "
+              f"{fmt(cpu_delivered(r), 3)} µs | {share:.0f} % | {fmt(p99(r), 1)} ms | "
               f"{100 * r.get('load_cpu_share', 0):.0f} % | {r.get('lost')} / {r.get('errors')} | "
               f"{'yes' if within else 'no'} |")
         w("")
@@ -254,8 +254,8 @@ def main(results_path, doc_path):
 # order or in error; else "saturated" when the server used >= LOAD_BOUND of its core; else "bounded by the load
 # tool" when the tool used >= LOAD_BOUND of its core or produced less than PRODUCED_BOUND of what was asked (it
 # could not keep its own pace, so the figures measure it, not the server); else "saturated".
-# Both CPU shares are CPU time over the whole window (streaming, then the subscribers catching up) per second of
-# streaming: above 100 % means a backlog was still being delivered after the producers stopped.
+# Both CPU shares are CPU time over the measuring window (streaming, then the subscribers catching up) per second
+# of that window (`window_s`).
 LOAD_BOUND = 0.90
 PRODUCED_BOUND = 0.90
 CAPACITY_SYSTEMS = ["coworker", "naive", "socketio", "nats"]
@@ -277,7 +277,9 @@ def verdict(r):
 
 
 def busy(r):
-    """The share of its one core the server used over the streaming window."""
+    """The share of its one core the server used over the measuring window."""
+    if r.get("server_cpu_share") is not None:
+        return r["server_cpu_share"]
     cpu = r.get("server_cpu_us")
     return None if cpu is None else cpu / (r.get("duration_s") or 1) / 1e6
 
@@ -299,8 +301,7 @@ def capacity(rows, w):
       f"sustained, the server below {LOAD_BOUND * 100:.0f} %, and the tool used {LOAD_BOUND * 100:.0f} % or more of its "
       f"core or produced less than {PRODUCED_BOUND * 100:.0f} % of the tokens asked (the figures then measure the tool, "
       "not the server). Both CPU shares are CPU time from the start of streaming until the subscribers had every "
-      "token, per second of streaming: above 100 % means a backlog was still being delivered after the producers "
-      "stopped.")
+      "token, per second of that window.")
     w("")
     w("| system | subscribers | delivered/s | server CPU | server CPU per delivered token | p99 | load tool CPU | lost / errors | verdict |")
     w("|---|---|---|---|---|---|---|---|---|")

@@ -161,11 +161,19 @@ pub struct EngineConfig {
     pub tick: Duration,
     /// How long a failed run stays visible in `activeRuns`.
     pub linger: Duration,
+    /// Read a connection that keeps sending answerless writes once per tick instead of as its messages arrive
+    /// (`net::pace`). Off by default: BENCHMARKS.md, "Paced producers", has what it saves and what it costs.
+    pub pace_producers: bool,
     pub limits: Limits,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { tick: Duration::from_millis(16), linger: Duration::from_millis(3000), limits: Limits::default() }
+        EngineConfig {
+            tick: Duration::from_millis(16),
+            linger: Duration::from_millis(3000),
+            pace_producers: false,
+            limits: Limits::default(),
+        }
     }
 }

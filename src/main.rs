@@ -28,6 +28,11 @@ struct Args {
     #[arg(long, env = "COWORKER_TICK_MS", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     tick_ms: u64,
 
+    /// Read a connection that keeps sending answerless writes (patch or patches without an id) once per tick,
+    /// just before the flush, instead of as each message arrives: fewer wakeups, a longer latency tail.
+    #[arg(long, env = "COWORKER_PACE_PRODUCERS")]
+    pace_producers: bool,
+
     /// How long a failed run stays visible in activeRuns, in milliseconds.
     #[arg(long, env = "COWORKER_LINGER_MS", default_value_t = 3000)]
     linger_ms: u64,
@@ -150,6 +155,7 @@ async fn main() -> ExitCode {
         engine: EngineConfig {
             tick: Duration::from_millis(args.tick_ms),
             linger: Duration::from_millis(args.linger_ms),
+            pace_producers: args.pace_producers,
             limits: Limits {
                 max_message_bytes: args.max_message_bytes,
                 max_run_bytes: args.max_run_bytes,

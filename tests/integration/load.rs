@@ -53,6 +53,42 @@ fn keystrokes_fanout_and_pipelines_lose_nothing() {
     }
 }
 
+#[test]
+fn batched_producers_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Process::start(&["--data-dir", dir.path().to_str().unwrap()]);
+    for (scenario, runs) in [("ai", "40"), ("fanout", "3")] {
+        let s = load(&[
+            "--url",
+            &server.url,
+            "--scenario",
+            scenario,
+            "--runs",
+            runs,
+            "--rate",
+            "50",
+            "--subscribers",
+            "4",
+            "--verify",
+            "2",
+            "--duration",
+            "1.5",
+            "--batch",
+        ]);
+        assert_eq!(s["ok"], true, "{s}");
+        assert_eq!(s["batch_ms"], 16, "{s}");
+        assert_eq!((s["state_mismatches"].as_u64(), s["errors"].as_u64()), (Some(0), Some(0)), "{s}");
+        let produced = s["tokens_produced"].as_u64().unwrap();
+        assert!(produced > 0, "{s}");
+        assert_eq!(s["tokens_delivered"].as_u64(), Some(produced * 4), "{scenario}: {s}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coworker-load"))
+        .args(["--url", &server.url, "--scenario", "keys", "--batch"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
 /// The benchmark's naive baseline (examples/naive_broadcast.rs), compiled into this test binary: cargo builds
 /// examples as test harnesses under `--all-targets`, so there is no runnable example binary to start.
 #[path = "../../examples/naive_broadcast.rs"]

@@ -1,7 +1,8 @@
 //! Tick-paced reading of producing connections: a connection that keeps sending answerless writes is read once
 //! per tick, just before the spaces flush, so its writes reach subscribers in the same flush as when read at once,
 //! and a request it sends is handled before that flush, not a tick later. Under tokio's paused clock with a long
-//! tick, so that what happens between two boundaries is deterministic.
+//! tick, so that what happens between two boundaries is deterministic. Pacing is on only with `pace_producers`
+//! (`--pace-producers`); the rest of the suite runs without it.
 
 use crate::support::*;
 use coworker::config::EngineConfig;
@@ -29,7 +30,8 @@ async fn next_diff(c: &mut Raw) -> String {
 async fn a_paced_producer_is_read_before_each_flush_and_its_requests_are_not_delayed_past_it() {
     let _hb = heartbeat();
     let tick = Duration::from_secs(1);
-    let server = start_with(EngineConfig { tick, ..EngineConfig::default() }, Hooks::default()).await;
+    let server =
+        start_with(EngineConfig { tick, pace_producers: true, ..EngineConfig::default() }, Hooks::default()).await;
     // With Nagle's algorithm off, as browsers, the `ws` package and this crate's client send: with it on, a
     // message that follows an unacknowledged one waits in the client for the server's delayed acknowledgement.
     let (ws, _) = tokio_tungstenite::connect_async_with_config(server.url(), None, true).await.unwrap();

@@ -4,7 +4,7 @@
 
 use crate::measure::{Live, Rng, Sequencer, Tally, now_us};
 use crate::{Args, Outcome, Scenario, Window};
-use coworker::client::{Client, RawSubscription, Subscription, Update};
+use coworker::client::{Client, RawSubscription, Subscription, Update, Writer};
 use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -597,17 +597,24 @@ impl Subscriber {
 struct Producer {
     client: Client,
     errors: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    /// `--batch`: the coalescing writer the tokens go through.
+    writer: Option<Writer>,
+    /// The round trip of the first request after streaming (µs; 0 before it): what a request on a connection
+    /// the server reads once per tick waits.
+    request_us: std::sync::atomic::AtomicU64,
 }
 
 impl Producer {
-    async fn connect(url: &str) -> Result<Producer, String> {
+    async fn connect(url: &str, batch: Option<u64>) -> Result<Producer, String> {
         let client = connect(url).await?;
         let errors = client.unsolicited_errors();
-        Ok(Producer { client, errors })
+        let writer = batch.map(|ms| client.writer(Duration::from_millis(ms)));
+        Ok(Producer { client, errors, writer, request_us: Default::default() })
     }
 
     fn errors(&mut self) -> u64 {
-        std::iter::from_fn(|| self.errors.try_recv().ok()).count() as u64
+        let refused = self.writer.as_ref().map_or(0, Writer::refused);
+        std::iter::from_fn(|| self.errors.try_recv().ok()).count() as u64 + refused
     }
 }
 
@@ -623,6 +630,18 @@ async fn stream_tokens(p: &Producer, runs: &[String], rate: u64, until: Instant,
     while Instant::now() < until {
         tick.tick().await;
         let now = now_us();
+        if let Some(writer) = &p.writer {
+            // Not awaited one by one: refusals are counted by the writer.
+            for id in runs {
+                drop(
+                    writer
+                        .patch(id, &json!([{"op": "append", "path": "output.tokens", "value": format!("{i}:{now}")}])),
+                );
+            }
+            Live::add(&live.produced, runs.len() as u64);
+            i += 1;
+            continue;
+        }
         let frames: Vec<String> = runs
             .iter()
             .map(|id| {
@@ -635,11 +654,18 @@ async fn stream_tokens(p: &Producer, runs: &[String], rate: u64, until: Instant,
         Live::add(&live.produced, runs.len() as u64);
         i += 1;
     }
-    for id in runs {
+    if let Some(writer) = &p.writer {
+        writer.flush().await.map_err(|e| format!("producer: {e}"))?;
+    }
+    for (n, id) in runs.iter().enumerate() {
+        let asked = Instant::now();
         p.client
             .patch(id, json!([{"op": "set", "path": "output.done", "value": true}]))
             .await
             .map_err(|e| e.to_string())?;
+        if n == 0 {
+            p.request_us.store(asked.elapsed().as_micros().max(1) as u64, std::sync::atomic::Ordering::Relaxed);
+        }
     }
     Ok(())
 }
@@ -780,7 +806,7 @@ pub async fn run(args: &Args, live: Arc<Live>) -> Result<Outcome, String> {
     };
     let mut producers = Vec::new();
     for _ in 0..conns {
-        producers.push(Producer::connect(args.producer_url()).await?);
+        producers.push(Producer::connect(args.producer_url(), args.batch).await?);
     }
     // The live runs, spread over the producer connections (none up front for `pipeline`).
     let mut owned: Vec<Vec<String>> = vec![Vec::new(); conns as usize];
@@ -842,9 +868,10 @@ pub async fn run(args: &Args, live: Arc<Live>) -> Result<Outcome, String> {
         })
         .collect();
     crate::progress(args, &live, started, until).await;
-    let (mut producer_errors, mut finished) = (0, Vec::new());
+    let (mut producer_errors, mut finished, mut request_us) = (0, Vec::new(), Vec::new());
     for p in producing {
         let (p, runs, errors) = p.await.map_err(|e| e.to_string())??;
+        request_us.extend(Some(p.request_us.load(std::sync::atomic::Ordering::Relaxed)).filter(|us| *us > 0));
         producer_errors += errors;
         finished.push((p, runs));
     }
@@ -859,7 +886,7 @@ pub async fn run(args: &Args, live: Arc<Live>) -> Result<Outcome, String> {
         }
     }
     // Closed once the subscribers have it all, as for the peers: the CPU of delivering the tail counts.
-    let (usage, load_cpu_us) = window.close();
+    let usage = window.close();
     let mismatches = compare(&control, &space, args.scenario, &mut watchers, &live).await?;
     // Leave the server as found: complete the runs this load started (their records go to the audit trail).
     let completing = finished.iter().flat_map(|(p, runs)| runs.iter().map(move |r| p.client.complete(r, None)));
@@ -876,13 +903,13 @@ pub async fn run(args: &Args, live: Arc<Live>) -> Result<Outcome, String> {
     }
     tally.errors += producer_errors;
     Ok(Outcome {
+        request_us,
         produced: Live::get(&live.produced),
         tally,
         mismatches,
         every_item_expected,
         streaming_s,
         usage,
-        load_cpu_us,
     })
 }
 

@@ -93,6 +93,10 @@ pub struct Args {
     /// repeated) are summed: a cluster's nodes and its broker.
     #[arg(long, value_delimiter = ',')]
     server_pid: Vec<u32>,
+    /// `ai` and `fanout` producers write through the client's coalescing writer: one `patches` frame per MS
+    /// milliseconds (default 16) for all the runs of a connection, instead of one `patch` frame per token.
+    #[arg(long, value_name = "MS", num_args = 0..=1, default_missing_value = "16")]
+    batch: Option<u64>,
 }
 
 impl Args {
@@ -124,17 +128,27 @@ pub struct Outcome {
     /// the views and may take their last step with them within one tick).
     pub every_item_expected: bool,
     pub streaming_s: f64,
-    /// The server's CPU µs used while streaming, and its RSS at the end.
-    pub usage: Option<(u64, u64)>,
-    /// This process's own CPU µs over the same window (to show whether the load tool was the bottleneck).
-    pub load_cpu_us: u64,
+    /// The server's CPU µs and RSS, this process's own CPU µs (to show whether the load tool was the
+    /// bottleneck), over the measuring window.
+    pub usage: Usage,
+    /// `ai`/`fanout` on coworker: each producer connection's first request after streaming, its round trip (µs).
+    pub request_us: Vec<u64>,
 }
 
-/// The server's (and this process's) CPU time over the streaming window.
+/// The server's (and this process's) CPU time over the measuring window: from the start of streaming until the
+/// subscribers had everything.
 pub struct Window {
     pids: Vec<u32>,
     before: Option<(u64, u64)>,
     load_before: u64,
+    opened: Instant,
+}
+
+/// CPU time over a window: the server's µs and RSS (with `--server-pid`), this process's µs, the window's seconds.
+pub struct Usage {
+    pub server: Option<(u64, u64)>,
+    pub load_cpu_us: u64,
+    pub window_s: f64,
 }
 
 /// CPU µs and RSS summed over `pids` (`None` without any, or when one is gone).
@@ -148,13 +162,17 @@ fn usage(pids: &[u32]) -> Option<(u64, u64)> {
 impl Window {
     pub fn open(pids: &[u32]) -> Window {
         let load_before = measure::server_usage(std::process::id()).map_or(0, |(cpu, _)| cpu);
-        Window { pids: pids.to_vec(), before: usage(pids), load_before }
+        Window { pids: pids.to_vec(), before: usage(pids), load_before, opened: Instant::now() }
     }
     /// The server's CPU µs and RSS, and this process's CPU µs, since `open`.
-    pub fn close(self) -> (Option<(u64, u64)>, u64) {
+    pub fn close(self) -> Usage {
         let load = measure::server_usage(std::process::id()).map_or(0, |(cpu, _)| cpu.saturating_sub(self.load_before));
         let server = self.before.zip(usage(&self.pids));
-        (server.map(|((cpu0, _), (cpu1, rss))| (cpu1.saturating_sub(cpu0), rss)), load)
+        Usage {
+            server: server.map(|((cpu0, _), (cpu1, rss))| (cpu1.saturating_sub(cpu0), rss)),
+            load_cpu_us: load,
+            window_s: self.opened.elapsed().as_secs_f64(),
+        }
     }
 }
 
@@ -183,6 +201,11 @@ pub async fn progress(args: &Args, live: &Live, started: Instant, until: Instant
 async fn run(args: Args) -> Result<bool, String> {
     if args.verify.is_some() && !matches!(args.scenario, Scenario::Ai | Scenario::Fanout) {
         return Err("--verify applies to --scenario ai and fanout only".into());
+    }
+    if args.batch.is_some()
+        && !matches!((args.target, args.scenario), (Target::Coworker, Scenario::Ai | Scenario::Fanout))
+    {
+        return Err("--batch applies to --target coworker with --scenario ai and fanout only".into());
     }
     if args.target != Target::Coworker && args.scenario != Scenario::Ai {
         return Err(format!("--target {:?} runs only --scenario ai", args.target).to_lowercase());
@@ -216,7 +239,8 @@ fn summarize(args: &Args, o: &Outcome) -> Value {
     let missing = if o.every_item_expected { (o.produced * args.subscribers).saturating_sub(t.delivered) } else { 0 };
     let lost = t.lost + missing;
     let ok = lost == 0 && t.out_of_order == 0 && t.errors == 0 && o.mismatches == 0;
-    let cpu_us = o.usage.map(|(cpu, _)| cpu);
+    let cpu_us = o.usage.server.map(|(cpu, _)| cpu);
+    let window = o.usage.window_s.max(1e-3);
     let ms = |q: f64| t.latency.value_at_quantile(q) as f64 / 1000.0;
     json!({
         "target": format!("{:?}", args.target).to_lowercase(),
@@ -244,11 +268,26 @@ fn summarize(args: &Args, o: &Outcome) -> Value {
         "server_cpu_us": cpu_us,
         "server_cpu_us_per_delivered_token": cpu_us.filter(|_| t.delivered > 0).map(|c| c as f64 / t.delivered as f64),
         "server_cpu_us_per_produced_token": cpu_us.filter(|_| o.produced > 0).map(|c| c as f64 / o.produced as f64),
-        "server_rss_bytes": o.usage.map(|(_, rss)| rss),
-        "load_cpu_us": o.load_cpu_us,
-        "load_cpu_share": o.load_cpu_us as f64 / (s * 1e6),
+        "server_rss_bytes": o.usage.server.map(|(_, rss)| rss),
+        "server_cpu_share": cpu_us.map(|c| c as f64 / (window * 1e6)),
+        "load_cpu_us": o.usage.load_cpu_us,
+        "load_cpu_share": o.usage.load_cpu_us as f64 / (window * 1e6),
+        "window_s": window,
+        "batch_ms": args.batch,
+        "request_ms": request_ms(&o.request_us),
         "ok": ok,
     })
+}
+
+/// `{"n","p50","max"}` of round trips in µs, as ms (null without any).
+fn request_ms(us: &[u64]) -> Value {
+    let mut sorted = us.to_vec();
+    sorted.sort_unstable();
+    let ms = |v: u64| v as f64 / 1000.0;
+    match (sorted.get(sorted.len() / 2), sorted.last()) {
+        (Some(p50), Some(max)) => json!({"n": sorted.len(), "p50": ms(*p50), "max": ms(*max)}),
+        _ => Value::Null,
+    }
 }
 
 fn print_table(s: &Value) {

@@ -283,6 +283,14 @@ pub async fn run(target: Target, args: &Args, live: Arc<Live>) -> Result<Outcome
     for w in watching {
         tally.merge(&w.await.map_err(|e| e.to_string())?);
     }
-    let (usage, load_cpu_us) = window.close();
-    Ok(Outcome { produced, tally, mismatches: 0, every_item_expected: true, streaming_s, usage, load_cpu_us })
+    let usage = window.close();
+    Ok(Outcome {
+        request_us: Vec::new(),
+        produced,
+        tally,
+        mismatches: 0,
+        every_item_expected: true,
+        streaming_s,
+        usage,
+    })
 }

@@ -136,6 +136,8 @@ async fn serve_connection(
 ) {
     let limits: Limits = engine.config().limits.clone();
     let tick = engine.config().tick;
+    // Pacing, when the server does it, needs a socket that can be paced.
+    let pace = pace.filter(|_| engine.config().pace_producers);
     let (sink, mut stream) = socket.split();
     let outbox = Outbox::new(limits.max_connection_pending_bytes, limits.max_reply_bytes);
     let (tx, rx) = mpsc::channel(limits.reply_queue);
