@@ -7,7 +7,8 @@
 # The side-by-side and the ingress loads are also run against the naive broadcast with no subscribers: the floor,
 # what reading the producers' messages costs on this machine, which any server pays before it sends anything.
 #
-# Last, the capacity of one core: every system at 100 runs x 100 tokens/s to 10 ... 500 subscribers, once each.
+# Then the capacity of one core: every system at 100 runs x 100 tokens/s to 10 ... 500 subscribers, once each;
+# and paced (--pace-producers) and batched (--batch) producers against the usual ones.
 #
 # Method: each server is pinned to core 0 and the load tool to core 1 (taskset); every server is started fresh
 # for every measurement; the side-by-side configuration runs REPS times, alternating the systems, and the report
@@ -16,7 +17,7 @@
 # Usage: ./scripts/bench.sh            (about 15 minutes)
 #        REPS=1 DURATION=4 ./scripts/bench.sh   (a quick look)
 #        ONLY=capacity ./scripts/bench.sh       (one section: side-by-side, keys, ingress, ceiling, syscalls, idle,
-#                                                grid, instructions or capacity; raw results in target/bench/$ONLY.jsonl,
+#                                                grid, instructions, capacity or pacing; raw results in target/bench/$ONLY.jsonl,
 #                                                its tables printed, BENCHMARKS.md left alone)
 # Needs: Linux with 2+ cores, taskset, strace; installs nats-server and valgrind (apt-get) and socket.io (npm) when
 # missing.
@@ -26,7 +27,7 @@ REPS=${REPS:-3}
 DURATION=${DURATION:-10}
 OUT=target/bench
 ONLY=${ONLY:-}
-SECTIONS="side-by-side keys ingress ceiling syscalls idle grid instructions capacity"
+SECTIONS="side-by-side keys ingress ceiling syscalls idle grid instructions capacity pacing"
 if [ -n "$ONLY" ] && ! [[ " $SECTIONS " == *" $ONLY "* ]]; then
   echo "bench: ONLY must be one of: $SECTIONS" >&2
   exit 2
@@ -65,6 +66,11 @@ start_server() {
       rm -rf "$TMP/data"
       taskset -c 0 target/release/coworker --listen 127.0.0.1:18080 --data-dir "$TMP/data" >"$TMP/server.log" 2>&1 &
       SERVER_PID=$!; URL=ws://127.0.0.1:18080/ws; wait_port 18080 ;;
+    coworker-paced)
+      rm -rf "$TMP/data"
+      taskset -c 0 target/release/coworker --listen 127.0.0.1:18080 --data-dir "$TMP/data" --pace-producers \
+        >"$TMP/server.log" 2>&1 &
+      SERVER_PID=$!; URL=ws://127.0.0.1:18080/ws; wait_port 18080 ;;
     naive)
       taskset -c 0 target/release/examples/naive_broadcast 127.0.0.1:18081 >"$TMP/server.log" 2>&1 &
       SERVER_PID=$!; URL=ws://127.0.0.1:18081; wait_port 18081 ;;
@@ -94,7 +100,7 @@ measure() {
   start_server "$system"
   echo "bench: $label ($system): $*" >&2
   local json
-  if json=$(taskset -c 1 "$LOAD" --target "$system" --url "$URL" --server-pid "$SERVER_PID" --json "$@"); then :; fi
+  if json=$(taskset -c 1 "$LOAD" --target "${system%-paced}" --url "$URL" --server-pid "$SERVER_PID" --json "$@"); then :; fi
   stop_server
   if [ -z "$json" ]; then json='{"ok":false,"failed_to_run":true}'; fi
   python3 -c 'import json,sys; d=json.loads(sys.argv[3]); d["label"]=sys.argv[1]; d["system"]=sys.argv[2]; print(json.dumps(d))' \
@@ -213,6 +219,19 @@ if want capacity; then
       measure capacity "$system" --scenario ai --runs 100 --rate 100 --subscribers "$subs" ${verify[@]+"${verify[@]}"} \
         --duration "$DURATION"
     done
+  done
+fi
+
+# 10. Paced and batched producers: the same load with the server reading producers once per tick
+#     (--pace-producers) and without, alternating; ingress at 1,000 runs with paced one-message-per-token producers
+#     and with batched ones (--batch: one `patches` frame per producer connection per 16 ms).
+if want pacing; then
+  for rep in $(seq 1 "$REPS"); do
+    measure pacing-off coworker --scenario ai --runs 100 --rate 100 --subscribers 10 --duration "$DURATION"
+    measure pacing-on coworker-paced --scenario ai --runs 100 --rate 100 --subscribers 10 --duration "$DURATION"
+    measure ingress-paced coworker-paced --scenario ai --runs 1000 --rate 100 --subscribers 0 --duration "$DURATION"
+    measure ingress-batch coworker --scenario ai --runs 1000 --rate 100 --subscribers 0 --batch --duration "$DURATION"
+    measure ingress-unpaced coworker --scenario ai --runs 1000 --rate 100 --subscribers 0 --duration "$DURATION"
   done
 fi
 

@@ -234,6 +234,7 @@ def main(results_path, doc_path):
           "machine.")
         w("")
     capacity(by("capacity"), w)
+    pacing(by, w)
     w(END)
 
     block = "\n".join(out)
@@ -340,6 +341,38 @@ def capacity(rows, w):
         w("The load tool was the bound at every coworker load here: coworker's own limit lies beyond them.")
     w("")
 
+
+
+
+def pacing(by, w):
+    off, on = by("pacing-off"), by("pacing-on")
+    paced, batch, unpaced = by("ingress-paced"), by("ingress-batch"), by("ingress-unpaced")
+    if not (off or on or paced or batch):
+        return
+    req = lambda key: (lambda r: (r.get("request_ms") or {}).get(key))
+    w("### 10. Paced and batched producers (`--pace-producers`, `coworker-load --batch`)")
+    w("")
+    w("The same load with the server reading each producer connection as its messages arrive (the default) and once")
+    w("per tick (`--pace-producers`), alternating; medians (all values in brackets). \"First request\" is each")
+    w("producer connection's first request after streaming, the one that ends its pacing: its round trip, median")
+    w("and worst over the 32 connections.")
+    w("")
+    w("| 100 runs x 100 tokens/s x 10 subscribers | server CPU per delivered token | p99 | p999 | first request p50 / max |")
+    w("|---|---|---|---|---|")
+    for name, rows in (("read on arrival", off), ("paced", on)):
+        if rows:
+            p999 = lambda r: (r.get("latency_ms") or {}).get("p999")
+            w(f"| {name} | {fmt(med(rows, cpu_delivered), 2)} µs [{each(rows, cpu_delivered)}] | "
+              f"{fmt(med(rows, p99), 1)} ms [{each(rows, p99, 1)}] | {fmt(med(rows, p999), 1)} ms | "
+              f"{fmt(med(rows, req('p50')), 1)} / {fmt(med(rows, req('max')), 1)} ms |")
+    w("")
+    w("| 1,000 runs x 100 tokens/s, no subscribers | server CPU per produced token |")
+    w("|---|---|")
+    for name, rows in (("one message per token, read on arrival", unpaced), ("one message per token, paced", paced),
+                       ("`--batch` (one `patches` frame per connection per 16 ms)", batch)):
+        if rows:
+            w(f"| {name} | {fmt(med(rows, per_produced), 2)} µs [{each(rows, per_produced)}] |")
+    w("")
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
