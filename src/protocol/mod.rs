@@ -373,20 +373,10 @@ fn decode(env: Envelope<'_>, id: ReqId, limits: &ParseLimits) -> Result<ClientMs
             if raw.is_empty() {
                 return Err(bad("`patches` is empty"));
             }
-            if raw.len() > limits.max_patches_per_frame {
-                return Err(Error::new(
-                    ErrorCode::LimitExceeded,
-                    format!("more than {} elements in one patches frame", limits.max_patches_per_frame),
-                ));
-            }
+            at_most(raw.len(), limits.max_patches_per_frame, "elements in one patches frame")?;
             let mut total_ops = 0usize;
             let elements: Vec<Element> = raw.into_iter().map(|r| element(r, limits, &mut total_ops)).collect();
-            if total_ops > limits.max_ops_per_frame {
-                return Err(Error::new(
-                    ErrorCode::LimitExceeded,
-                    format!("more than {} ops in one patches frame", limits.max_ops_per_frame),
-                ));
-            }
+            at_most(total_ops, limits.max_ops_per_frame, "ops in one patches frame")?;
             ClientMsg::Patches { id, elements }
         }
         "complete" => ClientMsg::Complete { id, run: run_id(&env, ty)?, output: env.output },
@@ -437,13 +427,16 @@ fn patch_ops(wire_ops: Vec<WireOp<'_>>, limits: &ParseLimits) -> Result<Vec<Patc
     if wire_ops.is_empty() {
         return Err(bad("`ops` is empty"));
     }
-    if wire_ops.len() > limits.max_ops_per_patch {
-        return Err(Error::new(
-            ErrorCode::LimitExceeded,
-            format!("more than {} ops in one patch", limits.max_ops_per_patch),
-        ));
-    }
+    at_most(wire_ops.len(), limits.max_ops_per_patch, "ops in one patch")?;
     wire_ops.into_iter().map(|op| patch_op(op, limits)).collect()
+}
+
+/// `limit_exceeded` ("more than `max` `what`") when `n` is past `max`.
+fn at_most(n: usize, max: usize, what: &str) -> Result<()> {
+    if n > max {
+        return Err(Error::new(ErrorCode::LimitExceeded, format!("more than {max} {what}")));
+    }
+    Ok(())
 }
 
 /// One element of a `patches` frame, parsed on its own: its errors are its own. Adds the ops it holds (when its
