@@ -42,11 +42,12 @@ async fn a_paced_producer_is_read_before_each_flush_and_its_requests_are_not_del
     let snapshot = p.request(json!({"type": "subscribe", "id": "s", "views": ["activeAI"]})).await;
     assert_eq!(snapshot["type"], "snapshot");
 
-    // Answerless writes: the connection is paced from the 16th on.
+    // Answerless writes: the connection is paced from the 16th on. (Token values are quoted, with letters no UUID
+    // holds, so that a run id in a diff never passes for one.)
     for i in 0..20 {
-        p.send(token(&a, &format!("a{i}"))).await;
+        p.send(token(&a, &format!("tok-a{i}"))).await;
     }
-    while !next_diff(&mut p).await.contains("a19") {}
+    while !next_diff(&mut p).await.contains("\"tok-a19\"") {}
     let metrics = http_get(server.addr, "/metrics").await;
     assert_eq!(metric(&metrics, "coworker_paced_connections"), Some(1.0), "the producer is paced");
 
@@ -55,12 +56,12 @@ async fn a_paced_producer_is_read_before_each_flush_and_its_requests_are_not_del
     // first. (Read at the next tick, they are; left for the tick after, they would not be.)
     let mid = ticker::boundary_after(Instant::now(), tick) + tick / 2;
     tokio::time::sleep_until(mid).await;
-    p.send(token(&a, "a20")).await;
+    p.send(token(&a, "tok-a20")).await;
     p.send(json!({"type": "complete", "id": 7, "run": b})).await;
     tokio::time::sleep_until(mid + tick).await;
-    q.send(token(&c, "c0")).await;
+    q.send(token(&c, "tok-c0")).await;
     let (mut reply, mut diffs) = (None, Vec::new());
-    while reply.is_none() || !diffs.iter().any(|d: &String| d.contains("c0")) {
+    while reply.is_none() || !diffs.iter().any(|d: &String| d.contains("\"tok-c0\"")) {
         let f = p.recv().await;
         match f["type"].as_str() {
             Some("diff") => diffs.push(f.to_string()),
@@ -72,8 +73,8 @@ async fn a_paced_producer_is_read_before_each_flush_and_its_requests_are_not_del
     assert_eq!((&reply["id"], &reply["run"]["status"]), (&json!(7), &json!("completed")), "{reply}");
     let completed = format!("\"remove\",\"path\":\"/activeRuns/{b}\"");
     let first = &diffs[0];
-    assert!(first.contains("a20") && first.contains(&completed), "not handled within a tick: {diffs:?}");
-    assert!(!first.contains("c0"), "{diffs:?}");
+    assert!(first.contains("\"tok-a20\"") && first.contains(&completed), "not handled within a tick: {diffs:?}");
+    assert!(!first.contains("\"tok-c0\""), "{diffs:?}");
     // The request ended the pacing.
     let metrics = http_get(server.addr, "/metrics").await;
     assert_eq!(metric(&metrics, "coworker_paced_connections"), Some(0.0));
