@@ -1,5 +1,6 @@
-//! The diff invariant, as a property: random runs, patches (valid and not), completions, failures and
-//! subscriptions against a real server with a 10 ms tick and a short linger. Every subscription applies its diffs
+//! The diff invariant, as a property: random runs, patches (valid and not; alone, batched through the coalescing
+//! writer, and streamed by a producer the server may pace), completions, failures and subscriptions against a real
+//! server with a 10 ms tick and a short linger, with pacing on or off. Every subscription applies its diffs
 //! with the client's applier (standard ops through the `json-patch` crate), which rejects any diff whose `base`
 //! is not the seq it is at; at the end each subscription's state must equal a fresh snapshot of the same views.
 
@@ -63,11 +64,36 @@ enum Op {
 
 #[derive(Debug, Clone)]
 enum Step {
-    Start { op: usize, parent: Option<usize>, space: usize },
-    Patch { run: usize, ops: Vec<Op>, wait: bool },
-    Complete { run: usize, output: Option<usize> },
-    Fail { run: usize },
-    Subscribe { views: usize, space: usize },
+    Start {
+        op: usize,
+        parent: Option<usize>,
+        space: usize,
+    },
+    Patch {
+        run: usize,
+        ops: Vec<Op>,
+        wait: bool,
+    },
+    Complete {
+        run: usize,
+        output: Option<usize>,
+    },
+    Fail {
+        run: usize,
+    },
+    Subscribe {
+        views: usize,
+        space: usize,
+    },
+    /// Writes to several runs through the coalescing writer, not awaited: one `patches` frame per few ms.
+    Batch {
+        writes: Vec<(usize, Vec<Op>)>,
+    },
+    /// Answerless appends in a row from another connection: enough for the server to pace it (when pacing is on).
+    Stream {
+        run: usize,
+        count: usize,
+    },
     Yield,
 }
 
@@ -89,6 +115,9 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0..8usize, proptest::option::of(0..9usize)).prop_map(|(run, output)| Step::Complete { run, output }),
         1 => (0..8usize).prop_map(|run| Step::Fail { run }),
         1 => (0..VIEW_SETS.len(), 0..2usize).prop_map(|(views, space)| Step::Subscribe { views, space }),
+        2 => proptest::collection::vec((0..8usize, proptest::collection::vec(op(), 1..3)), 1..5)
+            .prop_map(|writes| Step::Batch { writes }),
+        1 => (0..8usize, 10..30usize).prop_map(|(run, count)| Step::Stream { run, count }),
         1 => Just(Step::Yield),
     ]
 }
@@ -110,11 +139,17 @@ struct Watch {
     sub: Subscription,
 }
 
-async fn check_case(steps: Vec<Step>) -> Result<(), String> {
-    let config =
-        EngineConfig { tick: Duration::from_millis(10), linger: Duration::from_millis(15), ..EngineConfig::default() };
+async fn check_case(steps: Vec<Step>, paced: bool) -> Result<(), String> {
+    let config = EngineConfig {
+        tick: Duration::from_millis(10),
+        linger: Duration::from_millis(15),
+        pace_producers: paced,
+        ..EngineConfig::default()
+    };
     let server = start_with(config, Hooks::default()).await;
     let producer = Client::connect(&server.url()).await.map_err(|e| e.to_string())?;
+    let writer = producer.writer(Duration::from_millis(3));
+    let streamer = Client::connect(&server.url()).await.map_err(|e| e.to_string())?;
     let watcher = Client::connect(&server.url()).await.map_err(|e| e.to_string())?;
     let mut watches = Vec::new();
     for (views, space) in [(0, 0), (1, 0), (3, 0), (0, 1), (4, 1)] {
@@ -163,17 +198,34 @@ async fn check_case(steps: Vec<Step>) -> Result<(), String> {
                 let sub = watcher.subscribe(SPACES[space], VIEW_SETS[views], false).await.map_err(|e| e.to_string())?;
                 watches.push(Watch { views, space, sub });
             }
+            Step::Batch { writes } => {
+                for (run, ops) in writes {
+                    if let Some(id) = pick(&runs, run) {
+                        drop(writer.patch(&id, &Value::Array(ops.iter().map(wire_op).collect())));
+                    }
+                }
+            }
+            Step::Stream { run, count } => {
+                let Some(id) = pick(&runs, run) else { continue };
+                for i in 0..count {
+                    let ops = json!([{"op": "append", "path": "output.stream", "value": i}]);
+                    streamer.patch_nowait(&id, ops).await.map_err(|e| e.to_string())?;
+                }
+            }
             Step::Yield => tokio::task::yield_now().await,
         }
         for w in &mut watches {
             w.sub.drain().map_err(|e| format!("subscription {} ({:?}): {e}", w.sub.sub, VIEW_SETS[w.views]))?;
         }
     }
-    // Every producer request so far is applied once this round trip returns.
-    producer
-        .request(json!({"type": "subscribe", "space": "default", "views": ["isLoading"]}))
-        .await
-        .map_err(|e| e.to_string())?;
+    // Every producer request so far is applied once these round trips return (the writer's frames go out first).
+    writer.flush().await.map_err(|e| e.to_string())?;
+    for client in [&producer, &streamer] {
+        client
+            .request(json!({"type": "subscribe", "space": "default", "views": ["isLoading"]}))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     for w in &mut watches {
         converge(&watcher, w).await?;
     }
@@ -216,9 +268,9 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, max_shrink_iters: 200, ..ProptestConfig::default() })]
 
     #[test]
-    fn every_subscriber_state_equals_a_fresh_snapshot(steps in proptest::collection::vec(step(), 1..60)) {
+    fn every_subscriber_state_equals_a_fresh_snapshot(steps in proptest::collection::vec(step(), 1..60), paced: bool) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let result = rt.block_on(check_case(steps));
+        let result = rt.block_on(check_case(steps, paced));
         prop_assert!(result.is_ok(), "{}", result.unwrap_err());
     }
 }
