@@ -377,8 +377,10 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-        assert!(taken.get() > 300, "the fast path took only {} of 5,000 frames", taken.get());
-        assert!(batches.get() > 40, "the fast path took only {} `patches` frames of 5,000", batches.get());
+        // About 350 and 75 are usual (the runner's seed is random); the bounds are far below, so that only an idle
+        // fast path fails them.
+        assert!(taken.get() > 150, "the fast path took only {} of 5,000 frames", taken.get());
+        assert!(batches.get() > 25, "the fast path took only {} `patches` frames of 5,000", batches.get());
     }
 
     #[test]
