@@ -191,8 +191,11 @@ async fn settle(mut frame: Frame, reply: oneshot::Receiver<Answer>, shared: Arc<
     let reply = reply.await.unwrap_or(Err(ClientError::Closed));
     let refused = |n: u64| shared.refused.fetch_add(n, Ordering::Relaxed);
     match reply {
-        Ok(reply) => {
-            let errors = reply["errors"].as_array().cloned().unwrap_or_default();
+        Ok(mut reply) => {
+            let errors = match reply.get_mut("errors").map(Value::take) {
+                Some(Value::Array(errors)) => errors,
+                _ => Vec::new(),
+            };
             refused(errors.len() as u64);
             for e in errors {
                 let Some(tx) = e["index"].as_u64().and_then(|i| frame.waiters.get_mut(i as usize)?.take()) else {

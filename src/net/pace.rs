@@ -45,16 +45,16 @@ impl Pace {
     }
 }
 
-/// A connection's TCP stream, read the way its [`Pace`] says.
+/// A connection's TCP stream, read the way its [`Pace`] says (as a plain stream without one: pacing is off).
 pub struct PacedIo {
     tcp: TcpStream,
-    pace: Arc<Pace>,
+    pace: Option<Arc<Pace>>,
     /// The `SO_RCVLOWAT` the socket has now.
     low_water: u32,
 }
 
 impl PacedIo {
-    pub fn new(tcp: TcpStream, pace: Arc<Pace>) -> PacedIo {
+    pub fn new(tcp: TcpStream, pace: Option<Arc<Pace>>) -> PacedIo {
         PacedIo { tcp, pace, low_water: 1 }
     }
 }
@@ -79,7 +79,8 @@ fn set_low_water(tcp: &TcpStream, bytes: u32) -> std::io::Result<()> {
 impl AsyncRead for PacedIo {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        let wanted = this.pace.low_water.load(Ordering::Relaxed);
+        let Some(pace) = &this.pace else { return Pin::new(&mut this.tcp).poll_read(cx, buf) };
+        let wanted = pace.low_water.load(Ordering::Relaxed);
         if wanted != this.low_water {
             // A socket that refuses the option is simply read as it arrives.
             if let Err(e) = set_low_water(&this.tcp, wanted) {
@@ -87,7 +88,7 @@ impl AsyncRead for PacedIo {
             }
             this.low_water = wanted;
         }
-        if this.pace.drain.load(Ordering::Relaxed) {
+        if pace.drain.load(Ordering::Relaxed) {
             let socket = socket2::SockRef::from(&this.tcp);
             match (&*socket).read(buf.initialize_unfilled()) {
                 Ok(n) => {
@@ -95,7 +96,7 @@ impl AsyncRead for PacedIo {
                     return Poll::Ready(Ok(()));
                 }
                 // Empty: back to readiness (registered below, woken by the mark or the next tick).
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => this.pace.drain.store(false, Ordering::Relaxed),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => pace.drain.store(false, Ordering::Relaxed),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Poll::Ready(Err(e)),
             }

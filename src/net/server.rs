@@ -215,6 +215,7 @@ async fn accept_loop(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let conns = TaskTracker::new();
+    let pace_producers = state.engine.config().pace_producers;
     let http = {
         let mut b = hyper::server::conn::http1::Builder::new();
         b.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.handshake_timeout);
@@ -241,12 +242,14 @@ async fn accept_loop(
             continue;
         }
         let _ = tcp.set_nodelay(true);
-        // The connection's pace reaches its WebSocket session through the upgrade request.
-        let pace = Pace::new();
+        // With pacing on, the connection's pace reaches its WebSocket session through the upgrade request.
+        let pace = pace_producers.then(Pace::new);
         let service = hyper_util::service::TowerToHyperService::new(app.clone().map_request({
             let pace = pace.clone();
             move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(pace.clone());
+                if let Some(pace) = &pace {
+                    req.extensions_mut().insert(pace.clone());
+                }
                 req
             }
         }));

@@ -324,7 +324,11 @@ fn valid_id(v: &Value) -> bool {
 }
 
 fn run_id(env: &Envelope<'_>, ty: &str) -> Result<RunId> {
-    let raw = env.run.ok_or_else(|| missing("run", ty))?;
+    run_value(env.run.ok_or_else(|| missing("run", ty))?)
+}
+
+/// A `run` field that names a run: a string holding a UUID.
+fn run_value(raw: &RawValue) -> Result<RunId> {
     let s: &str = serde_json::from_str(raw.get()).map_err(|_| bad("`run` must be a run id string"))?;
     parse_uuid(s, "run")
 }
@@ -449,12 +453,7 @@ fn element(raw: &RawValue, limits: &ParseLimits, total_ops: &mut usize) -> Eleme
         Ok(w) => w,
         Err(e) => return Element::Invalid { run: readable_run(), error: bad(format!("`patches` element: {e}")) },
     };
-    let run = match wire.run {
-        None => Err(bad("a `patches` element needs `run`")),
-        Some(raw) => serde_json::from_str::<&str>(raw.get())
-            .map_err(|_| bad("`run` must be a run id string"))
-            .and_then(|s| parse_uuid(s, "run")),
-    };
+    let run = wire.run.ok_or_else(|| bad("a `patches` element needs `run`")).and_then(run_value);
     let ops = wire.ops.ok_or_else(|| bad("a `patches` element needs `ops`"));
     if let Ok(ops) = &ops {
         *total_ops += ops.len();

@@ -48,9 +48,7 @@ impl Session {
                     continue;
                 }
             };
-            if self.engine.replicated()
-                && let Err(e) = self.engine.locate(run).await
-            {
+            if let Err(e) = self.engine.locate(run).await {
                 fail(&mut failed, index, Some(run), e);
                 continue;
             }
@@ -161,9 +159,7 @@ impl Session {
                 self.send(frame).await;
             }
             ClientMsg::Patch { id, run, ops } => {
-                if self.engine.replicated()
-                    && let Err(e) = self.engine.locate(run).await
-                {
+                if let Err(e) = self.engine.locate(run).await {
                     return self.send(error_frame(&id, &e, None)).await;
                 }
                 match self.engine.patch(run, ops, &caller) {
@@ -190,9 +186,7 @@ impl Session {
             }
             ClientMsg::Patches { id, elements } => self.patches(id, elements, &caller).await,
             ClientMsg::Complete { id, run, output } => {
-                if self.engine.replicated()
-                    && let Err(e) = self.engine.locate(run).await
-                {
+                if let Err(e) = self.engine.locate(run).await {
                     return self.send(error_frame(&id, &e, None)).await;
                 }
                 self.produced.remove(&run);
@@ -200,9 +194,7 @@ impl Session {
                 self.send_when_durable(id, finished);
             }
             ClientMsg::Fail { id, run, error } => {
-                if self.engine.replicated()
-                    && let Err(e) = self.engine.locate(run).await
-                {
+                if let Err(e) = self.engine.locate(run).await {
                     return self.send(error_frame(&id, &e, None)).await;
                 }
                 self.produced.remove(&run);

@@ -110,7 +110,8 @@ fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365)
 }
 
-/// Serves one upgraded socket until either side closes it or the server shuts down.
+/// Serves one upgraded socket until either side closes it or the server shuts down. `pace` is how to pace its
+/// socket, when the server paces producers (`EngineConfig::pace_producers`) and the socket can be paced.
 /// `auth` is the server's verifier (`None`: development mode); `caller` is who the upgrade request already proved
 /// to be (a token in the subprotocol), if anyone.
 pub async fn serve(
@@ -136,8 +137,6 @@ async fn serve_connection(
 ) {
     let limits: Limits = engine.config().limits.clone();
     let tick = engine.config().tick;
-    // Pacing, when the server does it, needs a socket that can be paced.
-    let pace = pace.filter(|_| engine.config().pace_producers);
     let (sink, mut stream) = socket.split();
     let outbox = Outbox::new(limits.max_connection_pending_bytes, limits.max_reply_bytes);
     let (tx, rx) = mpsc::channel(limits.reply_queue);
